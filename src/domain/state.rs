@@ -1,0 +1,595 @@
+//! The write model: everything the rules need to know, folded from events. `apply` never refuses.
+//!
+//! `apply` is deliberately tolerant (an entity it has not seen is created on demand) so that a subset of the log,
+//! such as one customer's indexed history, folds into a correct partial state for point-in-time views.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use super::command::{Cloud, PartnerKind};
+use super::event::Event;
+use super::ids::*;
+
+/// DAP roles: Global Administrator and Helpdesk Administrator (R23).
+pub const DAP_ROLES: [&str; 2] = [
+    "62e90394-69f5-4237-9190-012177145e10",
+    "729827e3-9c14-49f7-bb1b-9608f156bbb8",
+];
+
+/// When DAP was retired for new public-cloud requests (R13).
+pub fn dap_retirement() -> Timestamp {
+    Timestamp::ymd_hms(2023, 10, 9, 0, 0, 0)
+}
+
+/// How long a GDAP request may wait for approval (R19).
+pub const GDAP_APPROVAL_DAYS: i64 = 90;
+/// One auto-extension (R20).
+pub const GDAP_EXTENSION_DAYS: i64 = 180;
+
+#[derive(Clone, PartialEq, Debug)]
+pub struct Partner {
+    pub id: PartnerId,
+    pub program_id: ProgramId,
+    pub name: String,
+    pub kind: PartnerKind,
+    pub cloud: Cloud,
+    pub country: Country,
+    pub markets: Vec<Country>,
+}
+
+#[derive(Clone, PartialEq, Debug)]
+pub struct Customer {
+    pub id: CustomerId,
+    pub company_name: String,
+    pub domain: String,
+    pub country: Country,
+    pub cloud: Cloud,
+    pub agreement_accepted: bool,
+    /// Partners involved with this customer, in order of first involvement (the view's `partners` order).
+    pub partners: Vec<PartnerId>,
+    /// Subscriptions in the order they were added.
+    pub subscriptions: Vec<SubscriptionId>,
+    /// Billing partners of its Azure plans, in creation order.
+    pub azure_plans: Vec<PartnerId>,
+    /// GDAP admin relationships in request order.
+    pub admin_relationships: Vec<AdminRelationshipId>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RequestStatus {
+    Pending,
+    Accepted,
+    Withdrawn,
+}
+
+#[derive(Clone, PartialEq, Debug)]
+pub struct Request {
+    pub partner: PartnerId,
+    pub customer: CustomerId,
+    pub include_delegated_admin: bool,
+    pub status: RequestStatus,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RelationshipStatus {
+    Active,
+    Removed,
+}
+
+#[derive(Clone, PartialEq, Debug)]
+pub struct Relationship {
+    pub status: RelationshipStatus,
+    /// When it entered its current status.
+    pub since: Timestamp,
+    /// Whether DAP is granted.
+    pub dap: bool,
+}
+
+/// The recorded status of a GDAP admin relationship. Time-driven changes are derived with [`AdminRelationship::at`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum AdminStatus {
+    ApprovalPending,
+    Active,
+    Expired,
+    Terminated,
+    RequestExpired,
+}
+
+impl AdminStatus {
+    /// The wire name (WIRE.md).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AdminStatus::ApprovalPending => "approval_pending",
+            AdminStatus::Active => "active",
+            AdminStatus::Expired => "expired",
+            AdminStatus::Terminated => "terminated",
+            AdminStatus::RequestExpired => "request_expired",
+        }
+    }
+    /// Expired and terminated relationships never change again (R20); neither does an expired request.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            AdminStatus::Expired | AdminStatus::Terminated | AdminStatus::RequestExpired
+        )
+    }
+}
+
+#[derive(Clone, PartialEq, Debug)]
+pub struct AdminRelationship {
+    pub id: AdminRelationshipId,
+    pub partner: PartnerId,
+    pub customer: CustomerId,
+    pub name: String,
+    pub roles: Vec<RoleId>,
+    pub duration_days: i64,
+    pub auto_extend: bool,
+    pub request_expires_at: Timestamp,
+    pub status: AdminStatus,
+    /// The end as recorded by the last event (activation + duration, extensions, or the moment it ended).
+    pub ends_at: Option<Timestamp>,
+}
+
+/// The status of an admin relationship at an instant, derived from its recorded deadlines (R19, R20, R36).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct AdminAt {
+    pub status: AdminStatus,
+    pub ends_at: Option<Timestamp>,
+}
+
+impl AdminRelationship {
+    /// What is true at instant `t`, even if no clock advance has recorded the transition yet.
+    pub fn at(&self, t: Timestamp) -> AdminAt {
+        match self.status {
+            AdminStatus::ApprovalPending if t > self.request_expires_at => AdminAt {
+                status: AdminStatus::RequestExpired,
+                ends_at: None,
+            },
+            AdminStatus::ApprovalPending => AdminAt {
+                status: AdminStatus::ApprovalPending,
+                ends_at: None,
+            },
+            AdminStatus::Active => {
+                let mut ends = self.ends_at.unwrap_or(t);
+                if self.auto_extend {
+                    while ends <= t {
+                        ends = ends.plus_days(GDAP_EXTENSION_DAYS);
+                    }
+                    AdminAt {
+                        status: AdminStatus::Active,
+                        ends_at: Some(ends),
+                    }
+                } else if t >= ends {
+                    AdminAt {
+                        status: AdminStatus::Expired,
+                        ends_at: Some(ends),
+                    }
+                } else {
+                    AdminAt {
+                        status: AdminStatus::Active,
+                        ends_at: Some(ends),
+                    }
+                }
+            }
+            status => AdminAt {
+                status,
+                ends_at: self.ends_at,
+            },
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SubscriptionKind {
+    Licence,
+    Azure,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SubscriptionStatus {
+    Active,
+    Suspended,
+    Cancelled,
+}
+
+impl SubscriptionStatus {
+    /// The wire name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SubscriptionStatus::Active => "active",
+            SubscriptionStatus::Suspended => "suspended",
+            SubscriptionStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Debug)]
+pub struct Subscription {
+    pub id: SubscriptionId,
+    pub kind: SubscriptionKind,
+    pub customer: CustomerId,
+    pub billing_partner: PartnerId,
+    pub partner_of_record: PartnerId,
+    pub offer: Option<String>,
+    pub quantity: Option<i64>,
+    pub friendly_name: Option<String>,
+    pub status: SubscriptionStatus,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PlanStatus {
+    Active,
+    Suspended,
+}
+
+#[derive(Clone, PartialEq, Debug)]
+pub struct AzurePlan {
+    pub status: PlanStatus,
+    pub subscriptions: Vec<SubscriptionId>,
+}
+
+/// Everything the rules decide against.
+#[derive(Clone, PartialEq, Debug, Default)]
+pub struct State {
+    /// The latest business time recorded in the log (R35).
+    pub clock: Option<Timestamp>,
+    pub partners: HashMap<PartnerId, Partner>,
+    pub customers: HashMap<CustomerId, Customer>,
+    /// Active two-tier links, as (provider, reseller).
+    pub links: HashSet<(PartnerId, PartnerId)>,
+    pub requests: HashMap<RequestId, Request>,
+    pub relationships: HashMap<(PartnerId, CustomerId), Relationship>,
+    pub admin: HashMap<AdminRelationshipId, AdminRelationship>,
+    /// Admin relationships whose recorded status is pending or active: the ones a clock advance can change.
+    pub admin_open: BTreeSet<AdminRelationshipId>,
+    pub subscriptions: HashMap<SubscriptionId, Subscription>,
+    pub plans: HashMap<(PartnerId, CustomerId), AzurePlan>,
+}
+
+impl State {
+    /// An empty ledger.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether the pair has an active reseller relationship.
+    pub fn is_active(&self, partner: PartnerId, customer: CustomerId) -> bool {
+        self.relationships
+            .get(&(partner, customer))
+            .is_some_and(|r| r.status == RelationshipStatus::Active)
+    }
+
+    fn customer_mut(&mut self, id: CustomerId) -> Option<&mut Customer> {
+        self.customers.get_mut(&id)
+    }
+
+    fn involve(&mut self, customer: CustomerId, partner: PartnerId) {
+        if let Some(c) = self.customer_mut(customer) {
+            if !c.partners.contains(&partner) {
+                c.partners.push(partner);
+            }
+        }
+    }
+
+    /// Folds one event recorded at business time `at`.
+    pub fn apply(&mut self, at: Timestamp, event: &Event) {
+        if self.clock.is_none_or(|c| c < at) {
+            self.clock = Some(at);
+        }
+        match event {
+            Event::PartnerEnrolled {
+                partner,
+                partner_id,
+                name,
+                kind,
+                cloud,
+                country,
+                markets,
+            } => {
+                self.partners.insert(
+                    *partner,
+                    Partner {
+                        id: *partner,
+                        program_id: partner_id.clone(),
+                        name: name.clone(),
+                        kind: *kind,
+                        cloud: *cloud,
+                        country: *country,
+                        markets: markets.clone(),
+                    },
+                );
+            }
+            Event::PartnerUpdated {
+                partner,
+                name,
+                markets,
+            } => {
+                if let Some(p) = self.partners.get_mut(partner) {
+                    if let Some(n) = name {
+                        p.name = n.clone();
+                    }
+                    if let Some(m) = markets {
+                        p.markets = m.clone();
+                    }
+                }
+            }
+            Event::IndirectResellerLinked { provider, reseller } => {
+                self.links.insert((*provider, *reseller));
+            }
+            Event::IndirectResellerUnlinked { provider, reseller } => {
+                self.links.remove(&(*provider, *reseller));
+            }
+            Event::CustomerRegistered {
+                customer,
+                company_name,
+                domain,
+                country,
+                cloud,
+            }
+            | Event::CustomerCreated {
+                customer,
+                company_name,
+                domain,
+                country,
+                cloud,
+                ..
+            } => {
+                self.customers.insert(
+                    *customer,
+                    Customer {
+                        id: *customer,
+                        company_name: company_name.clone(),
+                        domain: domain.clone(),
+                        country: *country,
+                        cloud: *cloud,
+                        agreement_accepted: false,
+                        partners: Vec::new(),
+                        subscriptions: Vec::new(),
+                        azure_plans: Vec::new(),
+                        admin_relationships: Vec::new(),
+                    },
+                );
+            }
+            Event::CustomerUpdated {
+                customer,
+                company_name,
+                domain,
+            } => {
+                if let Some(c) = self.customer_mut(*customer) {
+                    if let Some(n) = company_name {
+                        c.company_name = n.clone();
+                    }
+                    if let Some(d) = domain {
+                        c.domain = d.clone();
+                    }
+                }
+            }
+            Event::CustomerAgreementAccepted { customer, .. } => {
+                if let Some(c) = self.customer_mut(*customer) {
+                    c.agreement_accepted = true;
+                }
+            }
+            Event::RelationshipRequested {
+                request,
+                partner,
+                customer,
+                include_delegated_admin,
+            } => {
+                self.requests.insert(
+                    *request,
+                    Request {
+                        partner: *partner,
+                        customer: *customer,
+                        include_delegated_admin: *include_delegated_admin,
+                        status: RequestStatus::Pending,
+                    },
+                );
+            }
+            Event::RelationshipRequestWithdrawn { request, .. } => {
+                if let Some(r) = self.requests.get_mut(request) {
+                    r.status = RequestStatus::Withdrawn;
+                }
+            }
+            Event::ResellerRelationshipEstablished {
+                partner,
+                customer,
+                request,
+                delegated_admin,
+            } => {
+                if let Some(r) = request.and_then(|id| self.requests.get_mut(&id)) {
+                    r.status = RequestStatus::Accepted;
+                }
+                self.relationships.insert(
+                    (*partner, *customer),
+                    Relationship {
+                        status: RelationshipStatus::Active,
+                        since: at,
+                        dap: *delegated_admin,
+                    },
+                );
+                self.involve(*customer, *partner);
+            }
+            Event::ResellerRelationshipRemoved {
+                partner, customer, ..
+            } => {
+                let r = self
+                    .relationships
+                    .entry((*partner, *customer))
+                    .or_insert(Relationship {
+                        status: RelationshipStatus::Removed,
+                        since: at,
+                        dap: false,
+                    });
+                r.status = RelationshipStatus::Removed;
+                r.since = at;
+                r.dap = false;
+            }
+            Event::DelegatedAdminRemoved {
+                partner, customer, ..
+            } => {
+                if let Some(r) = self.relationships.get_mut(&(*partner, *customer)) {
+                    r.dap = false;
+                }
+            }
+            Event::DelegatedAdminRequested {
+                admin_relationship,
+                partner,
+                customer,
+                name,
+                roles,
+                duration_days,
+                auto_extend,
+                request_expires_at,
+            } => {
+                self.admin.insert(
+                    *admin_relationship,
+                    AdminRelationship {
+                        id: *admin_relationship,
+                        partner: *partner,
+                        customer: *customer,
+                        name: name.clone(),
+                        roles: roles.clone(),
+                        duration_days: *duration_days,
+                        auto_extend: *auto_extend,
+                        request_expires_at: *request_expires_at,
+                        status: AdminStatus::ApprovalPending,
+                        ends_at: None,
+                    },
+                );
+                self.admin_open.insert(*admin_relationship);
+                if let Some(c) = self.customer_mut(*customer) {
+                    c.admin_relationships.push(*admin_relationship);
+                }
+                self.involve(*customer, *partner);
+            }
+            Event::DelegatedAdminGranted {
+                admin_relationship,
+                ends_at,
+                ..
+            } => self.set_admin(*admin_relationship, AdminStatus::Active, Some(*ends_at)),
+            Event::DelegatedAdminExtended {
+                admin_relationship,
+                ends_at,
+                ..
+            } => self.set_admin(*admin_relationship, AdminStatus::Active, Some(*ends_at)),
+            Event::DelegatedAdminExpired {
+                admin_relationship,
+                expired_at,
+                ..
+            } => self.set_admin(*admin_relationship, AdminStatus::Expired, Some(*expired_at)),
+            Event::DelegatedAdminTerminated {
+                admin_relationship, ..
+            } => self.set_admin(*admin_relationship, AdminStatus::Terminated, Some(at)),
+            Event::DelegatedAdminRequestExpired {
+                admin_relationship, ..
+            } => self.set_admin(*admin_relationship, AdminStatus::RequestExpired, None),
+            Event::SubscriptionAdded {
+                subscription,
+                customer,
+                billing_partner,
+                partner_of_record,
+                offer,
+                quantity,
+            } => self.add_subscription(Subscription {
+                id: *subscription,
+                kind: SubscriptionKind::Licence,
+                customer: *customer,
+                billing_partner: *billing_partner,
+                partner_of_record: *partner_of_record,
+                offer: Some(offer.clone()),
+                quantity: Some(*quantity),
+                friendly_name: None,
+                status: SubscriptionStatus::Active,
+            }),
+            Event::AzurePlanCreated {
+                billing_partner,
+                customer,
+            } => {
+                self.plans.insert(
+                    (*billing_partner, *customer),
+                    AzurePlan {
+                        status: PlanStatus::Active,
+                        subscriptions: Vec::new(),
+                    },
+                );
+                if let Some(c) = self.customer_mut(*customer) {
+                    c.azure_plans.push(*billing_partner);
+                }
+            }
+            Event::AzureSubscriptionAdded {
+                subscription,
+                customer,
+                billing_partner,
+                partner_of_record,
+                friendly_name,
+            } => {
+                if let Some(plan) = self.plans.get_mut(&(*billing_partner, *customer)) {
+                    plan.subscriptions.push(*subscription);
+                }
+                self.add_subscription(Subscription {
+                    id: *subscription,
+                    kind: SubscriptionKind::Azure,
+                    customer: *customer,
+                    billing_partner: *billing_partner,
+                    partner_of_record: *partner_of_record,
+                    offer: None,
+                    quantity: None,
+                    friendly_name: Some(friendly_name.clone()),
+                    status: SubscriptionStatus::Active,
+                })
+            }
+            Event::SubscriptionSuspended { subscription, .. } => {
+                self.set_subscription(*subscription, SubscriptionStatus::Suspended)
+            }
+            Event::SubscriptionReactivated { subscription, .. } => {
+                self.set_subscription(*subscription, SubscriptionStatus::Active)
+            }
+            Event::SubscriptionCancelled { subscription, .. } => {
+                self.set_subscription(*subscription, SubscriptionStatus::Cancelled)
+            }
+            Event::AzurePlanSuspended {
+                billing_partner,
+                customer,
+            } => self.set_plan(*billing_partner, *customer, PlanStatus::Suspended),
+            Event::AzurePlanReactivated {
+                billing_partner,
+                customer,
+            } => self.set_plan(*billing_partner, *customer, PlanStatus::Active),
+        }
+    }
+
+    fn set_admin(
+        &mut self,
+        id: AdminRelationshipId,
+        status: AdminStatus,
+        ends_at: Option<Timestamp>,
+    ) {
+        if let Some(a) = self.admin.get_mut(&id) {
+            a.status = status;
+            a.ends_at = ends_at;
+            if status.is_final() {
+                self.admin_open.remove(&id);
+            }
+        }
+    }
+
+    fn add_subscription(&mut self, s: Subscription) {
+        let (customer, por, id) = (s.customer, s.partner_of_record, s.id);
+        self.subscriptions.insert(id, s);
+        if let Some(c) = self.customer_mut(customer) {
+            c.subscriptions.push(id);
+        }
+        self.involve(customer, por);
+    }
+
+    fn set_subscription(&mut self, id: SubscriptionId, status: SubscriptionStatus) {
+        if let Some(s) = self.subscriptions.get_mut(&id) {
+            s.status = status;
+        }
+    }
+
+    fn set_plan(&mut self, partner: PartnerId, customer: CustomerId, status: PlanStatus) {
+        if let Some(p) = self.plans.get_mut(&(partner, customer)) {
+            p.status = status;
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! partner-ledger: an event-sourced, tamper-evident ledger of Cloud Solution Provider partner relationships.
+//!
+//! The crate is layered: [`domain`] holds every business rule and does no I/O; [`store`] owns the bytes on disk;
+//! [`ledger`] is the single writer that sequences commands with group commit; [`cli`] is a thin adapter.
+
+pub mod domain;
