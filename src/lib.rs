@@ -1,6 +1,11 @@
 //! partner-ledger: an event-sourced, tamper-evident ledger of Cloud Solution Provider partner relationships.
 //!
 //! The crate is layered: [`domain`] holds every business rule and does no I/O; [`store`] owns the bytes on disk;
-//! [`ledger`] is the single writer that sequences commands with group commit; [`cli`] is a thin adapter.
+//! [`ledger`] is the single writer that sequences commands with group commit; [`query`] answers reads from the
+//! log's indexes; [`cli`] is a thin adapter.
 
+pub mod cli;
 pub mod domain;
+pub mod ledger;
+pub mod query;
+pub mod store;

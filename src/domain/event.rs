@@ -211,6 +211,8 @@ pub enum EntityRef {
     Customer(CustomerId),
     Partner(PartnerId),
     Subscription(SubscriptionId),
+    /// Only a partner's reference-data events (enrolment, corrections), so views can name partners cheaply.
+    PartnerProfile(PartnerId),
 }
 
 impl Event {
@@ -283,7 +285,7 @@ impl Event {
         use EntityRef::*;
         match self {
             Event::PartnerEnrolled { partner, .. } | Event::PartnerUpdated { partner, .. } => {
-                vec![Partner(*partner)]
+                vec![Partner(*partner), PartnerProfile(*partner)]
             }
             Event::IndirectResellerLinked { provider, reseller }
             | Event::IndirectResellerUnlinked { provider, reseller } => {

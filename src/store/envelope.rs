@@ -1,0 +1,217 @@
+//! The stored envelope of WIRE.md and the hash chain over it.
+//!
+//! Canonical form (docs/events.md): the envelope without `hash` as JSON with object keys sorted by their bytes, no
+//! insignificant whitespace, strings escaped as `serde_json` does (`"` `\\` and control characters; everything else as
+//! UTF-8), integers in plain decimal. `hash = hex(SHA-256(prev_hash as 64 ASCII hex characters ‖ canonical bytes))`.
+//! Python's `json.dumps(e, sort_keys=True, separators=(",", ":"), ensure_ascii=False)` produces the same bytes for
+//! every envelope the ledger writes. The stored bytes are the canonical form of the whole envelope, `hash` included.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::domain::{Actor, CommandId, CorrelationId, EntityRef, Event, EventId, Position, Timestamp, SCHEMA_VERSION};
+
+/// The `prev_hash` of the first event.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// An event envelope as stored and streamed (WIRE.md).
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    pub position: Position,
+    pub event_id: EventId,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub schema_version: u32,
+    pub at: Timestamp,
+    pub recorded_at: Timestamp,
+    pub command_id: CommandId,
+    pub correlation_id: Option<CorrelationId>,
+    pub actor: Actor,
+    pub data: Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl Envelope {
+    /// The domain event inside.
+    pub fn event(&self) -> Result<Event, serde_json::Error> {
+        Event::from_parts(&self.event_type, self.data.clone())
+    }
+}
+
+/// An event about to be appended: everything but its position and hashes, which the store assigns.
+#[derive(Clone, PartialEq, Debug)]
+pub struct NewEvent {
+    pub event_id: EventId,
+    pub event: Event,
+    pub at: Timestamp,
+    pub recorded_at: Timestamp,
+    pub command_id: CommandId,
+    pub correlation_id: Option<CorrelationId>,
+    pub actor: Actor,
+}
+
+/// SHA-256 over the previous hash (as its 64 hex characters) and the canonical bytes.
+pub fn chain_hash(prev_hash: &str, canonical: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(prev_hash.as_bytes());
+    h.update(canonical);
+    hex::encode(h.finalize())
+}
+
+/// Builds the stored bytes of an event at `position` after `prev_hash`; returns them with the new hash.
+pub fn seal(ev: &NewEvent, position: Position, prev_hash: &str) -> (Vec<u8>, String) {
+    let mut m = Map::new();
+    m.insert("position".into(), Value::from(position.0));
+    m.insert("event_id".into(), Value::String(ev.event_id.to_string()));
+    m.insert("type".into(), Value::String(ev.event.type_name().to_string()));
+    m.insert("schema_version".into(), Value::from(SCHEMA_VERSION));
+    m.insert("at".into(), Value::String(ev.at.to_string()));
+    m.insert("recorded_at".into(), Value::String(ev.recorded_at.to_string()));
+    m.insert("command_id".into(), Value::String(ev.command_id.to_string()));
+    m.insert(
+        "correlation_id".into(),
+        ev.correlation_id
+            .map_or(Value::Null, |c| Value::String(c.to_string())),
+    );
+    m.insert(
+        "actor".into(),
+        serde_json::to_value(&ev.actor).unwrap_or(Value::Null),
+    );
+    m.insert("data".into(), ev.event.data());
+    m.insert("prev_hash".into(), Value::String(prev_hash.to_string()));
+    let mut v = Value::Object(m);
+    let hash = chain_hash(prev_hash, &canonical(&v));
+    if let Value::Object(m) = &mut v {
+        m.insert("hash".into(), Value::String(hash.clone()));
+    }
+    (canonical(&v), hash)
+}
+
+/// The canonical bytes of a JSON value (keys sorted, compact). `serde_json::Map` is a sorted map in this build.
+pub fn canonical(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// Why one stored event does not check out.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ChainBreak {
+    pub position: Position,
+    pub reason: String,
+}
+
+/// Checks one stored event: it decodes, sits at `expected` position, links to `prev_hash` and its hash matches.
+/// Returns the decoded envelope.
+pub fn check(raw: &[u8], expected: Position, prev_hash: &str) -> Result<Envelope, ChainBreak> {
+    let brk = |reason: String| ChainBreak {
+        position: expected,
+        reason,
+    };
+    let mut value: Value =
+        serde_json::from_slice(raw).map_err(|e| brk(format!("the stored bytes are not JSON: {e}")))?;
+    let Some(map) = value.as_object_mut() else {
+        return Err(brk("the stored value is not a JSON object".into()));
+    };
+    let Some(Value::String(stored_hash)) = map.remove("hash") else {
+        return Err(brk("the envelope has no hash".into()));
+    };
+    let recomputed = chain_hash(prev_hash, &canonical(&value));
+    if let Some(Value::String(p)) = value.get("prev_hash") {
+        if p != prev_hash {
+            return Err(brk(format!(
+                "prev_hash {p} does not match the hash {prev_hash} of the previous event"
+            )));
+        }
+    }
+    if recomputed != stored_hash {
+        return Err(brk(format!(
+            "the hash does not match the content (stored {stored_hash}, computed {recomputed})"
+        )));
+    }
+    if let Value::Object(m) = &mut value {
+        m.insert("hash".into(), Value::String(stored_hash));
+    }
+    let env: Envelope = serde_json::from_value(value)
+        .map_err(|e| brk(format!("the envelope does not decode: {e}")))?;
+    if env.position != expected {
+        return Err(brk(format!(
+            "the envelope says position {} where {expected} was expected",
+            env.position
+        )));
+    }
+    env.event()
+        .map_err(|e| brk(format!("the {} event does not decode: {e}", env.event_type)))?;
+    Ok(env)
+}
+
+/// The index keys of an entity: a kind byte and the 16 id bytes.
+pub fn entity_prefix(entity: &EntityRef) -> [u8; 18] {
+    let (kind, id) = match entity {
+        EntityRef::Customer(c) => (b'c', *c.as_bytes()),
+        EntityRef::Partner(p) => (b'p', *p.as_bytes()),
+        EntityRef::Subscription(s) => (b's', *s.as_bytes()),
+        EntityRef::PartnerProfile(p) => (b'n', *p.as_bytes()),
+    };
+    let mut k = [0u8; 18];
+    k[0] = b'x';
+    k[1] = kind;
+    k[2..].copy_from_slice(&id);
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Role, TenantId};
+
+    fn sample() -> NewEvent {
+        NewEvent {
+            event_id: "e0000000-0000-4000-8000-000000000001".parse().unwrap(),
+            event: Event::AzurePlanCreated {
+                billing_partner: "b0000000-0000-4000-8000-00000000000b".parse().unwrap(),
+                customer: "c0000000-0000-4000-8000-00000000000c".parse().unwrap(),
+            },
+            at: "2024-01-10T09:00:00Z".parse().unwrap(),
+            recorded_at: "2026-11-24T10:00:00.123456Z".parse().unwrap(),
+            command_id: "ccccdddd-0000-4000-8000-000000000001".parse().unwrap(),
+            correlation_id: None,
+            actor: Actor {
+                tenant: "b0000000-0000-4000-8000-00000000000b".parse::<TenantId>().unwrap(),
+                user: "sales@b.example".into(),
+                role: Role::PartnerSalesAgent,
+            },
+        }
+    }
+
+    #[test]
+    fn sealed_events_check_out_and_link() {
+        let (raw1, h1) = seal(&sample(), Position(1), GENESIS_HASH);
+        let env = check(&raw1, Position(1), GENESIS_HASH).unwrap();
+        assert_eq!(env.hash, h1);
+        assert_eq!(env.event_type, "AzurePlanCreated");
+        let (raw2, _) = seal(&sample(), Position(2), &h1);
+        assert!(check(&raw2, Position(2), &h1).is_ok());
+        assert!(check(&raw2, Position(2), GENESIS_HASH).is_err());
+        assert!(check(&raw2, Position(3), &h1).is_err());
+    }
+
+    #[test]
+    fn a_flipped_byte_breaks_the_hash() {
+        let (raw, _) = seal(&sample(), Position(1), GENESIS_HASH);
+        let text = String::from_utf8(raw).unwrap();
+        let tampered = text.replace("sales@b.example", "sales@c.example");
+        let err = check(tampered.as_bytes(), Position(1), GENESIS_HASH).unwrap_err();
+        assert!(err.reason.contains("hash does not match"), "{}", err.reason);
+    }
+
+    #[test]
+    fn the_stored_bytes_are_sorted_compact_json() {
+        let (raw, _) = seal(&sample(), Position(1), GENESIS_HASH);
+        let text = String::from_utf8(raw).unwrap();
+        assert!(text.starts_with("{\"actor\":{\"role\":\"partner_sales_agent\""));
+        assert!(!text.contains(": "));
+        assert!(text.contains("\"recorded_at\":\"2026-11-24T10:00:00.123456Z\""));
+    }
+}

@@ -1,0 +1,135 @@
+//! The event log: bytes on disk, positions, the hash chain, indexes and durability. It knows nothing of the rules.
+
+mod envelope;
+mod sled_store;
+
+use std::path::PathBuf;
+
+pub use envelope::{canonical, chain_hash, check, seal, ChainBreak, Envelope, NewEvent, GENESIS_HASH};
+pub use sled_store::{SledStore, StoreOptions};
+
+use crate::domain::{CommandId, EntityRef, Position};
+
+/// The last event of the log, as recorded by the head marker.
+#[derive(Clone, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Head {
+    pub position: Position,
+    pub hash: String,
+}
+
+impl Head {
+    /// The head of an empty log.
+    pub fn genesis() -> Head {
+        Head {
+            position: Position(0),
+            hash: GENESIS_HASH.to_string(),
+        }
+    }
+}
+
+/// What the store remembers of a committed command: its fingerprint and the positions it appended (possibly none).
+#[derive(Clone, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
+pub struct CommandRecord {
+    pub fingerprint: String,
+    pub positions: Vec<Position>,
+}
+
+/// One committed command of a batch: its events are appended contiguously, atomically with its idempotency record.
+#[derive(Clone, PartialEq, Debug)]
+pub struct CommitEntry {
+    pub command_id: CommandId,
+    pub fingerprint: String,
+    pub events: Vec<NewEvent>,
+}
+
+/// One stored event: its position and the exact stored bytes (the canonical envelope).
+#[derive(Clone, PartialEq, Debug)]
+pub struct StoredEvent {
+    pub position: Position,
+    pub raw: Vec<u8>,
+}
+
+impl StoredEvent {
+    /// Decodes the envelope.
+    pub fn envelope(&self) -> Result<Envelope, StoreError> {
+        serde_json::from_slice(&self.raw).map_err(|e| StoreError::Codec {
+            position: self.position,
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Storage failures. None of them is a business answer; each says how a caller should react.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The disk or the OS failed. The outcome of the batch in flight is unknown: report it as such (the client retries
+    /// with the same `command_id`) and stop writing until the ledger is reopened.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// sled failed; react as for `Io`.
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored event does not decode: the data is damaged; refuse writes and run `verify`.
+    #[error("event {position} does not decode: {message}")]
+    Codec { position: Position, message: String },
+    /// The log is damaged or was tampered with; refuse writes, name the first bad position, restore from a backup.
+    #[error("the ledger is damaged{}: {message}", .position.map(|p| format!(" at position {p}")).unwrap_or_default())]
+    Corrupt {
+        position: Option<Position>,
+        message: String,
+    },
+    /// Another process holds the ledger; wait for it or stop it.
+    #[error("the ledger at {} is locked by {}", .path.display(), .pid.map(|p| format!("process {p}")).unwrap_or_else(|| "another process".into()))]
+    Locked { path: PathBuf, pid: Option<u32> },
+    /// The folder holds something else than a ledger; choose another folder.
+    #[error("{} is not a partner-ledger data folder (it is not empty and has no ledger.json)", .0.display())]
+    NotALedger(PathBuf),
+    /// No ledger exists at that folder; create one with `exec` or choose the right `--data`.
+    #[error("no ledger at {}", .0.display())]
+    NoLedger(PathBuf),
+    /// An earlier write or sync failed, so the store refuses writes until it is reopened and re-verified (fail-stop).
+    #[error("writes are stopped after an earlier storage failure; reopen the ledger to recover")]
+    FailStopped,
+}
+
+/// Counters that show durability and group commit at work.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, serde::Serialize)]
+pub struct StoreCounters {
+    /// Batches committed (one sled transaction each).
+    pub batches: u64,
+    /// `flush()` calls.
+    pub flushes: u64,
+    /// `fdatasync` calls on the database file.
+    pub fdatasyncs: u64,
+    /// Events appended.
+    pub events: u64,
+    /// Commands whose records were committed.
+    pub commands: u64,
+}
+
+/// An append-only, gapless, hash-chained event log. Implementations must pass `tests/store_conformance.rs`.
+pub trait EventStore: Send + Sync {
+    /// The last event (position 0 and the genesis hash when empty).
+    fn head(&self) -> Head;
+    /// Appends every entry's events after the head in order, atomically, and makes them durable before returning.
+    /// Returns each entry's positions.
+    fn commit(&self, entries: &[CommitEntry]) -> Result<Vec<Vec<Position>>, StoreError>;
+    /// The record of a committed command.
+    fn command(&self, id: CommandId) -> Result<Option<CommandRecord>, StoreError>;
+    /// The event at a position.
+    fn get(&self, position: Position) -> Result<Option<StoredEvent>, StoreError>;
+    /// Events after `after`, up to and including `to`, in order.
+    fn read(
+        &self,
+        after: Position,
+        to: Option<Position>,
+    ) -> Box<dyn Iterator<Item = Result<StoredEvent, StoreError>> + '_>;
+    /// The positions of an entity's events after `after`, in order, read from its index.
+    fn history(&self, entity: &EntityRef, after: Position) -> Result<Vec<Position>, StoreError>;
+    /// Durability and batching counters.
+    fn counters(&self) -> StoreCounters;
+}

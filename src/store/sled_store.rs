@@ -1,0 +1,481 @@
+//! The sled backend of the event log.
+//!
+//! Layout of a data folder: `ledger.json` (marks the folder as a ledger), `LOCK` (held by the process that has the
+//! ledger open; holds its pid), and `sled/`, the database, with two trees:
+//! - `events`: big-endian `u64` position → the canonical envelope bytes;
+//! - `aux`: `head` → the head marker (position + hash); `c` ‖ command id → the command record;
+//!   `x` ‖ kind ‖ entity id ‖ position → nothing (the history indexes).
+//!
+//! Every batch is one sled transaction over both trees (atomic after a crash), then `flush()`, then `fdatasync` of
+//! `sled/db`, because sled's flush alone is not a power-loss barrier on Linux (STORAGE.md, spacejam/sled#1452).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+use super::envelope::{check, entity_prefix, seal};
+use super::{CommandRecord, CommitEntry, EventStore, Head, StoreCounters, StoreError, StoredEvent};
+use crate::domain::{CommandId, EntityRef, Position};
+
+const MARKER_FILE: &str = "ledger.json";
+const LOCK_FILE: &str = "LOCK";
+const SLED_DIR: &str = "sled";
+const HEAD_KEY: &[u8] = b"head";
+
+/// How to open a ledger's store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Create the ledger if the folder is missing or empty.
+    pub create: bool,
+    /// sled's page cache in bytes (sled's own default is 1 GiB; see docs/ARCHITECTURE.md).
+    pub cache_bytes: u64,
+    /// How many of the newest events are re-verified at open.
+    pub tail_check: u64,
+    /// Check the head marker and the tail at open. Only `verify` turns this off, to report damage itself.
+    pub check_on_open: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            create: true,
+            cache_bytes: 128 * 1024 * 1024,
+            tail_check: 1024,
+            check_on_open: true,
+        }
+    }
+}
+
+/// The sled event log. Reads may run from any thread while the single writer commits.
+pub struct SledStore {
+    dir: PathBuf,
+    db: sled::Db,
+    events: sled::Tree,
+    aux: sled::Tree,
+    /// Our own handle on `sled/db`, for `fdatasync`.
+    data_file: File,
+    /// Held for the life of the store: the advisory lock that keeps a second process out.
+    _lock: File,
+    head: Mutex<Head>,
+    write: Mutex<()>,
+    failed: AtomicBool,
+    batches: AtomicU64,
+    flushes: AtomicU64,
+    fdatasyncs: AtomicU64,
+    appended: AtomicU64,
+    commands: AtomicU64,
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Io { context, source }
+}
+
+fn is_empty_dir(dir: &Path) -> Result<bool, StoreError> {
+    let mut entries = std::fs::read_dir(dir).map_err(io(format!("cannot read {}", dir.display())))?;
+    Ok(entries.next().is_none())
+}
+
+/// Takes the folder's lock, or says which process holds it.
+fn lock(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io(format!("cannot open {}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0).map_err(io("cannot write the lock file"))?;
+            file.rewind().map_err(io("cannot write the lock file"))?;
+            writeln!(file, "{}", std::process::id()).map_err(io("cannot write the lock file"))?;
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            Err(StoreError::Locked {
+                path: dir.to_path_buf(),
+                pid: text.trim().parse().ok(),
+            })
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(io(format!("cannot lock {}", path.display()))(e)),
+    }
+}
+
+/// Reads the `hash` field of stored envelope bytes without a full decode.
+fn stored_hash(raw: &[u8], position: Position) -> Result<String, StoreError> {
+    #[derive(serde::Deserialize)]
+    struct OnlyHash {
+        hash: String,
+    }
+    serde_json::from_slice::<OnlyHash>(raw)
+        .map(|h| h.hash)
+        .map_err(|e| StoreError::Corrupt {
+            position: Some(position),
+            message: format!("the stored event does not decode: {e}"),
+        })
+}
+
+fn cmd_key(id: CommandId) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = b'c';
+    k[1..].copy_from_slice(id.as_bytes());
+    k
+}
+
+impl SledStore {
+    /// Opens (or creates) the ledger in `dir`, checks the head marker against the log and re-verifies the tail.
+    pub fn open(dir: &Path, options: &StoreOptions) -> Result<SledStore, StoreError> {
+        let marker = dir.join(MARKER_FILE);
+        if !dir.exists() {
+            if !options.create {
+                return Err(StoreError::NoLedger(dir.to_path_buf()));
+            }
+            std::fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
+        }
+        if !dir.is_dir() {
+            return Err(StoreError::NotALedger(dir.to_path_buf()));
+        }
+        if !marker.exists() {
+            if !is_empty_dir(dir)? {
+                return Err(StoreError::NotALedger(dir.to_path_buf()));
+            }
+            if !options.create {
+                return Err(StoreError::NoLedger(dir.to_path_buf()));
+            }
+        }
+        let lock = lock(dir)?;
+        if !marker.exists() {
+            let text = format!(
+                "{{\"format\":\"partner-ledger\",\"version\":1,\"created_by\":\"{}\"}}\n",
+                env!("CARGO_PKG_VERSION")
+            );
+            std::fs::write(&marker, text).map_err(io(format!("cannot write {}", marker.display())))?;
+        }
+        let db = sled::Config::new()
+            .path(dir.join(SLED_DIR))
+            .cache_capacity(options.cache_bytes)
+            .open()?;
+        let events = db.open_tree("events")?;
+        let aux = db.open_tree("aux")?;
+        let db_path = dir.join(SLED_DIR).join("db");
+        let data_file = File::open(&db_path).map_err(io(format!("cannot open {}", db_path.display())))?;
+        let store = SledStore {
+            dir: dir.to_path_buf(),
+            db,
+            events,
+            aux,
+            data_file,
+            _lock: lock,
+            head: Mutex::new(Head::genesis()),
+            write: Mutex::new(()),
+            failed: AtomicBool::new(false),
+            batches: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            fdatasyncs: AtomicU64::new(0),
+            appended: AtomicU64::new(0),
+            commands: AtomicU64::new(0),
+        };
+        let head = if options.check_on_open {
+            store.recover_head(options.tail_check)?
+        } else {
+            store.marker()?.unwrap_or_else(Head::genesis)
+        };
+        *store.head.lock().unwrap_or_else(|e| e.into_inner()) = head;
+        Ok(store)
+    }
+
+    /// The data folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn marker(&self) -> Result<Option<Head>, StoreError> {
+        match self.aux.get(HEAD_KEY)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| StoreError::Corrupt {
+                position: None,
+                message: format!("the head marker does not decode: {e}"),
+            }),
+        }
+    }
+
+    /// The head from the last key, checked against the head marker; the newest `tail` events are re-verified.
+    fn recover_head(&self, tail: u64) -> Result<Head, StoreError> {
+        let marker = self.marker()?;
+        let last = self.events.last()?;
+        let (last_pos, last_raw) = match (&marker, last) {
+            (None, None) => return Ok(Head::genesis()),
+            (Some(m), None) if m.position.0 == 0 => return Ok(Head::genesis()),
+            (Some(m), None) => {
+                return Err(StoreError::Corrupt {
+                    position: Some(Position(1)),
+                    message: format!("the head marker records {} events but the log is empty", m.position),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(StoreError::Corrupt {
+                    position: None,
+                    message: "the log holds events but no head marker".into(),
+                })
+            }
+            (Some(_), Some((k, v))) => {
+                let pos = Position::from_key(&k).ok_or_else(|| StoreError::Corrupt {
+                    position: None,
+                    message: "the last key of the log is not a position".into(),
+                })?;
+                (pos, v)
+            }
+        };
+        let m = marker.unwrap_or_else(Head::genesis);
+        if last_pos != m.position {
+            let first_bad = Position(last_pos.0.min(m.position.0) + 1);
+            return Err(StoreError::Corrupt {
+                position: Some(first_bad),
+                message: format!(
+                    "the log ends at position {last_pos} but the head marker records {}: events were removed or lost",
+                    m.position
+                ),
+            });
+        }
+        let last_hash = stored_hash(&last_raw, last_pos)?;
+        if last_hash != m.hash {
+            return Err(StoreError::Corrupt {
+                position: Some(last_pos),
+                message: format!("the last event's hash {last_hash} differs from the head marker's {}", m.hash),
+            });
+        }
+        let start = Position(last_pos.0.saturating_sub(tail.saturating_sub(1)).max(1));
+        self.verify_range(start, last_pos, |_| {})?;
+        Ok(m)
+    }
+
+    /// Verifies events `from..=to`: contiguous positions, each linked to the previous hash, each hash matching.
+    fn verify_range(&self, from: Position, to: Position, mut progress: impl FnMut(Position)) -> Result<(), StoreError> {
+        let mut prev = if from.0 <= 1 {
+            super::GENESIS_HASH.to_string()
+        } else {
+            let before = Position(from.0 - 1);
+            let raw = self.events.get(before.to_key())?.ok_or_else(|| StoreError::Corrupt {
+                position: Some(before),
+                message: format!("event {before} is missing"),
+            })?;
+            stored_hash(&raw, before)?
+        };
+        let mut expected = from;
+        for item in self.events.range(from.to_key()..=to.to_key()) {
+            let (k, v) = item?;
+            let pos = Position::from_key(&k);
+            if pos != Some(expected) {
+                return Err(StoreError::Corrupt {
+                    position: Some(expected),
+                    message: format!("event {expected} is missing"),
+                });
+            }
+            let env = check(&v, expected, &prev).map_err(|b| StoreError::Corrupt {
+                position: Some(b.position),
+                message: b.reason,
+            })?;
+            prev = env.hash;
+            progress(expected);
+            expected = expected.next();
+        }
+        if expected != to.next() {
+            return Err(StoreError::Corrupt {
+                position: Some(expected),
+                message: format!("event {expected} is missing"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Walks the whole chain and checks it against the head marker. Calls `progress` after each event.
+    pub fn verify_all(&self, progress: impl FnMut(Position)) -> Result<Head, StoreError> {
+        let head = self.marker()?.unwrap_or_else(Head::genesis);
+        let last = match self.events.last()? {
+            Some((k, _)) => Position::from_key(&k).unwrap_or_default(),
+            None => Position(0),
+        };
+        if last.0 > 0 {
+            self.verify_range(Position(1), last, progress)?;
+        }
+        if last != head.position {
+            return Err(StoreError::Corrupt {
+                position: Some(Position(last.0.min(head.position.0) + 1)),
+                message: format!(
+                    "the log ends at position {last} but the head marker records {}: events were removed or lost",
+                    head.position
+                ),
+            });
+        }
+        Ok(head)
+    }
+
+    fn fail<T>(&self, e: StoreError) -> Result<T, StoreError> {
+        self.failed.store(true, Ordering::SeqCst);
+        tracing::error!(error = %e, "storage failure: writes are stopped until the ledger is reopened");
+        Err(e)
+    }
+}
+
+impl EventStore for SledStore {
+    fn head(&self) -> Head {
+        self.head.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn commit(&self, entries: &[CommitEntry]) -> Result<Vec<Vec<Position>>, StoreError> {
+        let _writer = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(StoreError::FailStopped);
+        }
+        let head = self.head();
+        let mut position = head.position;
+        let mut prev = head.hash;
+        let mut rows: Vec<([u8; 8], Vec<u8>)> = Vec::new();
+        let mut index: Vec<Vec<u8>> = Vec::new();
+        let mut records: Vec<([u8; 17], Vec<u8>)> = Vec::with_capacity(entries.len());
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let mut positions = Vec::with_capacity(entry.events.len());
+            for ev in &entry.events {
+                position = position.next();
+                let (raw, hash) = seal(ev, position, &prev);
+                prev = hash;
+                rows.push((position.to_key(), raw));
+                for entity in ev.event.entities() {
+                    let mut k = entity_prefix(&entity).to_vec();
+                    k.extend_from_slice(&position.to_key());
+                    index.push(k);
+                }
+                positions.push(position);
+            }
+            let record = CommandRecord {
+                fingerprint: entry.fingerprint.clone(),
+                positions: positions.clone(),
+            };
+            records.push((
+                cmd_key(entry.command_id),
+                serde_json::to_vec(&record).unwrap_or_default(),
+            ));
+            out.push(positions);
+        }
+        let new_head = Head {
+            position,
+            hash: prev,
+        };
+        let head_bytes = serde_json::to_vec(&new_head).unwrap_or_default();
+        let written: Result<(), TransactionError<()>> = (&self.events, &self.aux).transaction(|(e, a)| {
+            for (k, v) in &rows {
+                e.insert(&k[..], v.as_slice())?;
+            }
+            for k in &index {
+                a.insert(k.as_slice(), &[][..])?;
+            }
+            for (k, v) in &records {
+                a.insert(&k[..], v.as_slice())?;
+            }
+            a.insert(HEAD_KEY, head_bytes.as_slice())?;
+            Ok::<(), ConflictableTransactionError<()>>(())
+        });
+        if let Err(e) = written {
+            let e = match e {
+                TransactionError::Storage(s) => StoreError::Sled(s),
+                TransactionError::Abort(()) => StoreError::Corrupt {
+                    position: None,
+                    message: "the write transaction aborted".into(),
+                },
+            };
+            return self.fail(e);
+        }
+        if let Err(e) = self.db.flush() {
+            return self.fail(StoreError::Sled(e));
+        }
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.data_file.sync_data() {
+            return self.fail(StoreError::Io {
+                context: "fdatasync of the database file failed".into(),
+                source: e,
+            });
+        }
+        self.fdatasyncs.fetch_add(1, Ordering::Relaxed);
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.appended.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        self.commands.fetch_add(entries.len() as u64, Ordering::Relaxed);
+        *self.head.lock().unwrap_or_else(|e| e.into_inner()) = new_head;
+        Ok(out)
+    }
+
+    fn command(&self, id: CommandId) -> Result<Option<CommandRecord>, StoreError> {
+        match self.aux.get(cmd_key(id))? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| StoreError::Corrupt {
+                position: None,
+                message: format!("the record of command {id} does not decode: {e}"),
+            }),
+        }
+    }
+
+    fn get(&self, position: Position) -> Result<Option<StoredEvent>, StoreError> {
+        Ok(self.events.get(position.to_key())?.map(|v| StoredEvent {
+            position,
+            raw: v.to_vec(),
+        }))
+    }
+
+    fn read(
+        &self,
+        after: Position,
+        to: Option<Position>,
+    ) -> Box<dyn Iterator<Item = Result<StoredEvent, StoreError>> + '_> {
+        let start = after.next().to_key();
+        let end = to.unwrap_or(Position(u64::MAX)).to_key();
+        if start > end {
+            return Box::new(std::iter::empty());
+        }
+        Box::new(self.events.range(start..=end).map(|item| {
+            let (k, v) = item?;
+            let position = Position::from_key(&k).ok_or_else(|| StoreError::Corrupt {
+                position: None,
+                message: "a key of the log is not a position".into(),
+            })?;
+            Ok(StoredEvent {
+                position,
+                raw: v.to_vec(),
+            })
+        }))
+    }
+
+    fn history(&self, entity: &EntityRef, after: Position) -> Result<Vec<Position>, StoreError> {
+        let prefix = entity_prefix(entity);
+        let mut start = prefix.to_vec();
+        start.extend_from_slice(&after.next().to_key());
+        let mut end = prefix.to_vec();
+        end.extend_from_slice(&u64::MAX.to_be_bytes());
+        let mut out = Vec::new();
+        for item in self.aux.range(start..=end) {
+            let (k, _) = item?;
+            if let Some(p) = Position::from_key(&k[prefix.len()..]) {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    fn counters(&self) -> StoreCounters {
+        StoreCounters {
+            batches: self.batches.load(Ordering::Relaxed),
+            flushes: self.flushes.load(Ordering::Relaxed),
+            fdatasyncs: self.fdatasyncs.load(Ordering::Relaxed),
+            events: self.appended.load(Ordering::Relaxed),
+            commands: self.commands.load(Ordering::Relaxed),
+        }
+    }
+}
