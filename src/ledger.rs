@@ -33,7 +33,10 @@ pub enum Outcome {
     },
     /// Storage failed while the command was in flight: it may or may not be in the log. Retry with the same
     /// `command_id` after the ledger is reopened; idempotency makes that safe.
-    Unknown { command_id: CommandId, message: String },
+    Unknown {
+        command_id: CommandId,
+        message: String,
+    },
 }
 
 impl Outcome {
@@ -52,7 +55,10 @@ impl Outcome {
                 }
                 v
             }
-            Outcome::Refused { command_id, refusal } => {
+            Outcome::Refused {
+                command_id,
+                refusal,
+            } => {
                 let mut v = json!({
                     "command_id": command_id,
                     "outcome": "refused",
@@ -65,7 +71,10 @@ impl Outcome {
                 }
                 v
             }
-            Outcome::Unknown { command_id, message } => json!({
+            Outcome::Unknown {
+                command_id,
+                message,
+            } => json!({
                 "command_id": command_id,
                 "outcome": "unknown",
                 "message": message,
@@ -188,17 +197,23 @@ impl Ticket {
 fn writer_gone() -> Outcome {
     Outcome::Unknown {
         command_id: CommandId::new(uuid::Uuid::new_v4()).unwrap_or_else(|_| unreachable_id()),
-        message: "the ledger writer stopped before answering; retry with the same command_id".into(),
+        message: "the ledger writer stopped before answering; retry with the same command_id"
+            .into(),
     }
 }
 
 fn unreachable_id() -> CommandId {
     // A v4 UUID is never nil; this exists only to avoid a panic path.
-    "00000000-0000-4000-8000-000000000001".parse().unwrap_or_else(|_| unreachable!())
+    "00000000-0000-4000-8000-000000000001"
+        .parse()
+        .unwrap_or_else(|_| unreachable!())
 }
 
 /// Folds the whole log into the write model.
-pub fn replay(store: &dyn EventStore, mut progress: impl FnMut(Position)) -> Result<State, OpenError> {
+pub fn replay(
+    store: &dyn EventStore,
+    mut progress: impl FnMut(Position),
+) -> Result<State, OpenError> {
     let mut state = State::new();
     for item in store.read(Position(0), None) {
         let stored = item?;
@@ -373,7 +388,8 @@ impl Writer {
         let c = &self.counters;
         match result {
             Ok(positions) => {
-                c.largest_batch.fetch_max(entries.len() as u64, Ordering::Relaxed);
+                c.largest_batch
+                    .fetch_max(entries.len() as u64, Ordering::Relaxed);
                 for (reply, draft) in drafts {
                     let outcome = match draft {
                         Draft::Done(o) => o,
@@ -434,7 +450,11 @@ impl Writer {
                     domain::Code::CommandIdReused,
                     format!(
                         "command_id {command_id} was already used by a different command{}",
-                        if stored.is_empty() { "" } else { " (its body differs)" }
+                        if stored.is_empty() {
+                            ""
+                        } else {
+                            " (its body differs)"
+                        }
                     ),
                 ),
             })
@@ -472,14 +492,18 @@ impl Writer {
         match domain::decide(&self.state, &cmd) {
             Err(refusal) => {
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
-                Draft::Done(Outcome::Refused { command_id, refusal })
+                Draft::Done(Outcome::Refused {
+                    command_id,
+                    refusal,
+                })
             }
             Ok(events) => {
                 let mut new_events = Vec::with_capacity(events.len());
                 for event in events {
                     self.state.apply(cmd.at, &event);
                     new_events.push(NewEvent {
-                        event_id: EventId::new(uuid::Uuid::new_v4()).unwrap_or_else(|_| unreachable!()),
+                        event_id: EventId::new(uuid::Uuid::new_v4())
+                            .unwrap_or_else(|_| unreachable!()),
                         event,
                         at: cmd.at,
                         recorded_at: now,

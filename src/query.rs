@@ -25,9 +25,9 @@ impl FromStr for AsOfSpec {
         if let Ok(n) = s.parse::<u64>() {
             return Ok(AsOfSpec::Position(Position(n)));
         }
-        s.parse::<Timestamp>()
-            .map(AsOfSpec::Time)
-            .map_err(|_| format!("`{s}` is neither a position (a whole number) nor an RFC 3339 time"))
+        s.parse::<Timestamp>().map(AsOfSpec::Time).map_err(|_| {
+            format!("`{s}` is neither a position (a whole number) nor an RFC 3339 time")
+        })
     }
 }
 
@@ -46,7 +46,11 @@ fn at_of(store: &dyn EventStore, position: Position) -> Result<Option<Timestamp>
 }
 
 /// The last position whose business time is at or before `t` (0 if none).
-fn position_at(store: &dyn EventStore, head: Position, t: Timestamp) -> Result<Position, StoreError> {
+fn position_at(
+    store: &dyn EventStore,
+    head: Position,
+    t: Timestamp,
+) -> Result<Position, StoreError> {
     let (mut lo, mut hi) = (0u64, head.0);
     while lo < hi {
         let mid = lo + (hi - lo).div_ceil(2);
@@ -73,7 +77,11 @@ pub fn resolve(store: &dyn EventStore, spec: Option<AsOfSpec>) -> Result<AsOf, S
     Ok(AsOf { position, at })
 }
 
-fn fold(store: &dyn EventStore, state: &mut State, positions: &[Position]) -> Result<usize, StoreError> {
+fn fold(
+    store: &dyn EventStore,
+    state: &mut State,
+    positions: &[Position],
+) -> Result<usize, StoreError> {
     for p in positions {
         if let Some(stored) = store.get(*p)? {
             let env = stored.envelope()?;
@@ -88,19 +96,34 @@ fn fold(store: &dyn EventStore, state: &mut State, positions: &[Position]) -> Re
 }
 
 /// The customer view as of `spec` (now when `None`); `None` if the customer did not exist then.
-pub fn customer(store: &dyn EventStore, customer: CustomerId, spec: Option<AsOfSpec>) -> Result<Option<Answer>, StoreError> {
+pub fn customer(
+    store: &dyn EventStore,
+    customer: CustomerId,
+    spec: Option<AsOfSpec>,
+) -> Result<Option<Answer>, StoreError> {
     let as_of = resolve(store, spec)?;
-    let upto = |v: Vec<Position>| -> Vec<Position> { v.into_iter().take_while(|p| *p <= as_of.position).collect() };
+    let upto = |v: Vec<Position>| -> Vec<Position> {
+        v.into_iter().take_while(|p| *p <= as_of.position).collect()
+    };
     let mut state = State::new();
-    let mut read = fold(store, &mut state, &upto(store.history(&EntityRef::Customer(customer), Position(0))?))?;
+    let mut read = fold(
+        store,
+        &mut state,
+        &upto(store.history(&EntityRef::Customer(customer), Position(0))?),
+    )?;
     let Some(c) = state.customers.get(&customer) else {
         return Ok(None);
     };
     let mut profile: Vec<Position> = Vec::new();
     for p in c.partners.clone() {
-        profile.extend(upto(store.history(&EntityRef::PartnerProfile(p), Position(0))?));
+        profile.extend(upto(
+            store.history(&EntityRef::PartnerProfile(p), Position(0))?,
+        ));
     }
     profile.sort_unstable();
     read += fold(store, &mut state, &profile)?;
-    Ok(derive_view(&state, customer, as_of).map(|view| Answer { view, events_read: read }))
+    Ok(derive_view(&state, customer, as_of).map(|view| Answer {
+        view,
+        events_read: read,
+    }))
 }

@@ -28,7 +28,11 @@ enum LineRead {
 }
 
 /// Reads one line into `buf` (without its newline), keeping at most `limit + 1` bytes of an over-long line.
-fn read_bounded_line(r: &mut impl BufRead, buf: &mut Vec<u8>, limit: usize) -> std::io::Result<LineRead> {
+fn read_bounded_line(
+    r: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> std::io::Result<LineRead> {
     buf.clear();
     let mut total = 0usize;
     let mut any = false;
@@ -70,7 +74,10 @@ pub fn run(data: &Path, file: &str) -> anyhow::Result<ExitCode> {
     let input: Box<dyn Read + Send> = if file == "-" {
         Box::new(std::io::stdin())
     } else {
-        Box::new(std::fs::File::open(file).with_context(|| format!("cannot open the command file {file}"))?)
+        Box::new(
+            std::fs::File::open(file)
+                .with_context(|| format!("cannot open the command file {file}"))?,
+        )
     };
     let ledger = Arc::new(Ledger::open(LedgerConfig::new(data))?);
     let started = Instant::now();
@@ -155,7 +162,9 @@ pub fn run(data: &Path, file: &str) -> anyhow::Result<ExitCode> {
         w.write_all(b"\n")?;
     }
     w.flush()?;
-    let read_result = reader.join().map_err(|_| anyhow::anyhow!("the input reader panicked"))?;
+    let read_result = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the input reader panicked"))?;
     read_result.with_context(|| format!("cannot read {file}"))?;
     ledger.close();
     let secs = started.elapsed().as_secs_f64();

@@ -19,7 +19,12 @@ use crate::store::{EventStore, SledStore, StoreError, StoreOptions};
 #[command(name = "partner-ledger", version, about, long_about = None)]
 pub struct Cli {
     /// The ledger's data folder.
-    #[arg(long, global = true, env = "PARTNER_LEDGER_DATA", default_value = "ledger-data")]
+    #[arg(
+        long,
+        global = true,
+        env = "PARTNER_LEDGER_DATA",
+        default_value = "ledger-data"
+    )]
     pub data: PathBuf,
     #[command(subcommand)]
     pub command: Command,
@@ -113,7 +118,12 @@ fn out(w: &mut impl Write, bytes: &[u8]) -> std::io::Result<bool> {
     }
 }
 
-fn events(store: &SledStore, from: Position, to: Option<Position>, filters: &[EntityRef]) -> anyhow::Result<ExitCode> {
+fn events(
+    store: &SledStore,
+    from: Position,
+    to: Option<Position>,
+    filters: &[EntityRef],
+) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut w = std::io::BufWriter::new(stdout.lock());
     if filters.is_empty() {
@@ -125,10 +135,14 @@ fn events(store: &SledStore, from: Position, to: Option<Position>, filters: &[En
     } else {
         let mut positions = store.history(&filters[0], from)?;
         for f in &filters[1..] {
-            let other: std::collections::HashSet<Position> = store.history(f, from)?.into_iter().collect();
+            let other: std::collections::HashSet<Position> =
+                store.history(f, from)?.into_iter().collect();
             positions.retain(|p| other.contains(p));
         }
-        for p in positions.into_iter().take_while(|p| to.is_none_or(|t| *p <= t)) {
+        for p in positions
+            .into_iter()
+            .take_while(|p| to.is_none_or(|t| *p <= t))
+        {
             if let Some(e) = store.get(p)? {
                 if !out(&mut w, &e.raw)? {
                     return Ok(ExitCode::SUCCESS);
@@ -142,10 +156,22 @@ fn events(store: &SledStore, from: Position, to: Option<Position>, filters: &[En
     }
 }
 
-fn customer(store: &SledStore, id: CustomerId, json: bool, as_of: Option<AsOfSpec>) -> anyhow::Result<ExitCode> {
+fn customer(
+    store: &SledStore,
+    id: CustomerId,
+    json: bool,
+    as_of: Option<AsOfSpec>,
+) -> anyhow::Result<ExitCode> {
     match query::customer(store, id, as_of)? {
         None => {
-            eprintln!("error: customer {id} is not registered in this ledger{}", if as_of.is_some() { " at that point" } else { "" });
+            eprintln!(
+                "error: customer {id} is not registered in this ledger{}",
+                if as_of.is_some() {
+                    " at that point"
+                } else {
+                    ""
+                }
+            );
             Ok(ExitCode::from(3))
         }
         Some(answer) => {
@@ -171,8 +197,10 @@ fn verify(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     let total = store.head().position.0;
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("verifying {bar:40} {pos}/{len} events ({per_sec}, eta {eta})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "verifying {bar:40} {pos}/{len} events ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let result = store.verify_all(|p| {
         if p.0 % 4096 == 0 {
@@ -182,7 +210,10 @@ fn verify(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     bar.finish_and_clear();
     match result {
         Ok(head) => {
-            println!("ok: {} events, the chain verifies; head hash {}", head.position, head.hash);
+            println!(
+                "ok: {} events, the chain verifies; head hash {}",
+                head.position, head.hash
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(StoreError::Corrupt { position, message }) => {
@@ -203,14 +234,18 @@ const CONTOSO: &str = "c0000000-0000-4000-8000-00000000000c";
 fn demo(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     let ledger = Ledger::open(LedgerConfig::new(dir))?;
     if ledger.store().head().position.0 == 0 {
-        println!("Loading the seed story into a new ledger at {} …\n", dir.display());
+        println!(
+            "Loading the seed story into a new ledger at {} …\n",
+            dir.display()
+        );
         let mut committed = 0;
         for (n, line) in SEED_STORY.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let submitted = crate::domain::parse_line(line).map_err(|e| anyhow::anyhow!("seed line {}: {e}", n + 1))?;
+            let submitted = crate::domain::parse_line(line)
+                .map_err(|e| anyhow::anyhow!("seed line {}: {e}", n + 1))?;
             let kind = submitted.body.type_name();
             let outcome = ledger.execute(submitted);
             let json = outcome.to_json();
@@ -221,7 +256,11 @@ fn demo(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         }
         println!("\n{committed} commands committed durably.\n");
     } else {
-        println!("The ledger at {} already holds {} events; showing Contoso.\n", dir.display(), ledger.store().head().position);
+        println!(
+            "The ledger at {} already holds {} events; showing Contoso.\n",
+            dir.display(),
+            ledger.store().head().position
+        );
     }
     let id: CustomerId = CONTOSO.parse().map_err(|e: String| anyhow::anyhow!(e))?;
     match query::customer(ledger.store(), id, None)? {

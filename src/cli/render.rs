@@ -43,7 +43,11 @@ pub fn customer_table(v: &CustomerView) -> String {
         v.domain,
         v.country,
         v.cloud,
-        if v.agreement_accepted { "accepted" } else { "not accepted" }
+        if v.agreement_accepted {
+            "accepted"
+        } else {
+            "not accepted"
+        }
     );
     let _ = writeln!(s, "as of position {} ({})", v.as_of.position, v.as_of.at);
     let _ = writeln!(s, "\nPARTNERS");
@@ -106,7 +110,12 @@ pub fn customer_table(v: &CustomerView) -> String {
     if !v.azure_plans.is_empty() {
         let _ = writeln!(s, "\nAZURE PLANS");
         for plan in &v.azure_plans {
-            let _ = writeln!(s, "  billed by {:<24} {}", name_of(&plan.billing_partner), plan.status);
+            let _ = writeln!(
+                s,
+                "  billed by {:<24} {}",
+                name_of(&plan.billing_partner),
+                plan.status
+            );
         }
     }
     s

@@ -67,14 +67,16 @@ pub(super) fn request(
                 ),
             )
         }
-        Cloud::Public if b.include_delegated_admin && cmd.at >= dap_retirement() => return refuse(
-            Code::DapRetired,
-            13,
-            format!(
+        Cloud::Public if b.include_delegated_admin && cmd.at >= dap_retirement() => {
+            return refuse(
+                Code::DapRetired,
+                13,
+                format!(
                 "DAP was retired on 2023-10-09 for the public cloud; request {} asks for it at {}",
                 b.request, cmd.at
             ),
-        ),
+            )
+        }
         _ => {}
     }
     Ok(vec![Event::RelationshipRequested {

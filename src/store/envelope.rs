@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::domain::{Actor, CommandId, CorrelationId, EntityRef, Event, EventId, Position, Timestamp, SCHEMA_VERSION};
+use crate::domain::{
+    Actor, CommandId, CorrelationId, EntityRef, Event, EventId, Position, Timestamp, SCHEMA_VERSION,
+};
 
 /// The `prev_hash` of the first event.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -66,11 +68,20 @@ pub fn seal(ev: &NewEvent, position: Position, prev_hash: &str) -> (Vec<u8>, Str
     let mut m = Map::new();
     m.insert("position".into(), Value::from(position.0));
     m.insert("event_id".into(), Value::String(ev.event_id.to_string()));
-    m.insert("type".into(), Value::String(ev.event.type_name().to_string()));
+    m.insert(
+        "type".into(),
+        Value::String(ev.event.type_name().to_string()),
+    );
     m.insert("schema_version".into(), Value::from(SCHEMA_VERSION));
     m.insert("at".into(), Value::String(ev.at.to_string()));
-    m.insert("recorded_at".into(), Value::String(ev.recorded_at.to_string()));
-    m.insert("command_id".into(), Value::String(ev.command_id.to_string()));
+    m.insert(
+        "recorded_at".into(),
+        Value::String(ev.recorded_at.to_string()),
+    );
+    m.insert(
+        "command_id".into(),
+        Value::String(ev.command_id.to_string()),
+    );
     m.insert(
         "correlation_id".into(),
         ev.correlation_id
@@ -109,8 +120,8 @@ pub fn check(raw: &[u8], expected: Position, prev_hash: &str) -> Result<Envelope
         position: expected,
         reason,
     };
-    let mut value: Value =
-        serde_json::from_slice(raw).map_err(|e| brk(format!("the stored bytes are not JSON: {e}")))?;
+    let mut value: Value = serde_json::from_slice(raw)
+        .map_err(|e| brk(format!("the stored bytes are not JSON: {e}")))?;
     let Some(map) = value.as_object_mut() else {
         return Err(brk("the stored value is not a JSON object".into()));
     };
@@ -178,7 +189,9 @@ mod tests {
             command_id: "ccccdddd-0000-4000-8000-000000000001".parse().unwrap(),
             correlation_id: None,
             actor: Actor {
-                tenant: "b0000000-0000-4000-8000-00000000000b".parse::<TenantId>().unwrap(),
+                tenant: "b0000000-0000-4000-8000-00000000000b"
+                    .parse::<TenantId>()
+                    .unwrap(),
                 user: "sales@b.example".into(),
                 role: Role::PartnerSalesAgent,
             },

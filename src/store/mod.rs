@@ -5,7 +5,9 @@ mod sled_store;
 
 use std::path::PathBuf;
 
-pub use envelope::{canonical, chain_hash, check, seal, ChainBreak, Envelope, NewEvent, GENESIS_HASH};
+pub use envelope::{
+    canonical, chain_hash, check, seal, ChainBreak, Envelope, NewEvent, GENESIS_HASH,
+};
 pub use sled_store::{SledStore, StoreOptions};
 
 use crate::domain::{CommandId, EntityRef, Position};

@@ -77,7 +77,8 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
 }
 
 fn is_empty_dir(dir: &Path) -> Result<bool, StoreError> {
-    let mut entries = std::fs::read_dir(dir).map_err(io(format!("cannot read {}", dir.display())))?;
+    let mut entries =
+        std::fs::read_dir(dir).map_err(io(format!("cannot read {}", dir.display())))?;
     Ok(entries.next().is_none())
 }
 
@@ -106,7 +107,9 @@ fn lock(dir: &Path) -> Result<File, StoreError> {
                 pid: text.trim().parse().ok(),
             })
         }
-        Err(std::fs::TryLockError::Error(e)) => Err(io(format!("cannot lock {}", path.display()))(e)),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(io(format!("cannot lock {}", path.display()))(e))
+        }
     }
 }
 
@@ -158,7 +161,8 @@ impl SledStore {
                 "{{\"format\":\"partner-ledger\",\"version\":1,\"created_by\":\"{}\"}}\n",
                 env!("CARGO_PKG_VERSION")
             );
-            std::fs::write(&marker, text).map_err(io(format!("cannot write {}", marker.display())))?;
+            std::fs::write(&marker, text)
+                .map_err(io(format!("cannot write {}", marker.display())))?;
         }
         let db = sled::Config::new()
             .path(dir.join(SLED_DIR))
@@ -167,7 +171,8 @@ impl SledStore {
         let events = db.open_tree("events")?;
         let aux = db.open_tree("aux")?;
         let db_path = dir.join(SLED_DIR).join("db");
-        let data_file = File::open(&db_path).map_err(io(format!("cannot open {}", db_path.display())))?;
+        let data_file =
+            File::open(&db_path).map_err(io(format!("cannot open {}", db_path.display())))?;
         let store = SledStore {
             dir: dir.to_path_buf(),
             db,
@@ -201,10 +206,12 @@ impl SledStore {
     fn marker(&self) -> Result<Option<Head>, StoreError> {
         match self.aux.get(HEAD_KEY)? {
             None => Ok(None),
-            Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| StoreError::Corrupt {
-                position: None,
-                message: format!("the head marker does not decode: {e}"),
-            }),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt {
+                    position: None,
+                    message: format!("the head marker does not decode: {e}"),
+                }),
         }
     }
 
@@ -218,7 +225,10 @@ impl SledStore {
             (Some(m), None) => {
                 return Err(StoreError::Corrupt {
                     position: Some(Position(1)),
-                    message: format!("the head marker records {} events but the log is empty", m.position),
+                    message: format!(
+                        "the head marker records {} events but the log is empty",
+                        m.position
+                    ),
                 })
             }
             (None, Some(_)) => {
@@ -250,7 +260,10 @@ impl SledStore {
         if last_hash != m.hash {
             return Err(StoreError::Corrupt {
                 position: Some(last_pos),
-                message: format!("the last event's hash {last_hash} differs from the head marker's {}", m.hash),
+                message: format!(
+                    "the last event's hash {last_hash} differs from the head marker's {}",
+                    m.hash
+                ),
             });
         }
         let start = Position(last_pos.0.saturating_sub(tail.saturating_sub(1)).max(1));
@@ -259,15 +272,23 @@ impl SledStore {
     }
 
     /// Verifies events `from..=to`: contiguous positions, each linked to the previous hash, each hash matching.
-    fn verify_range(&self, from: Position, to: Position, mut progress: impl FnMut(Position)) -> Result<(), StoreError> {
+    fn verify_range(
+        &self,
+        from: Position,
+        to: Position,
+        mut progress: impl FnMut(Position),
+    ) -> Result<(), StoreError> {
         let mut prev = if from.0 <= 1 {
             super::GENESIS_HASH.to_string()
         } else {
             let before = Position(from.0 - 1);
-            let raw = self.events.get(before.to_key())?.ok_or_else(|| StoreError::Corrupt {
-                position: Some(before),
-                message: format!("event {before} is missing"),
-            })?;
+            let raw = self
+                .events
+                .get(before.to_key())?
+                .ok_or_else(|| StoreError::Corrupt {
+                    position: Some(before),
+                    message: format!("event {before} is missing"),
+                })?;
             stored_hash(&raw, before)?
         };
         let mut expected = from;
@@ -372,19 +393,20 @@ impl EventStore for SledStore {
             hash: prev,
         };
         let head_bytes = serde_json::to_vec(&new_head).unwrap_or_default();
-        let written: Result<(), TransactionError<()>> = (&self.events, &self.aux).transaction(|(e, a)| {
-            for (k, v) in &rows {
-                e.insert(&k[..], v.as_slice())?;
-            }
-            for k in &index {
-                a.insert(k.as_slice(), &[][..])?;
-            }
-            for (k, v) in &records {
-                a.insert(&k[..], v.as_slice())?;
-            }
-            a.insert(HEAD_KEY, head_bytes.as_slice())?;
-            Ok::<(), ConflictableTransactionError<()>>(())
-        });
+        let written: Result<(), TransactionError<()>> =
+            (&self.events, &self.aux).transaction(|(e, a)| {
+                for (k, v) in &rows {
+                    e.insert(&k[..], v.as_slice())?;
+                }
+                for k in &index {
+                    a.insert(k.as_slice(), &[][..])?;
+                }
+                for (k, v) in &records {
+                    a.insert(&k[..], v.as_slice())?;
+                }
+                a.insert(HEAD_KEY, head_bytes.as_slice())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
         if let Err(e) = written {
             let e = match e {
                 TransactionError::Storage(s) => StoreError::Sled(s),
@@ -407,8 +429,10 @@ impl EventStore for SledStore {
         }
         self.fdatasyncs.fetch_add(1, Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
-        self.appended.fetch_add(rows.len() as u64, Ordering::Relaxed);
-        self.commands.fetch_add(entries.len() as u64, Ordering::Relaxed);
+        self.appended
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        self.commands
+            .fetch_add(entries.len() as u64, Ordering::Relaxed);
         *self.head.lock().unwrap_or_else(|e| e.into_inner()) = new_head;
         Ok(out)
     }
@@ -416,10 +440,12 @@ impl EventStore for SledStore {
     fn command(&self, id: CommandId) -> Result<Option<CommandRecord>, StoreError> {
         match self.aux.get(cmd_key(id))? {
             None => Ok(None),
-            Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| StoreError::Corrupt {
-                position: None,
-                message: format!("the record of command {id} does not decode: {e}"),
-            }),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt {
+                    position: None,
+                    message: format!("the record of command {id} does not decode: {e}"),
+                }),
         }
     }
 
