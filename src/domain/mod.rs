@@ -18,6 +18,8 @@ mod subscription;
 pub mod view;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 pub(crate) mod testkit;
 
 pub use command::{

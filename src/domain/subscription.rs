@@ -362,7 +362,7 @@ mod tests {
     const AZ_B2: &str = "5b000000-0000-4000-8000-000000000003";
 
     #[test]
-    fn the_seed_story_b_adds_azure_and_nothing_of_as_changes() {
+    fn r3_the_seed_story_b_adds_azure_and_nothing_of_as_changes() {
         let story = seed_with_b();
         let before = story.state.subscriptions[&id(SUB_A)].clone();
         let then = story.when(azure(AZ_B, B, CONTOSO));
@@ -651,6 +651,34 @@ mod tests {
             ))
             .when(two_tier_azure(PROVIDER, Some(RESELLER)))
             .then_refused_under(Code::NoResellerRelationship, 24);
+    }
+
+    #[test]
+    fn r4_the_partner_of_record_never_changes_through_any_lifecycle() {
+        let story = two_tier().with(two_tier_azure(PROVIDER, Some(RESELLER)));
+        let mut state = story.state.clone();
+        for kind in [
+            "SuspendSubscription",
+            "ReactivateSubscription",
+            "CancelSubscription",
+        ] {
+            state = Story {
+                state,
+                ..story.clone()
+            }
+            .when(sub_cmd(kind, AZ_B, PROVIDER))
+            .then_state();
+            let s = &state.subscriptions[&id(AZ_B)];
+            assert_eq!(
+                (s.billing_partner, s.partner_of_record),
+                (id(PROVIDER), id(RESELLER)),
+                "after {kind}"
+            );
+        }
+        // No command type can even ask for a change: none of them carries a new partner of record for an existing id.
+        story
+            .when(two_tier_azure(PROVIDER, Some(RESELLER)))
+            .then_refused_under(Code::DuplicateSubscription, 26);
     }
 
     #[test]
