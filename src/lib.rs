@@ -9,3 +9,4 @@ pub mod domain;
 pub mod ledger;
 pub mod query;
 pub mod store;
+pub mod workload;

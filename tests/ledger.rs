@@ -172,3 +172,40 @@ fn the_default_business_time_is_the_ledger_clock() {
     assert_eq!(env.at, fixed);
     assert_eq!(env.recorded_at, fixed);
 }
+
+#[test]
+fn the_generated_workload_commits_with_about_five_percent_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(LedgerConfig::new(dir.path())).unwrap();
+    let spec = partner_ledger::workload::WorkloadSpec {
+        commands: 5_000,
+        ..Default::default()
+    };
+    let tickets: Vec<_> = partner_ledger::workload::generate(spec)
+        .map(|l| ledger.submit(parse_line(&l).unwrap()))
+        .collect();
+    let mut codes = std::collections::BTreeMap::new();
+    for t in tickets {
+        if let Outcome::Refused { refusal, .. } = t.wait() {
+            *codes.entry(refusal.code.as_str()).or_insert(0) += 1;
+        }
+    }
+    let refused: u32 = codes.values().sum();
+    assert!(
+        (100..=500).contains(&refused),
+        "{refused} of 5000 refused: {codes:?}"
+    );
+    let expected: std::collections::BTreeSet<&str> = [
+        "duplicate_subscription",
+        "invalid_duration",
+        "not_authorized",
+    ]
+    .into();
+    assert_eq!(
+        codes
+            .keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        expected.iter().map(|s| s.to_string()).collect()
+    );
+}

@@ -169,9 +169,12 @@ pub fn run(data: &Path, file: &str) -> anyhow::Result<ExitCode> {
     ledger.close();
     let secs = started.elapsed().as_secs_f64();
     let total = committed + refused + invalid + unknown;
+    let stats = ledger.stats();
     eprintln!(
-        "{committed} committed, {refused} refused, {invalid} invalid, {unknown} unknown in {secs:.2} s ({:.0} commands/s)",
-        total as f64 / secs.max(1e-9)
+        "{committed} committed, {refused} refused, {invalid} invalid, {unknown} unknown in {secs:.2} s ({:.0} commands/s; {} durable batches, {} fdatasyncs)",
+        total as f64 / secs.max(1e-9),
+        stats.batches,
+        stats.fdatasyncs
     );
     Ok(if unknown > 0 {
         ExitCode::from(2)

@@ -70,6 +70,15 @@ pub enum Command {
     },
     /// Walks the whole hash chain and the head marker; exits non-zero naming the first bad position.
     Verify,
+    /// Prints a realistic, deterministic workload of NDJSON commands (for trials and measurements).
+    Generate {
+        /// How many commands.
+        #[arg(long, default_value_t = 10_000)]
+        commands: usize,
+        /// The random seed; the same seed gives the same commands.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 /// Runs the CLI; errors that are not business answers come back for `main` to print.
@@ -96,6 +105,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             customer(&store, id, json, as_of)
         }
         Command::Verify => verify(&cli.data),
+        Command::Generate { commands, seed } => {
+            let stdout = std::io::stdout();
+            let mut w = std::io::BufWriter::new(stdout.lock());
+            let spec = crate::workload::WorkloadSpec {
+                commands,
+                seed,
+                ..Default::default()
+            };
+            for line in crate::workload::generate(spec) {
+                if !out(&mut w, line.as_bytes())? {
+                    break;
+                }
+            }
+            w.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

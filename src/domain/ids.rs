@@ -195,6 +195,10 @@ impl Timestamp {
     pub fn plus_days(&self, days: i64) -> Self {
         Self(self.0 + chrono::Duration::days(days))
     }
+    /// This instant plus seconds.
+    pub fn plus_seconds(&self, seconds: i64) -> Self {
+        Self(self.0 + chrono::Duration::seconds(seconds))
+    }
     /// This instant plus minutes.
     pub fn plus_minutes(&self, minutes: i64) -> Self {
         Self(self.0 + chrono::Duration::minutes(minutes))
