@@ -55,6 +55,9 @@ fn group_commit_batches_concurrent_submitters_with_one_fdatasync_per_batch() {
     );
     assert_eq!(s.flushes, s.batches);
     let per_flush = total as f64 / s.batches as f64;
+    eprintln!(
+        "group commit with {SUBMITTERS} submitters: {per_flush:.1} commands per flush; {s:?}"
+    );
     assert!(
         per_flush >= 8.0,
         "on average {per_flush:.1} commands per flush ({s:?})"
