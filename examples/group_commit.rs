@@ -45,14 +45,14 @@ fn main() {
             .collect();
         let secs = started.elapsed().as_secs_f64();
         latencies.sort_by(f64::total_cmp);
-        let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize];
+        let pct = |per_mille: usize| latencies[(latencies.len() - 1) * per_mille / 1000];
         let s = ledger.stats();
         println!(
             "{submitters:>10}  {:>10.0}  {:>13.1}  {:>6.2}  {:>6.2}",
             latencies.len() as f64 / secs,
             s.committed as f64 / s.fdatasyncs.max(1) as f64,
-            pct(0.5),
-            pct(0.99)
+            pct(500),
+            pct(990)
         );
     }
 }
