@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::{self, CommandId, EventId, Position, Refusal, State, Submitted, Timestamp};
+use crate::projection::{Projections, Touched};
 use crate::store::{CommitEntry, EventStore, NewEvent, SledStore, StoreError, StoreOptions};
 
 /// The answer to one command (WIRE.md "Outcomes").
@@ -161,6 +162,7 @@ struct Job {
 /// after it has answered every queued command.
 pub struct Ledger {
     store: Arc<SledStore>,
+    projections: Arc<Projections>,
     tx: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     counters: Arc<WriterCounters>,
@@ -233,10 +235,13 @@ impl Ledger {
     pub fn open(config: LedgerConfig) -> Result<Ledger, OpenError> {
         let store = Arc::new(SledStore::open(&config.data_dir, &config.store)?);
         let state = replay(store.as_ref(), |_| {})?;
+        let projections = Arc::new(Projections::open(&store)?);
+        projections.catch_up(store.as_ref(), &state)?;
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let counters = Arc::new(WriterCounters::default());
         let writer = Writer {
             store: Arc::clone(&store),
+            projections: Arc::clone(&projections),
             state,
             clock: Arc::clone(&config.clock),
             max_batch: config.max_batch.max(1),
@@ -251,6 +256,7 @@ impl Ledger {
             })?;
         Ok(Ledger {
             store,
+            projections,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
             counters,
@@ -287,6 +293,11 @@ impl Ledger {
     /// The event log, for reads.
     pub fn store(&self) -> &SledStore {
         &self.store
+    }
+
+    /// The read models, kept at the head after every batch.
+    pub fn projections(&self) -> &Projections {
+        &self.projections
     }
 
     /// A shared handle on the event log.
@@ -328,6 +339,7 @@ impl Drop for Ledger {
 
 struct Writer {
     store: Arc<SledStore>,
+    projections: Arc<Projections>,
     state: State,
     clock: Clock,
     max_batch: usize,
@@ -412,6 +424,7 @@ impl Writer {
                     };
                     let _ = reply.send(outcome);
                 }
+                self.project(&entries);
             }
             Err(e) => {
                 // The write model now holds events that may not be on disk: answer "unknown" for the whole batch,
@@ -432,6 +445,24 @@ impl Writer {
             }
         }
         ok
+    }
+
+    /// Rewrites the read-model documents the batch touched. A failure here loses nothing: the checkpoint stays behind
+    /// and the next open catches up.
+    fn project(&self, entries: &[CommitEntry]) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut touched = Touched::default();
+        for e in entries.iter().flat_map(|e| &e.events) {
+            touched.add(&self.state, &e.event);
+        }
+        if let Err(e) = self
+            .projections
+            .update(&self.state, &touched, self.store.head().position)
+        {
+            tracing::warn!(error = %e, "read models could not be updated; they catch up at the next open");
+        }
     }
 
     fn decide_one(

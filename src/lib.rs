@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod domain;
 pub mod ledger;
+pub mod projection;
 pub mod query;
 pub mod store;
 pub mod workload;

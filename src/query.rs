@@ -1,14 +1,22 @@
-//! Queries answered from the log's indexes: one customer's view, now or as of any position or instant.
+//! Queries: customer, partner and subscription views, now or as of any position or instant.
 //!
-//! A view is folded from that customer's own indexed history plus the reference-data events of the partners it
-//! involves, never by replaying the whole log; business time never decreases along the log (R35), so "as of an
-//! instant" is a binary search over positions.
+//! "Now" is read from the projections when they are at the log's head (one document read). "As of" is folded from
+//! the entity's own indexed history plus the reference-data events of the entities its view names, never by
+//! replaying the whole log. Business time never decreases along the log (R35), so "as of an instant" is a binary
+//! search over positions.
 
+use std::collections::BTreeSet;
 use std::str::FromStr;
 
-use crate::domain::view::{customer_view as derive_view, AsOf, CustomerView};
-use crate::domain::{CustomerId, EntityRef, Position, State, Timestamp};
-use crate::store::{EventStore, StoreError};
+use serde::Serialize;
+
+use crate::domain::slice::Slice;
+use crate::domain::view::{customer_view, partner_view, subscription_view, AsOf};
+use crate::domain::{
+    CustomerId, EntityRef, Event, PartnerId, Position, State, SubscriptionId, Timestamp,
+};
+use crate::projection::Projections;
+use crate::store::{EventStore, SledStore, StoreError};
 
 /// A point in the log to answer "as of".
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -31,10 +39,10 @@ impl FromStr for AsOfSpec {
     }
 }
 
-/// A view and how many events were read to build it.
+/// A view and how many events were read to build it (0 when it came from a projection).
 #[derive(Clone, Debug)]
-pub struct Answer {
-    pub view: CustomerView,
+pub struct Answer<V> {
+    pub view: V,
     pub events_read: usize,
 }
 
@@ -77,11 +85,13 @@ pub fn resolve(store: &dyn EventStore, spec: Option<AsOfSpec>) -> Result<AsOf, S
     Ok(AsOf { position, at })
 }
 
+/// Reads the events at `positions` (in order) and folds them into a state.
 fn fold(
     store: &dyn EventStore,
-    state: &mut State,
-    positions: &[Position],
-) -> Result<usize, StoreError> {
+    positions: &BTreeSet<Position>,
+) -> Result<(State, Vec<Event>), StoreError> {
+    let mut state = State::new();
+    let mut events = Vec::with_capacity(positions.len());
     for p in positions {
         if let Some(stored) = store.get(*p)? {
             let env = stored.envelope()?;
@@ -90,40 +100,200 @@ fn fold(
                 message: e.to_string(),
             })?;
             state.apply(env.at, &event);
+            events.push(event);
         }
     }
-    Ok(positions.len())
+    Ok((state, events))
+}
+
+/// An entity's indexed positions up to `upto`.
+fn history_upto(
+    store: &dyn EventStore,
+    entity: EntityRef,
+    upto: Position,
+) -> Result<Vec<Position>, StoreError> {
+    Ok(store
+        .history(&entity, Position(0))?
+        .into_iter()
+        .take_while(|p| *p <= upto)
+        .collect())
+}
+
+/// Folds `own` plus the profile events of every partner and customer those events name, up to `upto`.
+fn fold_with_profiles(
+    store: &dyn EventStore,
+    own: Vec<Position>,
+    upto: Position,
+) -> Result<(State, usize), StoreError> {
+    let (_, events) = fold(store, &own.iter().copied().collect())?;
+    let mut all: BTreeSet<Position> = own.into_iter().collect();
+    let named: BTreeSet<EntityRef> = events.iter().flat_map(Event::entities).collect();
+    for e in named {
+        let profile = match e {
+            EntityRef::Partner(p) => EntityRef::PartnerProfile(p),
+            EntityRef::Customer(c) => EntityRef::CustomerProfile(c),
+            _ => continue,
+        };
+        all.extend(history_upto(store, profile, upto)?);
+    }
+    let read = all.len();
+    let (state, _) = fold(store, &all)?;
+    Ok((state, read))
+}
+
+fn current<V>(
+    store: &SledStore,
+    projection: &str,
+    doc: impl FnOnce(&Projections) -> Result<Option<Slice>, StoreError>,
+    derive: impl FnOnce(&State, AsOf) -> Option<V>,
+) -> Result<Option<Option<Answer<V>>>, StoreError> {
+    let projections = Projections::open(store)?;
+    let head = store.head().position;
+    if projections.checkpoint(projection)? != head {
+        return Ok(None);
+    }
+    let as_of = resolve(store, None)?;
+    Ok(Some(doc(&projections)?.and_then(|slice| {
+        derive(&slice.into_state(), as_of).map(|view| Answer {
+            view,
+            events_read: 0,
+        })
+    })))
 }
 
 /// The customer view as of `spec` (now when `None`); `None` if the customer did not exist then.
 pub fn customer(
-    store: &dyn EventStore,
-    customer: CustomerId,
+    store: &SledStore,
+    id: CustomerId,
     spec: Option<AsOfSpec>,
-) -> Result<Option<Answer>, StoreError> {
-    let as_of = resolve(store, spec)?;
-    let upto = |v: Vec<Position>| -> Vec<Position> {
-        v.into_iter().take_while(|p| *p <= as_of.position).collect()
-    };
-    let mut state = State::new();
-    let mut read = fold(
-        store,
-        &mut state,
-        &upto(store.history(&EntityRef::Customer(customer), Position(0))?),
-    )?;
-    let Some(c) = state.customers.get(&customer) else {
-        return Ok(None);
-    };
-    let mut profile: Vec<Position> = Vec::new();
-    for p in c.partners.clone() {
-        profile.extend(upto(
-            store.history(&EntityRef::PartnerProfile(p), Position(0))?,
-        ));
+) -> Result<Option<Answer<crate::domain::view::CustomerView>>, StoreError> {
+    if spec.is_none() {
+        if let Some(answer) = current(
+            store,
+            "customers",
+            |p| p.customer(id),
+            |s, a| customer_view(s, id, a),
+        )? {
+            return Ok(answer);
+        }
     }
-    profile.sort_unstable();
-    read += fold(store, &mut state, &profile)?;
-    Ok(derive_view(&state, customer, as_of).map(|view| Answer {
+    let as_of = resolve(store, spec)?;
+    let own = history_upto(store, EntityRef::Customer(id), as_of.position)?;
+    let (state, read) = fold_with_profiles(store, own, as_of.position)?;
+    Ok(customer_view(&state, id, as_of).map(|view| Answer {
         view,
         events_read: read,
     }))
+}
+
+/// The partner view as of `spec` (now when `None`); `None` if the partner was not enrolled then.
+pub fn partner(
+    store: &SledStore,
+    id: PartnerId,
+    spec: Option<AsOfSpec>,
+) -> Result<Option<Answer<crate::domain::view::PartnerView>>, StoreError> {
+    if spec.is_none() {
+        if let Some(answer) = current(
+            store,
+            "partners",
+            |p| p.partner(id),
+            |s, a| partner_view(s, id, a),
+        )? {
+            return Ok(answer);
+        }
+    }
+    let as_of = resolve(store, spec)?;
+    let own = history_upto(store, EntityRef::Partner(id), as_of.position)?;
+    let (state, read) = fold_with_profiles(store, own, as_of.position)?;
+    Ok(partner_view(&state, id, as_of).map(|view| Answer {
+        view,
+        events_read: read,
+    }))
+}
+
+/// The subscription view as of `spec` (now when `None`); `None` if it did not exist then.
+pub fn subscription(
+    store: &SledStore,
+    id: SubscriptionId,
+    spec: Option<AsOfSpec>,
+) -> Result<Option<Answer<crate::domain::view::SubscriptionView>>, StoreError> {
+    if spec.is_none() {
+        if let Some(answer) = current(
+            store,
+            "subscriptions",
+            |p| p.subscription(id),
+            |s, a| subscription_view(s, id, a),
+        )? {
+            return Ok(answer);
+        }
+    }
+    let as_of = resolve(store, spec)?;
+    let mut own = history_upto(store, EntityRef::Subscription(id), as_of.position)?;
+    // The Azure plan's status lives in the plan's events, which are indexed under its customer and billing partner.
+    if let Some(first) = own.first() {
+        if let Some(stored) = store.get(*first)? {
+            if let Ok(Event::AzureSubscriptionAdded {
+                customer,
+                billing_partner,
+                ..
+            }) = stored.envelope()?.event()
+            {
+                let plan_events =
+                    history_upto(store, EntityRef::Customer(customer), as_of.position)?;
+                let partner_events: BTreeSet<Position> =
+                    history_upto(store, EntityRef::Partner(billing_partner), as_of.position)?
+                        .into_iter()
+                        .collect();
+                own.extend(
+                    plan_events
+                        .into_iter()
+                        .filter(|p| partner_events.contains(p)),
+                );
+            }
+        }
+    }
+    let (state, read) = fold_with_profiles(store, own, as_of.position)?;
+    Ok(subscription_view(&state, id, as_of).map(|view| Answer {
+        view,
+        events_read: read,
+    }))
+}
+
+/// One line of a history or diff.
+#[derive(Clone, Debug, Serialize)]
+pub struct HistoryLine {
+    pub position: Position,
+    pub at: Timestamp,
+    pub recorded_at: Timestamp,
+    pub actor: crate::domain::Actor,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub data: serde_json::Value,
+}
+
+/// An entity's events after `from` up to and including `to`, oldest first.
+pub fn history(
+    store: &dyn EventStore,
+    entity: EntityRef,
+    from: Position,
+    to: Option<Position>,
+) -> Result<Vec<HistoryLine>, StoreError> {
+    let mut out = Vec::new();
+    for p in store.history(&entity, from)? {
+        if to.is_some_and(|t| p > t) {
+            break;
+        }
+        if let Some(stored) = store.get(p)? {
+            let env = stored.envelope()?;
+            out.push(HistoryLine {
+                position: env.position,
+                at: env.at,
+                recorded_at: env.recorded_at,
+                actor: env.actor,
+                event_type: env.event_type,
+                data: env.data,
+            });
+        }
+    }
+    Ok(out)
 }

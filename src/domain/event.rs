@@ -213,6 +213,8 @@ pub enum EntityRef {
     Subscription(SubscriptionId),
     /// Only a partner's reference-data events (enrolment, corrections), so views can name partners cheaply.
     PartnerProfile(PartnerId),
+    /// Only a customer's reference-data events (registration, creation, corrections).
+    CustomerProfile(CustomerId),
 }
 
 impl Event {
@@ -292,12 +294,18 @@ impl Event {
                 vec![Partner(*provider), Partner(*reseller)]
             }
             Event::CustomerRegistered { customer, .. }
-            | Event::CustomerUpdated { customer, .. }
-            | Event::CustomerAgreementAccepted { customer, .. } => vec![Customer(*customer)],
+            | Event::CustomerUpdated { customer, .. } => {
+                vec![Customer(*customer), CustomerProfile(*customer)]
+            }
+            Event::CustomerAgreementAccepted { customer, .. } => vec![Customer(*customer)],
             Event::CustomerCreated {
                 partner, customer, ..
-            }
-            | Event::RelationshipRequested {
+            } => vec![
+                Customer(*customer),
+                Partner(*partner),
+                CustomerProfile(*customer),
+            ],
+            Event::RelationshipRequested {
                 partner, customer, ..
             }
             | Event::RelationshipRequestWithdrawn {

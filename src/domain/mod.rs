@@ -13,6 +13,7 @@ pub mod ids;
 mod partner;
 pub mod refusal;
 mod relationship;
+pub mod slice;
 pub mod state;
 mod subscription;
 pub mod view;

@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+use serde::{Deserialize, Serialize};
+
 use super::command::{Cloud, PartnerKind};
 use super::event::Event;
 use super::ids::*;
@@ -25,7 +27,7 @@ pub const GDAP_APPROVAL_DAYS: i64 = 90;
 /// One auto-extension (R20).
 pub const GDAP_EXTENSION_DAYS: i64 = 180;
 
-#[derive(Clone, PartialEq, Debug)]
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct Partner {
     pub id: PartnerId,
     pub program_id: ProgramId,
@@ -36,7 +38,7 @@ pub struct Partner {
     pub markets: Vec<Country>,
 }
 
-#[derive(Clone, PartialEq, Debug)]
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct Customer {
     pub id: CustomerId,
     pub company_name: String,
@@ -69,13 +71,14 @@ pub struct Request {
     pub status: RequestStatus,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RelationshipStatus {
     Active,
     Removed,
 }
 
-#[derive(Clone, PartialEq, Debug)]
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct Relationship {
     pub status: RelationshipStatus,
     /// When it entered its current status.
@@ -85,7 +88,8 @@ pub struct Relationship {
 }
 
 /// The recorded status of a GDAP admin relationship. Time-driven changes are derived with [`AdminRelationship::at`].
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AdminStatus {
     ApprovalPending,
     Active,
@@ -114,7 +118,7 @@ impl AdminStatus {
     }
 }
 
-#[derive(Clone, PartialEq, Debug)]
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct AdminRelationship {
     pub id: AdminRelationshipId,
     pub partner: PartnerId,
@@ -178,13 +182,15 @@ impl AdminRelationship {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SubscriptionKind {
     Licence,
     Azure,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SubscriptionStatus {
     Active,
     Suspended,
@@ -202,7 +208,7 @@ impl SubscriptionStatus {
     }
 }
 
-#[derive(Clone, PartialEq, Debug)]
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct Subscription {
     pub id: SubscriptionId,
     pub kind: SubscriptionKind,
@@ -215,13 +221,14 @@ pub struct Subscription {
     pub status: SubscriptionStatus,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PlanStatus {
     Active,
     Suspended,
 }
 
-#[derive(Clone, PartialEq, Debug)]
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct AzurePlan {
     pub status: PlanStatus,
     pub subscriptions: Vec<SubscriptionId>,
@@ -243,6 +250,8 @@ pub struct State {
     pub admin_open: BTreeSet<AdminRelationshipId>,
     pub subscriptions: HashMap<SubscriptionId, Subscription>,
     pub plans: HashMap<(PartnerId, CustomerId), AzurePlan>,
+    /// Customers each partner is involved with, in order of first involvement (the partner view's order).
+    pub partner_customers: HashMap<PartnerId, Vec<CustomerId>>,
 }
 
 impl State {
@@ -266,6 +275,10 @@ impl State {
         if let Some(c) = self.customer_mut(customer) {
             if !c.partners.contains(&partner) {
                 c.partners.push(partner);
+                self.partner_customers
+                    .entry(partner)
+                    .or_default()
+                    .push(customer);
             }
         }
     }

@@ -164,6 +164,7 @@ pub fn entity_prefix(entity: &EntityRef) -> [u8; 18] {
         EntityRef::Partner(p) => (b'p', *p.as_bytes()),
         EntityRef::Subscription(s) => (b's', *s.as_bytes()),
         EntityRef::PartnerProfile(p) => (b'n', *p.as_bytes()),
+        EntityRef::CustomerProfile(c) => (b'k', *c.as_bytes()),
     };
     let mut k = [0u8; 18];
     k[0] = b'x';

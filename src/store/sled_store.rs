@@ -215,6 +215,11 @@ impl SledStore {
         Ok(store)
     }
 
+    /// Opens another tree of the same database (read models keep theirs here; they are not part of the log).
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
     /// The data folder.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -1,0 +1,144 @@
+//! Slices: the part of the write model one view needs, serializable, so a projection can store it per entity and
+//! derive the view at any instant when it is read.
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::*;
+use super::state::*;
+
+/// A self-contained piece of the state. Folding it back with [`Slice::into_state`] gives a state in which the views of
+/// its subject are exactly those of the full state.
+#[derive(Clone, PartialEq, Debug, Default, Serialize, Deserialize)]
+pub struct Slice {
+    pub partners: Vec<Partner>,
+    pub customers: Vec<Customer>,
+    pub relationships: Vec<(PartnerId, CustomerId, Relationship)>,
+    pub admin: Vec<AdminRelationship>,
+    pub subscriptions: Vec<Subscription>,
+    pub plans: Vec<(PartnerId, CustomerId, AzurePlan)>,
+    pub partner_customers: Vec<(PartnerId, Vec<CustomerId>)>,
+    pub clock: Option<Timestamp>,
+}
+
+impl Slice {
+    fn add_partner(&mut self, state: &State, p: PartnerId) {
+        if let Some(partner) = state.partners.get(&p) {
+            if !self.partners.iter().any(|x| x.id == p) {
+                self.partners.push(partner.clone());
+            }
+        }
+    }
+
+    /// Everything the customer view of `c` reads.
+    pub fn customer(state: &State, c: CustomerId) -> Option<Slice> {
+        let customer = state.customers.get(&c)?;
+        let mut s = Slice {
+            clock: state.clock,
+            customers: vec![customer.clone()],
+            ..Slice::default()
+        };
+        for p in &customer.partners {
+            s.add_partner(state, *p);
+            if let Some(r) = state.relationships.get(&(*p, c)) {
+                s.relationships.push((*p, c, r.clone()));
+            }
+        }
+        s.admin = customer
+            .admin_relationships
+            .iter()
+            .filter_map(|id| state.admin.get(id).cloned())
+            .collect();
+        s.subscriptions = customer
+            .subscriptions
+            .iter()
+            .filter_map(|id| state.subscriptions.get(id).cloned())
+            .collect();
+        for p in &customer.azure_plans {
+            if let Some(plan) = state.plans.get(&(*p, c)) {
+                s.plans.push((*p, c, plan.clone()));
+            }
+        }
+        Some(s)
+    }
+
+    /// Everything the partner view of `p` reads: its customers, its relationships and admin relationships with them,
+    /// and the subscriptions it bills or is partner of record of.
+    pub fn partner(state: &State, p: PartnerId) -> Option<Slice> {
+        let partner = state.partners.get(&p)?;
+        let customers = state.partner_customers.get(&p).cloned().unwrap_or_default();
+        let mut s = Slice {
+            clock: state.clock,
+            partners: vec![partner.clone()],
+            partner_customers: vec![(p, customers.clone())],
+            ..Slice::default()
+        };
+        for c in &customers {
+            let Some(customer) = state.customers.get(c) else {
+                continue;
+            };
+            s.customers.push(customer.clone());
+            if let Some(r) = state.relationships.get(&(p, *c)) {
+                s.relationships.push((p, *c, r.clone()));
+            }
+            s.admin.extend(
+                customer
+                    .admin_relationships
+                    .iter()
+                    .filter_map(|id| state.admin.get(id))
+                    .filter(|a| a.partner == p)
+                    .cloned(),
+            );
+            s.subscriptions.extend(
+                customer
+                    .subscriptions
+                    .iter()
+                    .filter_map(|id| state.subscriptions.get(id))
+                    .filter(|x| x.billing_partner == p || x.partner_of_record == p)
+                    .cloned(),
+            );
+        }
+        Some(s)
+    }
+
+    /// Everything the subscription view of `id` reads.
+    pub fn subscription(state: &State, id: SubscriptionId) -> Option<Slice> {
+        let sub = state.subscriptions.get(&id)?;
+        let mut s = Slice {
+            clock: state.clock,
+            subscriptions: vec![sub.clone()],
+            ..Slice::default()
+        };
+        if let Some(c) = state.customers.get(&sub.customer) {
+            s.customers.push(c.clone());
+        }
+        s.add_partner(state, sub.billing_partner);
+        s.add_partner(state, sub.partner_of_record);
+        if let Some(plan) = state.plans.get(&(sub.billing_partner, sub.customer)) {
+            s.plans
+                .push((sub.billing_partner, sub.customer, plan.clone()));
+        }
+        Some(s)
+    }
+
+    /// The slice as a state the view functions can read.
+    pub fn into_state(self) -> State {
+        let mut st = State::new();
+        st.clock = self.clock;
+        st.partners = self.partners.into_iter().map(|p| (p.id, p)).collect();
+        st.customers = self.customers.into_iter().map(|c| (c.id, c)).collect();
+        st.relationships = self
+            .relationships
+            .into_iter()
+            .map(|(p, c, r)| ((p, c), r))
+            .collect();
+        st.admin = self.admin.into_iter().map(|a| (a.id, a)).collect();
+        st.subscriptions = self.subscriptions.into_iter().map(|s| (s.id, s)).collect();
+        st.plans = self
+            .plans
+            .into_iter()
+            .map(|(p, c, plan)| ((p, c), plan))
+            .collect();
+        st.partner_customers = self.partner_customers.into_iter().collect();
+        st
+    }
+}

@@ -1,0 +1,469 @@
+//! Read models: checkpointed projections of the log, one sled tree each, rebuildable at any time.
+//!
+//! The writer already holds the folded write model, so after each commit it rewrites only the documents of the
+//! entities that batch touched. A document is a [`Slice`] of the state, so a view is derived when it is read, at
+//! whatever instant is asked (R36). Each projection's documents and its checkpoint (the last position it reflects)
+//! are written in one sled `Batch` on its own tree, so they never disagree. Projections are not synced on their own:
+//! after a crash a checkpoint may lag the log, and opening the ledger catches it up.
+//!
+//! | projection | key | document |
+//! |---|---|---|
+//! | `customers` | customer id | the customer's slice |
+//! | `partners` | partner id | the partner's slice |
+//! | `subscriptions` | subscription id | the subscription's slice |
+//! | `expiring` | end time ‖ admin relationship id | an active admin relationship and when it ends |
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::slice::Slice;
+use crate::domain::state::{AdminStatus, State};
+use crate::domain::{
+    AdminRelationshipId, CustomerId, EntityRef, Event, PartnerId, Position, RoleId, SubscriptionId,
+    Timestamp,
+};
+use crate::store::{EventStore, SledStore, StoreError};
+
+/// The stable names of the projections.
+pub const NAMES: [&str; 4] = ["customers", "partners", "subscriptions", "expiring"];
+
+const CHECKPOINT: &[u8] = b"checkpoint";
+
+/// The entities whose documents a batch of events changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    pub customers: BTreeSet<CustomerId>,
+    pub partners: BTreeSet<PartnerId>,
+    pub subscriptions: BTreeSet<SubscriptionId>,
+    pub admin: BTreeSet<AdminRelationshipId>,
+}
+
+impl Touched {
+    /// Records what `event` changes, reading `state` (already including the event) for the cascades: a partner's
+    /// name appears in its customers' documents, a customer's name in its partners' and subscriptions' documents.
+    pub fn add(&mut self, state: &State, event: &Event) {
+        for e in event.entities() {
+            match e {
+                EntityRef::Customer(c) => {
+                    self.customers.insert(c);
+                }
+                EntityRef::Partner(p) => {
+                    self.partners.insert(p);
+                }
+                EntityRef::Subscription(s) => {
+                    self.subscriptions.insert(s);
+                }
+                EntityRef::PartnerProfile(p) => {
+                    self.customers
+                        .extend(state.partner_customers.get(&p).into_iter().flatten());
+                    for c in state.partner_customers.get(&p).into_iter().flatten() {
+                        if let Some(customer) = state.customers.get(c) {
+                            self.subscriptions
+                                .extend(customer.subscriptions.iter().copied());
+                        }
+                    }
+                }
+                EntityRef::CustomerProfile(c) => {
+                    if let Some(customer) = state.customers.get(&c) {
+                        self.partners.extend(customer.partners.iter().copied());
+                        self.subscriptions
+                            .extend(customer.subscriptions.iter().copied());
+                        self.admin
+                            .extend(customer.admin_relationships.iter().copied());
+                    }
+                }
+            }
+        }
+        match event {
+            Event::DelegatedAdminRequested {
+                admin_relationship, ..
+            }
+            | Event::DelegatedAdminGranted {
+                admin_relationship, ..
+            }
+            | Event::DelegatedAdminExtended {
+                admin_relationship, ..
+            }
+            | Event::DelegatedAdminExpired {
+                admin_relationship, ..
+            }
+            | Event::DelegatedAdminTerminated {
+                admin_relationship, ..
+            }
+            | Event::DelegatedAdminRequestExpired {
+                admin_relationship, ..
+            } => {
+                self.admin.insert(*admin_relationship);
+            }
+            Event::PartnerUpdated { partner, .. } => {
+                for c in state.partner_customers.get(partner).into_iter().flatten() {
+                    if let Some(customer) = state.customers.get(c) {
+                        self.admin
+                            .extend(customer.admin_relationships.iter().copied());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Every entity of the state, for a rebuild.
+    pub fn everything(state: &State) -> Touched {
+        Touched {
+            customers: state.customers.keys().copied().collect(),
+            partners: state.partners.keys().copied().collect(),
+            subscriptions: state.subscriptions.keys().copied().collect(),
+            admin: state.admin.keys().copied().collect(),
+        }
+    }
+}
+
+/// One row of the expiring view: an active admin relationship and when it ends.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ExpiringEntry {
+    pub admin_relationship: AdminRelationshipId,
+    pub name: String,
+    pub partner: PartnerId,
+    pub partner_name: String,
+    pub customer: CustomerId,
+    pub company_name: String,
+    pub roles: Vec<RoleId>,
+    pub ends_at: Timestamp,
+    /// Whether it will extend by 180 days instead of expiring (R20).
+    pub auto_extend: bool,
+}
+
+/// The projection trees of one ledger.
+pub struct Projections {
+    customers: sled::Tree,
+    partners: sled::Tree,
+    subscriptions: sled::Tree,
+    expiring: sled::Tree,
+}
+
+fn doc_key(id: &[u8; 16]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(b'd');
+    k.extend_from_slice(id);
+    k
+}
+
+fn expiring_key(ends_at: Timestamp, id: AdminRelationshipId) -> Vec<u8> {
+    let secs = u64::try_from(ends_at.datetime().timestamp()).unwrap_or(0);
+    let mut k = Vec::with_capacity(25);
+    k.push(b'e');
+    k.extend_from_slice(&secs.to_be_bytes());
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn admin_key(id: AdminRelationshipId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(b'a');
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+impl Projections {
+    /// Opens (creating if needed) the projection trees in the ledger's database.
+    pub fn open(store: &SledStore) -> Result<Projections, StoreError> {
+        Ok(Projections {
+            customers: store.tree("proj.customers")?,
+            partners: store.tree("proj.partners")?,
+            subscriptions: store.tree("proj.subscriptions")?,
+            expiring: store.tree("proj.expiring")?,
+        })
+    }
+
+    fn tree(&self, name: &str) -> Option<&sled::Tree> {
+        match name {
+            "customers" => Some(&self.customers),
+            "partners" => Some(&self.partners),
+            "subscriptions" => Some(&self.subscriptions),
+            "expiring" => Some(&self.expiring),
+            _ => None,
+        }
+    }
+
+    /// The last position a projection reflects (0 when it was never built).
+    pub fn checkpoint(&self, name: &str) -> Result<Position, StoreError> {
+        let Some(tree) = self.tree(name) else {
+            return Ok(Position(0));
+        };
+        Ok(tree
+            .get(CHECKPOINT)?
+            .and_then(|v| Position::from_key(&v))
+            .unwrap_or_default())
+    }
+
+    /// The oldest checkpoint of all projections.
+    pub fn oldest_checkpoint(&self) -> Result<Position, StoreError> {
+        let mut oldest = Position(u64::MAX);
+        for name in NAMES {
+            oldest = oldest.min(self.checkpoint(name)?);
+        }
+        Ok(oldest)
+    }
+
+    /// Rewrites the documents of `touched` from `state`, which reflects the log up to `head`, in every projection.
+    pub fn update(
+        &self,
+        state: &State,
+        touched: &Touched,
+        head: Position,
+    ) -> Result<(), StoreError> {
+        self.update_only(&NAMES, state, touched, head)
+    }
+
+    /// As [`Self::update`], for the named projections only (the others keep their documents and checkpoints).
+    pub fn update_only(
+        &self,
+        names: &[&str],
+        state: &State,
+        touched: &Touched,
+        head: Position,
+    ) -> Result<(), StoreError> {
+        let checkpoint = head.to_key();
+        if names.contains(&"customers") {
+            self.update_customers(state, touched, &checkpoint)?;
+        }
+        if names.contains(&"partners") {
+            self.update_partners(state, touched, &checkpoint)?;
+        }
+        if names.contains(&"subscriptions") {
+            self.update_subscriptions(state, touched, &checkpoint)?;
+        }
+        if names.contains(&"expiring") {
+            self.update_expiring(state, touched, &checkpoint)?;
+        }
+        Ok(())
+    }
+
+    fn update_customers(
+        &self,
+        state: &State,
+        touched: &Touched,
+        checkpoint: &[u8; 8],
+    ) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for c in &touched.customers {
+            match Slice::customer(state, *c) {
+                Some(s) => b.insert(doc_key(c.as_bytes()), json(&s)),
+                None => b.remove(doc_key(c.as_bytes())),
+            }
+        }
+        b.insert(CHECKPOINT, &checkpoint[..]);
+        Ok(self.customers.apply_batch(b)?)
+    }
+
+    fn update_partners(
+        &self,
+        state: &State,
+        touched: &Touched,
+        checkpoint: &[u8; 8],
+    ) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for p in &touched.partners {
+            match Slice::partner(state, *p) {
+                Some(s) => b.insert(doc_key(p.as_bytes()), json(&s)),
+                None => b.remove(doc_key(p.as_bytes())),
+            }
+        }
+        b.insert(CHECKPOINT, &checkpoint[..]);
+        Ok(self.partners.apply_batch(b)?)
+    }
+
+    fn update_subscriptions(
+        &self,
+        state: &State,
+        touched: &Touched,
+        checkpoint: &[u8; 8],
+    ) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for id in &touched.subscriptions {
+            match Slice::subscription(state, *id) {
+                Some(s) => b.insert(doc_key(id.as_bytes()), json(&s)),
+                None => b.remove(doc_key(id.as_bytes())),
+            }
+        }
+        b.insert(CHECKPOINT, &checkpoint[..]);
+        Ok(self.subscriptions.apply_batch(b)?)
+    }
+
+    fn update_expiring(
+        &self,
+        state: &State,
+        touched: &Touched,
+        checkpoint: &[u8; 8],
+    ) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for id in &touched.admin {
+            if let Some(old) = self.expiring.get(admin_key(*id))? {
+                b.remove(old);
+                b.remove(admin_key(*id));
+            }
+            let Some(a) = state.admin.get(id) else {
+                continue;
+            };
+            let (AdminStatus::Active, Some(ends_at)) = (a.status, a.ends_at) else {
+                continue;
+            };
+            let entry = ExpiringEntry {
+                admin_relationship: a.id,
+                name: a.name.clone(),
+                partner: a.partner,
+                partner_name: state
+                    .partners
+                    .get(&a.partner)
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default(),
+                customer: a.customer,
+                company_name: state
+                    .customers
+                    .get(&a.customer)
+                    .map(|c| c.company_name.clone())
+                    .unwrap_or_default(),
+                roles: a.roles.clone(),
+                ends_at,
+                auto_extend: a.auto_extend,
+            };
+            let key = expiring_key(ends_at, a.id);
+            b.insert(admin_key(a.id), key.clone());
+            b.insert(key, json(&entry));
+        }
+        b.insert(CHECKPOINT, &checkpoint[..]);
+        Ok(self.expiring.apply_batch(b)?)
+    }
+
+    /// Brings every projection up to the log's head, given the write model at that head.
+    pub fn catch_up(&self, store: &dyn EventStore, state: &State) -> Result<(), StoreError> {
+        let head = store.head().position;
+        let from = self.oldest_checkpoint()?;
+        if from == head {
+            return Ok(());
+        }
+        if from > head {
+            self.clear(&NAMES)?;
+            return self.update(state, &Touched::everything(state), head);
+        }
+        let mut touched = Touched::default();
+        for item in store.read(from, None) {
+            let stored = item?;
+            let env = stored.envelope()?;
+            let event = env.event().map_err(|e| StoreError::Codec {
+                position: stored.position,
+                message: e.to_string(),
+            })?;
+            touched.add(state, &event);
+        }
+        self.update(state, &touched, head)
+    }
+
+    /// Empties projections (documents and checkpoints).
+    pub fn clear(&self, names: &[&str]) -> Result<(), StoreError> {
+        for name in names {
+            if let Some(t) = self.tree(name) {
+                t.clear()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the named projections and rebuilds them from the whole log; `progress` sees each folded position.
+    /// Returns the folded state.
+    pub fn rebuild(
+        &self,
+        store: &dyn EventStore,
+        names: &[&str],
+        progress: impl FnMut(Position),
+    ) -> Result<State, crate::ledger::OpenError> {
+        let state = crate::ledger::replay(store, progress)?;
+        self.clear(names)?;
+        self.update_only(
+            names,
+            &state,
+            &Touched::everything(&state),
+            store.head().position,
+        )?;
+        Ok(state)
+    }
+
+    fn slice(tree: &sled::Tree, id: &[u8; 16]) -> Result<Option<Slice>, StoreError> {
+        match tree.get(doc_key(id))? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt {
+                    position: None,
+                    message: format!("a projection document does not decode: {e}"),
+                }),
+        }
+    }
+
+    /// The stored slice of a customer.
+    pub fn customer(&self, id: CustomerId) -> Result<Option<Slice>, StoreError> {
+        Self::slice(&self.customers, id.as_bytes())
+    }
+
+    /// The stored slice of a partner.
+    pub fn partner(&self, id: PartnerId) -> Result<Option<Slice>, StoreError> {
+        Self::slice(&self.partners, id.as_bytes())
+    }
+
+    /// The stored slice of a subscription.
+    pub fn subscription(&self, id: SubscriptionId) -> Result<Option<Slice>, StoreError> {
+        Self::slice(&self.subscriptions, id.as_bytes())
+    }
+
+    /// Active admin relationships whose recorded end lies in `[from, to]`, soonest first.
+    pub fn expiring(
+        &self,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<ExpiringEntry>, StoreError> {
+        let start = expiring_key(
+            from,
+            AdminRelationshipId::new(uuid::Uuid::from_u128(1)).map_err(corrupt)?,
+        );
+        let mut end = expiring_key(
+            to,
+            AdminRelationshipId::new(uuid::Uuid::from_u128(u128::MAX)).map_err(corrupt)?,
+        );
+        end.push(0xff);
+        let mut out = Vec::new();
+        for item in self.expiring.range(start..end) {
+            let (_, v) = item?;
+            let entry: ExpiringEntry =
+                serde_json::from_slice(&v).map_err(|e| corrupt(e.to_string()))?;
+            if entry.ends_at >= from && entry.ends_at <= to {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every stored document of a projection, as raw bytes in key order (for tests comparing rebuilds).
+    pub fn dump(&self, name: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let Some(tree) = self.tree(name) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for item in tree.iter() {
+            let (k, v) = item?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+fn corrupt(message: String) -> StoreError {
+    StoreError::Corrupt {
+        position: None,
+        message,
+    }
+}
