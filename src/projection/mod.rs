@@ -134,6 +134,9 @@ pub struct ExpiringEntry {
     pub auto_extend: bool,
 }
 
+/// A stored key and value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// The projection trees of one ledger.
 pub struct Projections {
     customers: sled::Tree,
@@ -448,7 +451,7 @@ impl Projections {
     }
 
     /// Every stored document of a projection, as raw bytes in key order (for tests comparing rebuilds).
-    pub fn dump(&self, name: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn dump(&self, name: &str) -> Result<Vec<KeyValue>, StoreError> {
         let Some(tree) = self.tree(name) else {
             return Ok(Vec::new());
         };
