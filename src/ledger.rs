@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::audit::{RefusalLog, RefusalRecord};
 use crate::domain::{self, CommandId, EventId, Position, Refusal, State, Submitted, Timestamp};
 use crate::projection::{Projections, Touched};
 use crate::store::{CommitEntry, EventStore, NewEvent, SledStore, StoreError, StoreOptions};
@@ -163,6 +164,7 @@ struct Job {
 pub struct Ledger {
     store: Arc<SledStore>,
     projections: Arc<Projections>,
+    refusals: Arc<RefusalLog>,
     tx: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     counters: Arc<WriterCounters>,
@@ -237,11 +239,14 @@ impl Ledger {
         let state = replay(store.as_ref(), |_| {})?;
         let projections = Arc::new(Projections::open(&store)?);
         projections.catch_up(store.as_ref(), &state)?;
+        let refusals = Arc::new(RefusalLog::open(&store)?);
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let counters = Arc::new(WriterCounters::default());
         let writer = Writer {
             store: Arc::clone(&store),
             projections: Arc::clone(&projections),
+            refusals: Arc::clone(&refusals),
+            audit: Vec::new(),
             state,
             clock: Arc::clone(&config.clock),
             max_batch: config.max_batch.max(1),
@@ -257,6 +262,7 @@ impl Ledger {
         Ok(Ledger {
             store,
             projections,
+            refusals,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
             counters,
@@ -300,6 +306,11 @@ impl Ledger {
         &self.projections
     }
 
+    /// The refusal audit trail.
+    pub fn refusals(&self) -> &RefusalLog {
+        &self.refusals
+    }
+
     /// A shared handle on the event log.
     pub fn store_arc(&self) -> Arc<SledStore> {
         Arc::clone(&self.store)
@@ -340,6 +351,9 @@ impl Drop for Ledger {
 struct Writer {
     store: Arc<SledStore>,
     projections: Arc<Projections>,
+    refusals: Arc<RefusalLog>,
+    /// Refusals decided in the current batch, filed once the batch is answered.
+    audit: Vec<(RefusalRecord, Vec<domain::EntityRef>)>,
     state: State,
     clock: Clock,
     max_batch: usize,
@@ -425,8 +439,13 @@ impl Writer {
                     let _ = reply.send(outcome);
                 }
                 self.project(&entries);
+                let audit = std::mem::take(&mut self.audit);
+                if let Err(e) = self.refusals.append(&audit) {
+                    tracing::warn!(error = %e, "refused commands could not be recorded in the audit trail");
+                }
             }
             Err(e) => {
+                self.audit.clear();
                 // The write model now holds events that may not be on disk: answer "unknown" for the whole batch,
                 // refusals included (they were decided against that state), and stop writing.
                 for (reply, draft) in drafts {
@@ -465,6 +484,27 @@ impl Writer {
         }
     }
 
+    fn file_refusal(
+        &mut self,
+        submitted: &Submitted,
+        command_id: CommandId,
+        at: Timestamp,
+        now: Timestamp,
+        refusal: &Refusal,
+    ) {
+        let entities = submitted.body.entities(&self.state);
+        let record = RefusalRecord::new(
+            now,
+            at,
+            command_id,
+            submitted.actor.clone(),
+            submitted.body.type_name(),
+            &entities,
+            refusal,
+        );
+        self.audit.push((record, entities));
+    }
+
     fn decide_one(
         &mut self,
         submitted: Submitted,
@@ -474,32 +514,34 @@ impl Writer {
     ) -> Draft {
         let command_id = submitted.command_id.unwrap_or_else(new_command_id);
         let fingerprint = hex::encode(submitted.fingerprint());
-        let reused = |stored: &str| {
+        let reused = |this: &mut Self, submitted: &Submitted| {
+            let refusal = Refusal::plain(
+                domain::Code::CommandIdReused,
+                format!("command_id {command_id} was already used by a different command"),
+            );
+            this.file_refusal(
+                submitted,
+                command_id,
+                submitted.at.unwrap_or(now),
+                now,
+                &refusal,
+            );
             Draft::Done(Outcome::Refused {
                 command_id,
-                refusal: Refusal::plain(
-                    domain::Code::CommandIdReused,
-                    format!(
-                        "command_id {command_id} was already used by a different command{}",
-                        if stored.is_empty() {
-                            ""
-                        } else {
-                            " (its body differs)"
-                        }
-                    ),
-                ),
+                refusal,
             })
         };
         if let Some((fp, n)) = in_batch.get(&command_id) {
             return if *fp == fingerprint {
                 Draft::DuplicateOfEntry(*n, command_id)
             } else {
-                reused(fp)
+                reused(self, &submitted)
             };
         }
         match self.store.command(command_id) {
             Ok(Some(record)) => {
-                return if record.fingerprint == fingerprint {
+                // An imported record has no fingerprint: the id alone identifies the command.
+                return if record.fingerprint == fingerprint || record.fingerprint.is_empty() {
                     self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
                     Draft::Done(Outcome::Committed {
                         command_id,
@@ -507,7 +549,7 @@ impl Writer {
                         duplicate: true,
                     })
                 } else {
-                    reused(&record.fingerprint)
+                    reused(self, &submitted)
                 };
             }
             Ok(None) => {}
@@ -519,10 +561,11 @@ impl Writer {
             }
         }
         let default_at = self.state.clock.map_or(now, |c| c.max(now));
-        let cmd = submitted.into_command(command_id, default_at, now);
+        let cmd = submitted.clone().into_command(command_id, default_at, now);
         match domain::decide(&self.state, &cmd) {
             Err(refusal) => {
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                self.file_refusal(&submitted, command_id, cmd.at, now, &refusal);
                 Draft::Done(Outcome::Refused {
                     command_id,
                     refusal,

@@ -1,5 +1,6 @@
 //! The command-line adapter: parses arguments and calls the library. No business logic lives here.
 
+mod audit;
 mod exec;
 mod render;
 
@@ -65,11 +66,91 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// Answer as of a position (a number) or a business time (RFC 3339).
+        #[arg(long, conflicts_with = "diff")]
+        as_of: Option<AsOfSpec>,
+        /// List what changed after FROM up to and including TO (positions or times).
+        #[arg(long, num_args = 2, value_names = ["FROM", "TO"])]
+        diff: Option<Vec<AsOfSpec>>,
+    },
+    /// Shows a partner: its customers with relationship, delegated admin and subscription counts.
+    Partner {
+        /// The partner's tenant id.
+        id: PartnerId,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Answer as of a position or a business time.
         #[arg(long)]
         as_of: Option<AsOfSpec>,
     },
+    /// Shows one subscription.
+    Subscription {
+        /// The subscription id.
+        id: SubscriptionId,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Answer as of a position or a business time.
+        #[arg(long)]
+        as_of: Option<AsOfSpec>,
+    },
+    /// Lists active GDAP admin relationships that end within N days, soonest first.
+    Expiring {
+        /// The window in days.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Count from this business time instead of the ledger's latest.
+        #[arg(long)]
+        at: Option<crate::domain::Timestamp>,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A readable timeline of one customer, partner or subscription.
+    History {
+        /// customer, partner or subscription.
+        #[arg(value_parser = ["customer", "partner", "subscription"])]
+        kind: String,
+        /// Its id.
+        id: String,
+        /// JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Also show refused commands, from the audit trail.
+        #[arg(long)]
+        include_refusals: bool,
+    },
+    /// Drops read models and rebuilds them from the log (all, or the one named).
+    Rebuild {
+        /// customers, partners, subscriptions or expiring.
+        #[arg(value_parser = crate::projection::NAMES)]
+        name: Option<String>,
+    },
+    /// Prints the head position and hash (POSITION:HASH) for an auditor to keep elsewhere.
+    Checkpoint,
     /// Walks the whole hash chain and the head marker; exits non-zero naming the first bad position.
-    Verify,
+    Verify {
+        /// Also prove the log still extends a checkpoint printed earlier.
+        #[arg(long, value_name = "POSITION:HASH")]
+        against: Option<String>,
+    },
+    /// Writes envelopes (NDJSON exactly as stored, or CSV) for backup or spreadsheets.
+    Export {
+        /// Only events after this position.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Only events up to and including this position.
+        #[arg(long)]
+        to: Option<u64>,
+        /// ndjson (restorable) or csv.
+        #[arg(long, default_value = "ndjson", value_parser = ["ndjson", "csv"])]
+        format: String,
+    },
+    /// Restores an NDJSON export into an empty ledger, reproducing the identical chain, or writes nothing.
+    Import {
+        /// The export file.
+        file: String,
+    },
     /// Prints a realistic, deterministic workload of NDJSON commands (for trials and measurements).
     Generate {
         /// How many commands.
@@ -100,11 +181,117 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             filters.extend(subscription.map(EntityRef::Subscription));
             events(&store, Position(from), to.map(Position), &filters)
         }
-        Command::Customer { id, json, as_of } => {
+        Command::Customer {
+            id,
+            json,
+            as_of,
+            diff,
+        } => {
             let store = open_existing(&cli.data)?;
-            customer(&store, id, json, as_of)
+            match diff.as_deref() {
+                Some([from, to]) => audit::diff(&store, id, *from, *to, json),
+                _ => customer(&store, id, json, as_of),
+            }
         }
-        Command::Verify => verify(&cli.data),
+        Command::Partner { id, json, as_of } => {
+            let store = open_existing(&cli.data)?;
+            match query::partner(&store, id, as_of)? {
+                None => not_found("partner", &id.to_string()),
+                Some(a) if json => print_json(&a.view),
+                Some(a) => {
+                    print!("{}", render::partner_table(&a.view));
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+        Command::Subscription { id, json, as_of } => {
+            let store = open_existing(&cli.data)?;
+            match query::subscription(&store, id, as_of)? {
+                None => not_found("subscription", &id.to_string()),
+                Some(a) if json => print_json(&a.view),
+                Some(a) => {
+                    let v = &a.view;
+                    println!(
+                        "{} {} of {} ({}): {}, partner of record {}, billed by {}{}",
+                        v.kind,
+                        v.subscription,
+                        v.company_name,
+                        v.customer,
+                        v.status,
+                        v.partner_of_record,
+                        v.billing_partner,
+                        v.azure_plan
+                            .map(|p| format!(", Azure plan {p}"))
+                            .unwrap_or_default()
+                    );
+                    println!("as of position {} ({})", v.as_of.position, v.as_of.at);
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+        Command::Expiring { days, at, json } => {
+            let store = open_existing(&cli.data)?;
+            let projections = current_projections(&store)?;
+            let from = match at {
+                Some(t) => t,
+                None => query::resolve(&store, None)?.at,
+            };
+            let to = from.plus_days(i64::from(days));
+            let rows = projections.expiring(from, to)?;
+            if !json {
+                println!(
+                    "{} admin relationship(s) ending between {from} and {to}",
+                    rows.len()
+                );
+            }
+            for r in rows {
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!(
+                        "  {}  \"{}\"  {} on {}  {}",
+                        r.ends_at,
+                        r.name,
+                        r.partner_name,
+                        r.company_name,
+                        if r.auto_extend {
+                            "auto-extends by 180 days"
+                        } else {
+                            "expires"
+                        }
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::History {
+            kind,
+            id,
+            json,
+            include_refusals,
+        } => {
+            let store = open_existing(&cli.data)?;
+            let parse_err = |e: String| anyhow::anyhow!("{kind} id: {e}");
+            let entity = match kind.as_str() {
+                "customer" => EntityRef::Customer(id.parse().map_err(parse_err)?),
+                "partner" => EntityRef::Partner(id.parse().map_err(parse_err)?),
+                _ => EntityRef::Subscription(id.parse().map_err(parse_err)?),
+            };
+            audit::history(&store, entity, json, include_refusals)
+        }
+        Command::Rebuild { name } => rebuild(&cli.data, name.as_deref()),
+        Command::Checkpoint => {
+            let store = open_existing(&cli.data)?;
+            let head = store.head();
+            println!("{}:{}", head.position, head.hash);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { against } => verify(&cli.data, against.as_deref()),
+        Command::Export { from, to, format } => {
+            let store = open_existing(&cli.data)?;
+            audit::export(&store, Position(from), to.map(Position), format == "csv")
+        }
+        Command::Import { file } => audit::import(&cli.data, &file),
         Command::Generate { commands, seed } => {
             let stdout = std::io::stdout();
             let mut w = std::io::BufWriter::new(stdout.lock());
@@ -135,7 +322,7 @@ fn open_existing(dir: &std::path::Path) -> Result<SledStore, StoreError> {
 }
 
 /// Prints a line, treating a closed pipe (`| head`) as a normal end.
-fn out(w: &mut impl Write, bytes: &[u8]) -> std::io::Result<bool> {
+pub(crate) fn out(w: &mut impl Write, bytes: &[u8]) -> std::io::Result<bool> {
     match w.write_all(bytes).and_then(|_| w.write_all(b"\n")) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
@@ -210,7 +397,79 @@ fn customer(
     }
 }
 
-fn verify(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+/// A progress bar on standard error (hidden when it is not a terminal) with a rate in events/s.
+pub(crate) fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{what} {{bar:40}} {{pos}}/{{len}} events ({{per_sec}}, eta {{eta}})"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+fn not_found(kind: &str, id: &str) -> anyhow::Result<ExitCode> {
+    eprintln!("error: {kind} {id} is not in this ledger (at that point)");
+    Ok(ExitCode::from(3))
+}
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<ExitCode> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The projections, caught up to the head if a crash left them behind.
+fn current_projections(store: &SledStore) -> anyhow::Result<crate::projection::Projections> {
+    let projections = crate::projection::Projections::open(store)?;
+    if projections.oldest_checkpoint()? != store.head().position {
+        let state = crate::ledger::replay(store, |_| {})?;
+        projections.catch_up(store, &state)?;
+    }
+    Ok(projections)
+}
+
+fn rebuild(dir: &std::path::Path, name: Option<&str>) -> anyhow::Result<ExitCode> {
+    let store = open_existing(dir)?;
+    let projections = crate::projection::Projections::open(&store)?;
+    let names: Vec<&str> = match name {
+        Some(n) => vec![n],
+        None => crate::projection::NAMES.to_vec(),
+    };
+    let total = store.head().position.0;
+    let bar = progress_bar(total, "rebuilding");
+    let started = std::time::Instant::now();
+    projections.rebuild(&store, &names, |p| {
+        if p.0 % 4096 == 0 {
+            bar.set_position(p.0);
+        }
+    })?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "rebuilt {} from {total} events in {secs:.2} s ({:.0} events/s)",
+        names.join(", "),
+        total as f64 / secs.max(1e-9)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(dir: &std::path::Path, against: Option<&str>) -> anyhow::Result<ExitCode> {
+    let checkpoint = match against {
+        None => None,
+        Some(s) => {
+            let (p, h) = s.split_once(':').ok_or_else(|| {
+                anyhow::anyhow!("--against takes POSITION:HASH, as printed by `checkpoint`")
+            })?;
+            let p: u64 = p
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--against: `{p}` is not a position"))?;
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                anyhow::bail!("--against: `{h}` is not a 64-character hex hash");
+            }
+            Some((Position(p), h.to_ascii_lowercase()))
+        }
+    };
     let store = SledStore::open(
         dir,
         &StoreOptions {
@@ -220,25 +479,45 @@ fn verify(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         },
     )?;
     let total = store.head().position.0;
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "verifying {bar:40} {pos}/{len} events ({per_sec}, eta {eta})",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = progress_bar(total, "verifying");
     let result = store.verify_all(|p| {
         if p.0 % 4096 == 0 {
             bar.set_position(p.0);
         }
     });
     bar.finish_and_clear();
+    if let (Ok(head), Some((position, hash))) = (&result, &checkpoint) {
+        if *position > head.position {
+            println!(
+                "FAILED at position {}: the log ends at {} but the checkpoint was taken at {position}: events were removed",
+                head.position.next(),
+                head.position
+            );
+            return Ok(ExitCode::from(1));
+        }
+        let stored = match store.get(*position)? {
+            Some(e) => e.envelope()?.hash,
+            None => crate::store::GENESIS_HASH.to_string(),
+        };
+        if stored != *hash {
+            println!(
+                "FAILED at position {position}: the log's hash there is {stored} but the checkpoint recorded {hash}: history up to {position} was rewritten"
+            );
+            return Ok(ExitCode::from(1));
+        }
+    }
     match result {
         Ok(head) => {
-            println!(
-                "ok: {} events, the chain verifies; head hash {}",
-                head.position, head.hash
-            );
+            match checkpoint {
+                Some((p, _)) => println!(
+                    "ok: {} events, the chain verifies and extends the checkpoint at {p}; head hash {}",
+                    head.position, head.hash
+                ),
+                None => println!(
+                    "ok: {} events, the chain verifies; head hash {}",
+                    head.position, head.hash
+                ),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(StoreError::Corrupt { position, message }) => {

@@ -288,6 +288,117 @@ fn describe_serde_error(e: &serde_json::Error) -> String {
     e.to_string()
 }
 
+impl Body {
+    /// The entities a command names, resolving request, admin relationship and subscription ids through `state`.
+    /// Used to file refused commands under the right histories.
+    pub fn entities(&self, state: &super::State) -> Vec<super::EntityRef> {
+        use super::EntityRef::{Customer, Partner, Subscription};
+        let mut v = Vec::new();
+        let mut push = |e| {
+            if !v.contains(&e) {
+                v.push(e);
+            }
+        };
+        match self {
+            Body::EnrollPartner(b) => push(Partner(b.partner)),
+            Body::UpdatePartner(b) => push(Partner(b.partner)),
+            Body::LinkIndirectReseller(b) => {
+                push(Partner(b.provider));
+                push(Partner(b.reseller));
+            }
+            Body::UnlinkIndirectReseller(b) => {
+                push(Partner(b.provider));
+                push(Partner(b.reseller));
+            }
+            Body::RegisterCustomer(b) => push(Customer(b.customer)),
+            Body::UpdateCustomer(b) => push(Customer(b.customer)),
+            Body::AcceptCustomerAgreement(b) => push(Customer(b.customer)),
+            Body::CreateCustomer(b) => {
+                push(Customer(b.customer));
+                push(Partner(b.partner));
+            }
+            Body::RequestRelationship(b) => {
+                push(Customer(b.customer));
+                push(Partner(b.partner));
+            }
+            Body::WithdrawRelationshipRequest(b) => {
+                if let Some(r) = state.requests.get(&b.request) {
+                    push(Customer(r.customer));
+                    push(Partner(r.partner));
+                }
+            }
+            Body::AcceptRelationship(b) => {
+                push(Customer(b.customer));
+                if let Some(r) = state.requests.get(&b.request) {
+                    push(Partner(r.partner));
+                }
+            }
+            Body::RemoveRelationship(b) => {
+                push(Customer(b.customer));
+                push(Partner(b.partner));
+            }
+            Body::RemoveDelegatedAdmin(b) => {
+                push(Customer(b.customer));
+                push(Partner(b.partner));
+            }
+            Body::RequestDelegatedAdmin(b) => {
+                push(Customer(b.customer));
+                push(Partner(b.partner));
+            }
+            Body::GrantDelegatedAdmin(b) => {
+                push(Customer(b.customer));
+                if let Some(a) = state.admin.get(&b.admin_relationship) {
+                    push(Partner(a.partner));
+                }
+            }
+            Body::TerminateDelegatedAdmin(b) => {
+                if let Some(a) = state.admin.get(&b.admin_relationship) {
+                    push(Customer(a.customer));
+                    push(Partner(a.partner));
+                }
+            }
+            Body::AddSubscription(b) => {
+                push(Customer(b.customer));
+                push(Partner(b.partner));
+                push(Subscription(b.subscription));
+            }
+            Body::AddAzureSubscription(b) => {
+                push(Customer(b.customer));
+                push(Partner(b.partner));
+                push(Subscription(b.subscription));
+            }
+            Body::SuspendSubscription(body::SuspendSubscription {
+                subscription,
+                partner,
+            })
+            | Body::ReactivateSubscription(body::ReactivateSubscription {
+                subscription,
+                partner,
+            })
+            | Body::CancelSubscription(body::CancelSubscription {
+                subscription,
+                partner,
+            }) => {
+                push(Partner(*partner));
+                push(Subscription(*subscription));
+                if let Some(s) = state.subscriptions.get(subscription) {
+                    push(Customer(s.customer));
+                }
+            }
+            Body::SuspendAzurePlan(b) => {
+                push(Customer(b.customer));
+                push(Partner(b.partner));
+            }
+            Body::ReactivateAzurePlan(b) => {
+                push(Customer(b.customer));
+                push(Partner(b.partner));
+            }
+            Body::AdvanceClock(_) => {}
+        }
+        v
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

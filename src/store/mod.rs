@@ -6,7 +6,7 @@ mod sled_store;
 use std::path::PathBuf;
 
 pub use envelope::{
-    canonical, chain_hash, check, seal, ChainBreak, Envelope, NewEvent, GENESIS_HASH,
+    canonical, chain_hash, check, entity_prefix, seal, ChainBreak, Envelope, NewEvent, GENESIS_HASH,
 };
 pub use sled_store::{SledStore, StoreOptions};
 

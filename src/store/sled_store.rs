@@ -425,6 +425,135 @@ impl SledStore {
     }
 }
 
+type Row = ([u8; 8], Vec<u8>);
+type Record = ([u8; 17], Vec<u8>);
+
+impl SledStore {
+    /// Writes rows, index entries, command records and the head marker in one transaction, then makes them durable:
+    /// `flush()`, `fdatasync` of `sled/db`, and the `HEAD` file. Any failure stops further writes (fail-stop).
+    fn persist(
+        &self,
+        rows: &[Row],
+        index: &[Vec<u8>],
+        records: &[Record],
+        new_head: Head,
+        commands: usize,
+    ) -> Result<(), StoreError> {
+        let head_bytes = serde_json::to_vec(&new_head).unwrap_or_default();
+        let written: Result<(), TransactionError<()>> =
+            (&self.events, &self.aux).transaction(|(e, a)| {
+                for (k, v) in rows {
+                    e.insert(&k[..], v.as_slice())?;
+                }
+                for k in index {
+                    a.insert(k.as_slice(), &[][..])?;
+                }
+                for (k, v) in records {
+                    a.insert(&k[..], v.as_slice())?;
+                }
+                a.insert(HEAD_KEY, head_bytes.as_slice())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        if let Err(e) = written {
+            let e = match e {
+                TransactionError::Storage(s) => StoreError::Sled(s),
+                TransactionError::Abort(()) => StoreError::Corrupt {
+                    position: None,
+                    message: "the write transaction aborted".into(),
+                },
+            };
+            return self.fail(e);
+        }
+        if let Err(e) = self.db.flush() {
+            return self.fail(StoreError::Sled(e));
+        }
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.data_file.sync_data() {
+            return self.fail(StoreError::Io {
+                context: "fdatasync of the database file failed".into(),
+                source: e,
+            });
+        }
+        self.fdatasyncs.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.write_head_file(&new_head) {
+            return self.fail(e);
+        }
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.appended
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        self.commands.fetch_add(commands as u64, Ordering::Relaxed);
+        *self.head.lock().unwrap_or_else(|e| e.into_inner()) = new_head;
+        Ok(())
+    }
+
+    /// Appends already sealed envelopes (a restore): each must be the next position and link to the head, and is
+    /// stored in canonical form with its index entries; each command gets a record without a fingerprint.
+    /// Durable on return, like `commit`.
+    pub fn import(&self, envelopes: &[super::Envelope]) -> Result<(), StoreError> {
+        let _writer = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(StoreError::FailStopped);
+        }
+        let head = self.head();
+        let mut prev = head.hash;
+        let mut expected = head.position;
+        let mut rows: Vec<Row> = Vec::with_capacity(envelopes.len());
+        let mut index = Vec::new();
+        let mut by_command: Vec<(CommandId, Vec<Position>)> = Vec::new();
+        for env in envelopes {
+            expected = expected.next();
+            let value = serde_json::to_value(env).map_err(|e| StoreError::Codec {
+                position: env.position,
+                message: e.to_string(),
+            })?;
+            let raw = super::canonical(&value);
+            let checked = check(&raw, expected, &prev).map_err(|b| StoreError::Corrupt {
+                position: Some(b.position),
+                message: b.reason,
+            })?;
+            prev = checked.hash;
+            let event = env.event().map_err(|e| StoreError::Codec {
+                position: env.position,
+                message: e.to_string(),
+            })?;
+            for entity in event.entities() {
+                let mut k = entity_prefix(&entity).to_vec();
+                k.extend_from_slice(&expected.to_key());
+                index.push(k);
+            }
+            rows.push((expected.to_key(), raw));
+            match by_command.last_mut() {
+                Some((id, ps)) if *id == env.command_id => ps.push(expected),
+                _ => by_command.push((env.command_id, vec![expected])),
+            }
+        }
+        let mut records: Vec<Record> = Vec::with_capacity(by_command.len());
+        for (id, mut positions) in by_command {
+            if let Some(existing) = self.command(id)? {
+                let mut all = existing.positions;
+                all.append(&mut positions);
+                positions = all;
+            }
+            let record = CommandRecord {
+                fingerprint: String::new(),
+                positions,
+            };
+            records.push((cmd_key(id), serde_json::to_vec(&record).unwrap_or_default()));
+        }
+        let commands = records.len();
+        self.persist(
+            &rows,
+            &index,
+            &records,
+            Head {
+                position: expected,
+                hash: prev,
+            },
+            commands,
+        )
+    }
+}
+
 impl EventStore for SledStore {
     fn head(&self) -> Head {
         self.head.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -470,51 +599,7 @@ impl EventStore for SledStore {
             position,
             hash: prev,
         };
-        let head_bytes = serde_json::to_vec(&new_head).unwrap_or_default();
-        let written: Result<(), TransactionError<()>> =
-            (&self.events, &self.aux).transaction(|(e, a)| {
-                for (k, v) in &rows {
-                    e.insert(&k[..], v.as_slice())?;
-                }
-                for k in &index {
-                    a.insert(k.as_slice(), &[][..])?;
-                }
-                for (k, v) in &records {
-                    a.insert(&k[..], v.as_slice())?;
-                }
-                a.insert(HEAD_KEY, head_bytes.as_slice())?;
-                Ok::<(), ConflictableTransactionError<()>>(())
-            });
-        if let Err(e) = written {
-            let e = match e {
-                TransactionError::Storage(s) => StoreError::Sled(s),
-                TransactionError::Abort(()) => StoreError::Corrupt {
-                    position: None,
-                    message: "the write transaction aborted".into(),
-                },
-            };
-            return self.fail(e);
-        }
-        if let Err(e) = self.db.flush() {
-            return self.fail(StoreError::Sled(e));
-        }
-        self.flushes.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.data_file.sync_data() {
-            return self.fail(StoreError::Io {
-                context: "fdatasync of the database file failed".into(),
-                source: e,
-            });
-        }
-        self.fdatasyncs.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.write_head_file(&new_head) {
-            return self.fail(e);
-        }
-        self.batches.fetch_add(1, Ordering::Relaxed);
-        self.appended
-            .fetch_add(rows.len() as u64, Ordering::Relaxed);
-        self.commands
-            .fetch_add(entries.len() as u64, Ordering::Relaxed);
-        *self.head.lock().unwrap_or_else(|e| e.into_inner()) = new_head;
+        self.persist(&rows, &index, &records, new_head, entries.len())?;
         Ok(out)
     }
 
