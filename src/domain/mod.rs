@@ -19,7 +19,7 @@ mod subscription;
 pub mod view;
 
 #[cfg(test)]
-mod proptests;
+pub(crate) mod proptests;
 #[cfg(test)]
 pub(crate) mod testkit;
 

@@ -10,8 +10,22 @@ use serde_json::{json, Value};
 use super::testkit::*;
 use super::*;
 
-const PARTNERS: [&str; 5] = [A, B, PROVIDER, RESELLER, GOV_PARTNER];
-const CUSTOMERS: [&str; 3] = [CONTOSO, FABRIKAM, GOV_CUSTOMER];
+/// The last partner and customer are never enrolled or registered by the prelude, so commands naming them meet
+/// `unknown_partner` / `unknown_customer` until a random enrolment or registration creates them.
+const PARTNERS: [&str; 6] = [
+    A,
+    B,
+    PROVIDER,
+    RESELLER,
+    GOV_PARTNER,
+    "b9000000-0000-4000-8000-0000000000b9",
+];
+const CUSTOMERS: [&str; 4] = [
+    CONTOSO,
+    FABRIKAM,
+    GOV_CUSTOMER,
+    "c9000000-0000-4000-8000-0000000000c9",
+];
 const ROLES: [&str; 4] = [
     GLOBAL_ADMIN,
     HELPDESK_ADMIN,
@@ -19,7 +33,7 @@ const ROLES: [&str; 4] = [
     "aaaaaaaa-0000-4000-8000-000000000001",
 ];
 
-fn pick<'a>(pool: &[&'a str], n: u8) -> &'a str {
+pub(crate) fn pick<'a>(pool: &[&'a str], n: u8) -> &'a str {
     pool[usize::from(n) % pool.len()]
 }
 fn pool_id(prefix: &str, n: u8) -> String {
@@ -27,18 +41,18 @@ fn pool_id(prefix: &str, n: u8) -> String {
 }
 
 /// Command kinds for `make`, weighted toward the ones that create what the others act on.
-const WEIGHTED: [u8; 40] = [
+pub(crate) const WEIGHTED: [u8; 49] = [
     0, 1, 2, 3, 3, 3, 4, 4, 4, 5, 6, 6, 6, 7, 7, 7, 8, 8, 9, 10, 11, 11, 12, 13, 13, 13, 13, 14,
-    14, 14, 15, 15, 16, 17, 18, 19, 20, 21, 21, 21,
+    14, 14, 15, 15, 16, 17, 18, 19, 20, 21, 21, 21, 22, 23, 8, 9, 9, 16, 16, 17, 17,
 ];
 
 /// Builds one command from a kind and a few random picks.
-fn make(kind: u8, p: [u8; 4]) -> Value {
+pub(crate) fn make(kind: u8, p: [u8; 4]) -> Value {
     let partner = pick(&PARTNERS, p[0]);
     let customer = pick(&CUSTOMERS, p[1]);
     // Mostly the actor the command calls for, sometimes anyone, so both answers are exercised.
-    let natural = match kind % 22 {
-        0..=2 | 20 => op(),
+    let natural = match kind % 24 {
+        0..=2 | 20 | 22 | 23 => op(),
         4 | 5 | 14 => ga(customer),
         21 => system(),
         6..=10 | 16 | 17 if p[2].is_multiple_of(2) => sales(partner),
@@ -54,7 +68,7 @@ fn make(kind: u8, p: [u8; 4]) -> Value {
     let req = pool_id("1e", p[3]);
     let gd = pool_id("9e", p[3]);
     let with = |c: Value| with_actor(c, actor.clone());
-    match kind % 22 {
+    match kind % 24 {
         0 => {
             let kinds = [
                 "direct_bill",
@@ -125,7 +139,7 @@ fn make(kind: u8, p: [u8; 4]) -> Value {
         )),
         13 => {
             let second = if p[0].is_multiple_of(8) {
-                pick(&ROLES, p[0])
+                ROLES[3]
             } else {
                 HELPDESK_ADMIN
             };
@@ -135,7 +149,7 @@ fn make(kind: u8, p: [u8; 4]) -> Value {
                 &gd,
                 partner,
                 customer,
-                ["Helpdesk", "Ops", "helpdesk"][usize::from(p[1]) % 3],
+                ["Helpdesk", "Ops", "helpdesk", "", "Helpdesk"][usize::from(p[1]) % 5],
                 &roles,
                 days,
                 p[3].is_multiple_of(2),
@@ -172,12 +186,31 @@ fn make(kind: u8, p: [u8; 4]) -> Value {
             op(),
             json!({"provider": PROVIDER, "reseller": pick(&PARTNERS, p[3])}),
         ),
-        _ => cmd("AdvanceClock", system(), json!({})),
+        21 => cmd("AdvanceClock", system(), json!({})),
+        22 => {
+            let markets = [json!(["NL"]), json!(["DE"]), json!(["NL", "US"]), json!([])]
+                [usize::from(p[3]) % 4]
+                .clone();
+            with(cmd(
+                "UpdatePartner",
+                op(),
+                json!({"partner": partner, "name": format!("Partner {}", p[1] % 4), "markets": markets}),
+            ))
+        }
+        _ => {
+            let name =
+                ["Contoso Group", "", "Contoso\u{7}", "Fabrikam Holding"][usize::from(p[3]) % 4];
+            with(cmd(
+                "UpdateCustomer",
+                op(),
+                json!({"customer": customer, "company_name": name}),
+            ))
+        }
     }
 }
 
 /// Every partner enrolled, the three customers registered, P linked to R, and most pairs related.
-fn prelude() -> Vec<Value> {
+pub(crate) fn prelude() -> Vec<Value> {
     let mut out = vec![
         enroll(A, "direct_bill", "public", "NL"),
         enroll(B, "direct_bill", "public", "NL"),
@@ -212,6 +245,10 @@ fn prelude() -> Vec<Value> {
         out.push(request(&req, partner, customer, *partner == GOV_PARTNER));
         out.push(accept(&req, customer));
     }
+    // Something for the subscription and plan lifecycles to act on.
+    out.push(azure(&pool_id("5e", 0), B, CONTOSO));
+    out.push(sub_cmd("SuspendSubscription", &pool_id("5e", 0), B));
+    out.push(licence(&pool_id("5e", 1), A, CONTOSO, 10));
     out
 }
 

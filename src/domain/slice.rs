@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use super::ids::*;
 use super::state::*;
 
-/// A self-contained piece of the state. Folding it back with [`Slice::into_state`] gives a state in which the views of
+/// A self-contained piece of the state. It holds no clock: a view's instant always comes from its `as_of`, and a
+/// document must not change when nothing about its subject did.
+/// Folding it back with [`Slice::into_state`] gives a state in which the views of
 /// its subject are exactly those of the full state.
 #[derive(Clone, PartialEq, Debug, Default, Serialize, Deserialize)]
 pub struct Slice {
@@ -17,7 +19,6 @@ pub struct Slice {
     pub subscriptions: Vec<Subscription>,
     pub plans: Vec<(PartnerId, CustomerId, AzurePlan)>,
     pub partner_customers: Vec<(PartnerId, Vec<CustomerId>)>,
-    pub clock: Option<Timestamp>,
 }
 
 impl Slice {
@@ -33,7 +34,6 @@ impl Slice {
     pub fn customer(state: &State, c: CustomerId) -> Option<Slice> {
         let customer = state.customers.get(&c)?;
         let mut s = Slice {
-            clock: state.clock,
             customers: vec![customer.clone()],
             ..Slice::default()
         };
@@ -67,7 +67,6 @@ impl Slice {
         let partner = state.partners.get(&p)?;
         let customers = state.partner_customers.get(&p).cloned().unwrap_or_default();
         let mut s = Slice {
-            clock: state.clock,
             partners: vec![partner.clone()],
             partner_customers: vec![(p, customers.clone())],
             ..Slice::default()
@@ -76,26 +75,39 @@ impl Slice {
             let Some(customer) = state.customers.get(c) else {
                 continue;
             };
-            s.customers.push(customer.clone());
             if let Some(r) = state.relationships.get(&(p, *c)) {
                 s.relationships.push((p, *c, r.clone()));
             }
-            s.admin.extend(
-                customer
-                    .admin_relationships
+            let admin: Vec<_> = customer
+                .admin_relationships
+                .iter()
+                .filter_map(|id| state.admin.get(id))
+                .filter(|a| a.partner == p)
+                .cloned()
+                .collect();
+            let subscriptions: Vec<_> = customer
+                .subscriptions
+                .iter()
+                .filter_map(|id| state.subscriptions.get(id))
+                .filter(|x| x.billing_partner == p || x.partner_of_record == p)
+                .cloned()
+                .collect();
+            // Only this partner's part of the customer, so the document changes only when that part does.
+            s.customers.push(Customer {
+                partners: vec![p],
+                subscriptions: subscriptions.iter().map(|x| x.id).collect(),
+                azure_plans: customer
+                    .azure_plans
                     .iter()
-                    .filter_map(|id| state.admin.get(id))
-                    .filter(|a| a.partner == p)
-                    .cloned(),
-            );
-            s.subscriptions.extend(
-                customer
-                    .subscriptions
-                    .iter()
-                    .filter_map(|id| state.subscriptions.get(id))
-                    .filter(|x| x.billing_partner == p || x.partner_of_record == p)
-                    .cloned(),
-            );
+                    .copied()
+                    .filter(|x| *x == p)
+                    .collect(),
+                admin_relationships: admin.iter().map(|a| a.id).collect(),
+                agreement_accepted: false,
+                ..customer.clone()
+            });
+            s.admin.extend(admin);
+            s.subscriptions.extend(subscriptions);
         }
         Some(s)
     }
@@ -104,18 +116,32 @@ impl Slice {
     pub fn subscription(state: &State, id: SubscriptionId) -> Option<Slice> {
         let sub = state.subscriptions.get(&id)?;
         let mut s = Slice {
-            clock: state.clock,
             subscriptions: vec![sub.clone()],
             ..Slice::default()
         };
         if let Some(c) = state.customers.get(&sub.customer) {
-            s.customers.push(c.clone());
+            // Only what the subscription view reads of its customer.
+            s.customers.push(Customer {
+                partners: Vec::new(),
+                subscriptions: vec![id],
+                azure_plans: Vec::new(),
+                admin_relationships: Vec::new(),
+                agreement_accepted: false,
+                ..c.clone()
+            });
         }
         s.add_partner(state, sub.billing_partner);
         s.add_partner(state, sub.partner_of_record);
-        if let Some(plan) = state.plans.get(&(sub.billing_partner, sub.customer)) {
-            s.plans
-                .push((sub.billing_partner, sub.customer, plan.clone()));
+        if sub.kind == SubscriptionKind::Azure {
+            if let Some(plan) = state.plans.get(&(sub.billing_partner, sub.customer)) {
+                // The view reads only the plan's status.
+                let status_only = AzurePlan {
+                    status: plan.status,
+                    subscriptions: Vec::new(),
+                };
+                s.plans
+                    .push((sub.billing_partner, sub.customer, status_only));
+            }
         }
         Some(s)
     }
@@ -123,7 +149,6 @@ impl Slice {
     /// The slice as a state the view functions can read.
     pub fn into_state(self) -> State {
         let mut st = State::new();
-        st.clock = self.clock;
         st.partners = self.partners.into_iter().map(|p| (p.id, p)).collect();
         st.customers = self.customers.into_iter().map(|c| (c.id, c)).collect();
         st.relationships = self

@@ -15,6 +15,9 @@
 
 use std::collections::BTreeSet;
 
+#[cfg(test)]
+mod proptest;
+
 use serde::{Deserialize, Serialize};
 
 use crate::domain::slice::Slice;
@@ -95,6 +98,20 @@ impl Touched {
                 admin_relationship, ..
             } => {
                 self.admin.insert(*admin_relationship);
+            }
+            // A plan's status shows in the view of each Azure subscription in it.
+            Event::AzurePlanSuspended {
+                billing_partner,
+                customer,
+            }
+            | Event::AzurePlanReactivated {
+                billing_partner,
+                customer,
+            } => {
+                if let Some(plan) = state.plans.get(&(*billing_partner, *customer)) {
+                    self.subscriptions
+                        .extend(plan.subscriptions.iter().copied());
+                }
             }
             Event::PartnerUpdated { partner, .. } => {
                 for c in state.partner_customers.get(partner).into_iter().flatten() {
