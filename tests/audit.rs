@@ -370,3 +370,49 @@ fn rebuild_recreates_the_read_models_identically() {
         .status
         .success());
 }
+
+#[test]
+fn a_100000_event_ledger_round_trips_through_export_and_import_byte_for_byte() {
+    use partner_ledger::ledger::{Ledger, LedgerConfig};
+    use partner_ledger::store::EventStore;
+    let data = tempfile::tempdir().unwrap();
+    {
+        let ledger = Ledger::open(LedgerConfig::new(data.path())).unwrap();
+        let spec = partner_ledger::workload::WorkloadSpec {
+            commands: 99_000,
+            seed: 11,
+            ..Default::default()
+        };
+        let tickets: Vec<_> = partner_ledger::workload::generate(spec)
+            .map(|l| ledger.submit(partner_ledger::domain::parse_line(&l).unwrap()))
+            .collect();
+        for t in tickets {
+            t.wait();
+        }
+        assert!(
+            ledger.store().head().position.0 >= 100_000,
+            "{}",
+            ledger.store().head().position
+        );
+    }
+    let export = run(data.path(), &["export"], None).stdout;
+    let file = data.path().join("backup.ndjson");
+    std::fs::write(&file, &export).unwrap();
+    let restored = tempfile::tempdir().unwrap();
+    let out = run(restored.path(), &["import", file.to_str().unwrap()], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(run(restored.path(), &["verify"], None).status.success());
+    let again = run(restored.path(), &["export"], None).stdout;
+    assert!(
+        again == export,
+        "the restored export differs from the original"
+    );
+    assert_eq!(
+        text(&run(restored.path(), &["checkpoint"], None)),
+        text(&run(data.path(), &["checkpoint"], None))
+    );
+}
