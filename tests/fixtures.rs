@@ -113,7 +113,7 @@ fn every_fixture_folder_is_run_by_a_test() {
     let mut names: Vec<String> = std::fs::read_dir(fixtures())
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("commands.ndjson").exists())
+        .filter(|e| e.path().join("expected-outcomes.ndjson").exists())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();

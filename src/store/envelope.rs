@@ -37,9 +37,13 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// The domain event inside.
+    /// The domain event inside, brought up to the current schema version first (see `upcast`).
     pub fn event(&self) -> Result<Event, serde_json::Error> {
-        Event::from_parts(&self.event_type, self.data.clone())
+        use serde::de::Error;
+        let (t, d) =
+            super::upcast::upcast(&self.event_type, self.schema_version, self.data.clone())
+                .map_err(serde_json::Error::custom)?;
+        Event::from_parts(&t, d)
     }
 }
 

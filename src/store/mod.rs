@@ -2,6 +2,7 @@
 
 mod envelope;
 mod sled_store;
+pub mod upcast;
 
 use std::path::PathBuf;
 
