@@ -416,3 +416,46 @@ fn a_100000_event_ledger_round_trips_through_export_and_import_byte_for_byte() {
         text(&run(data.path(), &["checkpoint"], None))
     );
 }
+
+#[test]
+fn an_as_of_answer_reads_only_that_customers_events_and_its_partners_names() {
+    use partner_ledger::domain::Position;
+    use partner_ledger::query::{self, AsOfSpec};
+    let data = ledger_with("seed-story");
+    // Another customer served by B: positions 12-14, which no Contoso answer should read.
+    let op = r#"{"tenant":"00000000-0000-4000-8000-0000000000ff","user":"ops","role":"operator"}"#;
+    let b = r#"{"tenant":"b0000000-0000-4000-8000-00000000000b","user":"b","role":"partner_admin_agent"}"#;
+    let ga = r#"{"tenant":"c1000000-0000-4000-8000-0000000000c1","user":"ga","role":"customer_global_admin"}"#;
+    let more = format!(
+        "{}\n{}\n{}\n",
+        format_args!(
+            r#"{{"type":"RegisterCustomer","actor":{op},"customer":"c1000000-0000-4000-8000-0000000000c1","company_name":"Fabrikam","domain":"f.example","country":"NL","cloud":"public"}}"#
+        ),
+        format_args!(
+            r#"{{"type":"RequestRelationship","actor":{b},"request":"1b000000-0000-4000-8000-0000000000f1","partner":"b0000000-0000-4000-8000-00000000000b","customer":"c1000000-0000-4000-8000-0000000000c1"}}"#
+        ),
+        format_args!(
+            r#"{{"type":"AcceptRelationship","actor":{ga},"request":"1b000000-0000-4000-8000-0000000000f1","customer":"c1000000-0000-4000-8000-0000000000c1"}}"#
+        ),
+    );
+    assert!(run(data.path(), &["exec", "-"], Some(more.as_bytes()))
+        .status
+        .success());
+    let store = partner_ledger::store::SledStore::open(data.path(), &Default::default()).unwrap();
+    let id = CONTOSO.parse().unwrap();
+    // Before B joined: Contoso's events 3..=7 and A's enrolment (1); not B's enrolment (2).
+    let a = query::customer(&store, id, Some(AsOfSpec::Position(Position(7))))
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.events_read, 6);
+    // At the head (14): Contoso's 9 events (3-11) and both enrolments, not Fabrikam's 3.
+    let a = query::customer(&store, id, Some(AsOfSpec::Position(Position(14))))
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.events_read, 11);
+    let now = query::customer(&store, id, None).unwrap().unwrap();
+    assert_eq!(
+        now.events_read, 0,
+        "the current view is one projection document"
+    );
+}

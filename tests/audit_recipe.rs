@@ -1,4 +1,4 @@
-//! The auditor's recipe in docs/events.md, run verbatim: an independent tool (Python) recomputes the hash chain from
+//! The auditor's recipe in docs/audit.md, run verbatim: an independent tool (Python) recomputes the hash chain from
 //! `events` output, and notices tampering.
 
 mod common;
