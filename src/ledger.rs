@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::audit::{RefusalLog, RefusalRecord};
 use crate::domain::{self, CommandId, EventId, Position, Refusal, State, Submitted, Timestamp};
@@ -127,6 +127,13 @@ impl LedgerConfig {
     }
 }
 
+/// Upper bounds of the commit-latency histogram buckets, in seconds.
+pub const LATENCY_BUCKETS: [f64; 10] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+];
+/// Upper bounds of the batch-size histogram buckets, in commands.
+pub const BATCH_BUCKETS: [u64; 9] = [1, 2, 4, 8, 16, 64, 256, 1024, 4096];
+
 /// Writer-side counters, beside the store's.
 #[derive(Default)]
 struct WriterCounters {
@@ -135,6 +142,40 @@ struct WriterCounters {
     duplicates: AtomicU64,
     unknown: AtomicU64,
     largest_batch: AtomicU64,
+    /// Commit latency (decide + write + flush + fdatasync) per durable batch, cumulative per bucket, plus +Inf.
+    latency: [AtomicU64; 11],
+    latency_micros_sum: AtomicU64,
+    /// Commands per durable batch, cumulative per bucket, plus +Inf.
+    batch_sizes: [AtomicU64; 10],
+}
+
+impl WriterCounters {
+    fn record_batch(&self, elapsed: std::time::Duration, commands: usize) {
+        let secs = elapsed.as_secs_f64();
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.latency[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency[LATENCY_BUCKETS.len()].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.latency_micros_sum.fetch_add(micros, Ordering::Relaxed);
+        let n = commands as u64;
+        for (i, bound) in BATCH_BUCKETS.iter().enumerate() {
+            if n <= *bound {
+                self.batch_sizes[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.batch_sizes[BATCH_BUCKETS.len()].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Histograms for metrics: cumulative bucket counts (the last is +Inf) and sums.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Histograms {
+    pub commit_latency_buckets: Vec<u64>,
+    pub commit_latency_seconds_sum: f64,
+    pub batch_size_buckets: Vec<u64>,
 }
 
 /// A snapshot of the counters that show group commit and durability at work.
@@ -162,6 +203,7 @@ struct Job {
 /// An open ledger: a handle to submit commands and read the log. Dropping it (or [`Ledger::close`]) stops the writer
 /// after it has answered every queued command.
 pub struct Ledger {
+    head: watch::Receiver<Position>,
     store: Arc<SledStore>,
     projections: Arc<Projections>,
     refusals: Arc<RefusalLog>,
@@ -242,11 +284,13 @@ impl Ledger {
         let refusals = Arc::new(RefusalLog::open(&store)?);
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let counters = Arc::new(WriterCounters::default());
+        let (head_tx, head) = watch::channel(store.head().position);
         let writer = Writer {
             store: Arc::clone(&store),
             projections: Arc::clone(&projections),
             refusals: Arc::clone(&refusals),
             audit: Vec::new(),
+            head: head_tx,
             state,
             clock: Arc::clone(&config.clock),
             max_batch: config.max_batch.max(1),
@@ -260,6 +304,7 @@ impl Ledger {
                 source: e,
             })?;
         Ok(Ledger {
+            head,
             store,
             projections,
             refusals,
@@ -304,6 +349,30 @@ impl Ledger {
     /// The read models, kept at the head after every batch.
     pub fn projections(&self) -> &Projections {
         &self.projections
+    }
+
+    /// Follows the log's head: it changes after every durable batch. Readers of the log wait on it; it never makes the
+    /// writer wait.
+    pub fn watch_head(&self) -> watch::Receiver<Position> {
+        self.head.clone()
+    }
+
+    /// Commit latency and batch size histograms.
+    pub fn histograms(&self) -> Histograms {
+        let c = &self.counters;
+        Histograms {
+            commit_latency_buckets: c
+                .latency
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            commit_latency_seconds_sum: c.latency_micros_sum.load(Ordering::Relaxed) as f64 / 1e6,
+            batch_size_buckets: c
+                .batch_sizes
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+        }
     }
 
     /// The refusal audit trail.
@@ -354,6 +423,7 @@ struct Writer {
     refusals: Arc<RefusalLog>,
     /// Refusals decided in the current batch, filed once the batch is answered.
     audit: Vec<(RefusalRecord, Vec<domain::EntityRef>)>,
+    head: watch::Sender<Position>,
     state: State,
     clock: Clock,
     max_batch: usize,
@@ -397,6 +467,7 @@ impl Writer {
 
     /// Decides, commits and answers one batch. Returns false after a storage failure (fail-stop).
     fn process(&mut self, jobs: Vec<Job>) -> bool {
+        let started = std::time::Instant::now();
         let now = (self.clock)();
         let mut entries: Vec<CommitEntry> = Vec::new();
         let mut in_batch: HashMap<CommandId, (String, usize)> = HashMap::new();
@@ -416,6 +487,9 @@ impl Writer {
             Ok(positions) => {
                 c.largest_batch
                     .fetch_max(entries.len() as u64, Ordering::Relaxed);
+                if !entries.is_empty() {
+                    c.record_batch(started.elapsed(), entries.len());
+                }
                 for (reply, draft) in drafts {
                     let outcome = match draft {
                         Draft::Done(o) => o,
@@ -438,6 +512,7 @@ impl Writer {
                     };
                     let _ = reply.send(outcome);
                 }
+                self.head.send_replace(self.store.head().position);
                 self.project(&entries);
                 let audit = std::mem::take(&mut self.audit);
                 if let Err(e) = self.refusals.append(&audit) {

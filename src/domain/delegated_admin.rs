@@ -195,8 +195,10 @@ pub(super) fn request(
     }
     let wanted = b.name.to_lowercase();
     let clash = state
-        .admin_open
-        .iter()
+        .admin_open_by_partner
+        .get(&b.partner)
+        .into_iter()
+        .flatten()
         .filter_map(|id| state.admin.get(id))
         .find(|a| {
             a.partner == b.partner

@@ -61,55 +61,70 @@ impl Slice {
         Some(s)
     }
 
-    /// Everything the partner view of `p` reads: its customers, its relationships and admin relationships with them,
-    /// and the subscriptions it bills or is partner of record of.
-    pub fn partner(state: &State, p: PartnerId) -> Option<Slice> {
+    /// The partner itself, without its customers (the partner projection's profile document).
+    pub fn partner_profile(state: &State, p: PartnerId) -> Option<Slice> {
         let partner = state.partners.get(&p)?;
-        let customers = state.partner_customers.get(&p).cloned().unwrap_or_default();
-        let mut s = Slice {
+        Some(Slice {
             partners: vec![partner.clone()],
-            partner_customers: vec![(p, customers.clone())],
             ..Slice::default()
-        };
-        for c in &customers {
-            let Some(customer) = state.customers.get(c) else {
-                continue;
-            };
-            if let Some(r) = state.relationships.get(&(p, *c)) {
-                s.relationships.push((p, *c, r.clone()));
-            }
-            let admin: Vec<_> = customer
-                .admin_relationships
-                .iter()
-                .filter_map(|id| state.admin.get(id))
-                .filter(|a| a.partner == p)
-                .cloned()
-                .collect();
-            let subscriptions: Vec<_> = customer
-                .subscriptions
-                .iter()
-                .filter_map(|id| state.subscriptions.get(id))
-                .filter(|x| x.billing_partner == p || x.partner_of_record == p)
-                .cloned()
-                .collect();
-            // Only this partner's part of the customer, so the document changes only when that part does.
-            s.customers.push(Customer {
-                partners: vec![p],
-                subscriptions: subscriptions.iter().map(|x| x.id).collect(),
-                azure_plans: customer
-                    .azure_plans
-                    .iter()
-                    .copied()
-                    .filter(|x| *x == p)
-                    .collect(),
-                admin_relationships: admin.iter().map(|a| a.id).collect(),
-                agreement_accepted: false,
-                ..customer.clone()
-            });
-            s.admin.extend(admin);
-            s.subscriptions.extend(subscriptions);
+        })
+    }
+
+    /// What the partner view of `p` reads about one customer `c`: only this partner's part of it, so the document
+    /// changes only when that part does.
+    pub fn partner_customer(state: &State, p: PartnerId, c: CustomerId) -> Option<Slice> {
+        let customer = state.customers.get(&c)?;
+        let mut s = Slice::default();
+        if let Some(r) = state.relationships.get(&(p, c)) {
+            s.relationships.push((p, c, r.clone()));
         }
+        s.admin = customer
+            .admin_relationships
+            .iter()
+            .filter_map(|id| state.admin.get(id))
+            .filter(|a| a.partner == p)
+            .cloned()
+            .collect();
+        s.subscriptions = customer
+            .subscriptions
+            .iter()
+            .filter_map(|id| state.subscriptions.get(id))
+            .filter(|x| x.billing_partner == p || x.partner_of_record == p)
+            .cloned()
+            .collect();
+        s.customers.push(Customer {
+            partners: vec![p],
+            subscriptions: s.subscriptions.iter().map(|x| x.id).collect(),
+            azure_plans: Vec::new(),
+            admin_relationships: s.admin.iter().map(|a| a.id).collect(),
+            agreement_accepted: false,
+            ..customer.clone()
+        });
         Some(s)
+    }
+
+    /// Everything the partner view of `p` reads: its profile and one part per customer, in involvement order.
+    pub fn partner(state: &State, p: PartnerId) -> Option<Slice> {
+        let mut s = Slice::partner_profile(state, p)?;
+        let customers = state.partner_customers.get(&p).cloned().unwrap_or_default();
+        for c in &customers {
+            if let Some(part) = Slice::partner_customer(state, p, *c) {
+                s.absorb(part);
+            }
+        }
+        s.partner_customers = vec![(p, customers)];
+        Some(s)
+    }
+
+    /// Adds another slice's entities to this one.
+    pub fn absorb(&mut self, other: Slice) {
+        self.partners.extend(other.partners);
+        self.customers.extend(other.customers);
+        self.relationships.extend(other.relationships);
+        self.admin.extend(other.admin);
+        self.subscriptions.extend(other.subscriptions);
+        self.plans.extend(other.plans);
+        self.partner_customers.extend(other.partner_customers);
     }
 
     /// Everything the subscription view of `id` reads.

@@ -248,10 +248,14 @@ pub struct State {
     pub admin: HashMap<AdminRelationshipId, AdminRelationship>,
     /// Admin relationships whose recorded status is pending or active: the ones a clock advance can change.
     pub admin_open: BTreeSet<AdminRelationshipId>,
+    /// The same, per partner, for the name-uniqueness rule (R16) without scanning every partner's.
+    pub admin_open_by_partner: HashMap<PartnerId, BTreeSet<AdminRelationshipId>>,
     pub subscriptions: HashMap<SubscriptionId, Subscription>,
     pub plans: HashMap<(PartnerId, CustomerId), AzurePlan>,
     /// Customers each partner is involved with, in order of first involvement (the partner view's order).
     pub partner_customers: HashMap<PartnerId, Vec<CustomerId>>,
+    /// The index of each customer in its partner's `partner_customers` list (stable: the list only grows).
+    pub partner_customer_ordinal: HashMap<(PartnerId, CustomerId), u64>,
 }
 
 impl State {
@@ -275,10 +279,10 @@ impl State {
         if let Some(c) = self.customer_mut(customer) {
             if !c.partners.contains(&partner) {
                 c.partners.push(partner);
-                self.partner_customers
-                    .entry(partner)
-                    .or_default()
-                    .push(customer);
+                let list = self.partner_customers.entry(partner).or_default();
+                self.partner_customer_ordinal
+                    .insert((partner, customer), list.len() as u64);
+                list.push(customer);
             }
         }
     }
@@ -469,6 +473,10 @@ impl State {
                     },
                 );
                 self.admin_open.insert(*admin_relationship);
+                self.admin_open_by_partner
+                    .entry(*partner)
+                    .or_default()
+                    .insert(*admin_relationship);
                 if let Some(c) = self.customer_mut(*customer) {
                     c.admin_relationships.push(*admin_relationship);
                 }
@@ -581,6 +589,9 @@ impl State {
             a.ends_at = ends_at;
             if status.is_final() {
                 self.admin_open.remove(&id);
+                if let Some(open) = self.admin_open_by_partner.get_mut(&a.partner) {
+                    open.remove(&id);
+                }
             }
         }
     }

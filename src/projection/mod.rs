@@ -9,7 +9,7 @@
 //! | projection | key | document |
 //! |---|---|---|
 //! | `customers` | customer id | the customer's slice |
-//! | `partners` | partner id | the partner's slice |
+//! | `partners` | partner id, and partner id ‖ customer ordinal | the partner's profile, and its part of each customer |
 //! | `subscriptions` | subscription id | the subscription's slice |
 //! | `expiring` | end time ‖ admin relationship id | an active admin relationship and when it ends |
 
@@ -37,7 +37,10 @@ const CHECKPOINT: &[u8] = b"checkpoint";
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Touched {
     pub customers: BTreeSet<CustomerId>,
+    /// Partners whose profile document changed.
     pub partners: BTreeSet<PartnerId>,
+    /// (partner, customer) pairs whose part of the partner's view changed.
+    pub pairs: BTreeSet<(PartnerId, CustomerId)>,
     pub subscriptions: BTreeSet<SubscriptionId>,
     pub admin: BTreeSet<AdminRelationshipId>,
 }
@@ -46,7 +49,19 @@ impl Touched {
     /// Records what `event` changes, reading `state` (already including the event) for the cascades: a partner's
     /// name appears in its customers' documents, a customer's name in its partners' and subscriptions' documents.
     pub fn add(&mut self, state: &State, event: &Event) {
-        for e in event.entities() {
+        let entities = event.entities();
+        for p in entities.iter().filter_map(|e| match e {
+            EntityRef::Partner(p) => Some(*p),
+            _ => None,
+        }) {
+            for c in entities.iter().filter_map(|e| match e {
+                EntityRef::Customer(c) => Some(*c),
+                _ => None,
+            }) {
+                self.pairs.insert((p, c));
+            }
+        }
+        for e in entities {
             match e {
                 EntityRef::Customer(c) => {
                     self.customers.insert(c);
@@ -69,7 +84,7 @@ impl Touched {
                 }
                 EntityRef::CustomerProfile(c) => {
                     if let Some(customer) = state.customers.get(&c) {
-                        self.partners.extend(customer.partners.iter().copied());
+                        self.pairs.extend(customer.partners.iter().map(|p| (*p, c)));
                         self.subscriptions
                             .extend(customer.subscriptions.iter().copied());
                         self.admin
@@ -130,6 +145,7 @@ impl Touched {
         Touched {
             customers: state.customers.keys().copied().collect(),
             partners: state.partners.keys().copied().collect(),
+            pairs: state.partner_customer_ordinal.keys().copied().collect(),
             subscriptions: state.subscriptions.keys().copied().collect(),
             admin: state.admin.keys().copied().collect(),
         }
@@ -166,6 +182,15 @@ fn doc_key(id: &[u8; 16]) -> Vec<u8> {
     let mut k = Vec::with_capacity(17);
     k.push(b'd');
     k.extend_from_slice(id);
+    k
+}
+
+/// A partner's part of its `ordinal`-th customer.
+fn part_key(id: &[u8; 16], ordinal: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(25);
+    k.push(b'e');
+    k.extend_from_slice(id);
+    k.extend_from_slice(&ordinal.to_be_bytes());
     k
 }
 
@@ -289,9 +314,17 @@ impl Projections {
     ) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
         for p in &touched.partners {
-            match Slice::partner(state, *p) {
+            match Slice::partner_profile(state, *p) {
                 Some(s) => b.insert(doc_key(p.as_bytes()), json(&s)),
                 None => b.remove(doc_key(p.as_bytes())),
+            }
+        }
+        for (p, c) in &touched.pairs {
+            let Some(ordinal) = state.partner_customer_ordinal.get(&(*p, *c)) else {
+                continue;
+            };
+            if let Some(s) = Slice::partner_customer(state, *p, *c) {
+                b.insert(part_key(p.as_bytes(), *ordinal), json(&s));
             }
         }
         b.insert(CHECKPOINT, &checkpoint[..]);
@@ -430,9 +463,23 @@ impl Projections {
         Self::slice(&self.customers, id.as_bytes())
     }
 
-    /// The stored slice of a partner.
+    /// The stored slice of a partner: its profile and its part of each customer, in involvement order.
     pub fn partner(&self, id: PartnerId) -> Result<Option<Slice>, StoreError> {
-        Self::slice(&self.partners, id.as_bytes())
+        let Some(mut s) = Self::slice(&self.partners, id.as_bytes())? else {
+            return Ok(None);
+        };
+        let mut prefix = vec![b'e'];
+        prefix.extend_from_slice(id.as_bytes());
+        let mut customers = Vec::new();
+        for item in self.partners.scan_prefix(&prefix) {
+            let (_, v) = item?;
+            let part: Slice = serde_json::from_slice(&v)
+                .map_err(|e| corrupt(format!("a projection document does not decode: {e}")))?;
+            customers.extend(part.customers.iter().map(|c| c.id));
+            s.absorb(part);
+        }
+        s.partner_customers = vec![(id, customers)];
+        Ok(Some(s))
     }
 
     /// The stored slice of a subscription.

@@ -1,0 +1,462 @@
+//! The HTTP service: commands, views, event streams and durable consumers over the library (docs/api.md).
+//!
+//! The router is a plain function of [`AppState`]; [`serve`] takes an injected listener and shutdown future, so tests
+//! run the real server on `127.0.0.1:0`. Streams never hold the writer up: they follow the head through a `watch`
+//! channel and read the log themselves, so a slow or stalled client only delays itself.
+
+mod consumers;
+mod openapi;
+mod stream;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::audit::RefusalLog;
+use crate::domain::command::MAX_COMMAND_BYTES;
+use crate::domain::{parse_line, CustomerId, EntityRef, PartnerId, SubscriptionId};
+use crate::ledger::{Ledger, Outcome};
+use crate::query::{self, AsOfSpec};
+use crate::store::EventStore;
+
+pub use consumers::Consumers;
+
+/// Settings of a running server.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// How often an idle or filtered stream sends a heartbeat with the scanned position.
+    pub heartbeat: Duration,
+    /// How often the scheduler issues `AdvanceClock` (also once at start-up).
+    pub clock_interval: Duration,
+    /// The largest request body accepted (larger: 413).
+    pub body_limit: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(15),
+            clock_interval: Duration::from_secs(60),
+            body_limit: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Counters of the HTTP layer.
+#[derive(Default)]
+pub struct ApiMetrics {
+    /// Streams currently connected.
+    pub streams: AtomicI64,
+    /// Command lines answered `invalid`.
+    pub invalid: AtomicU64,
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub ledger: Arc<Ledger>,
+    pub consumers: Arc<Consumers>,
+    pub refusals: Arc<RefusalLog>,
+    pub metrics: Arc<ApiMetrics>,
+    pub config: ServeConfig,
+    /// Turns true when the server shuts down, so open streams end and graceful shutdown can finish.
+    pub stopping: watch::Receiver<bool>,
+}
+
+impl AppState {
+    /// Builds the state for a ledger; `stopping` ends the streams when it turns true.
+    pub fn new(
+        ledger: Arc<Ledger>,
+        config: ServeConfig,
+        stopping: watch::Receiver<bool>,
+    ) -> Result<AppState, crate::store::StoreError> {
+        Ok(AppState {
+            consumers: Arc::new(Consumers::open(ledger.store())?),
+            refusals: Arc::new(RefusalLog::open(ledger.store())?),
+            ledger,
+            metrics: Arc::new(ApiMetrics::default()),
+            config,
+            stopping,
+        })
+    }
+}
+
+/// The routes (docs/api.md).
+pub fn router(state: AppState) -> Router {
+    let limit = state.config.body_limit;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route(
+            "/v1/openapi.json",
+            get(|| async { Json(openapi::document()) }),
+        )
+        .route("/v1/commands", post(post_commands))
+        .route("/v1/customers/{id}", get(get_customer))
+        .route("/v1/customers/{id}/history", get(get_customer_history))
+        .route("/v1/partners/{id}", get(get_partner))
+        .route("/v1/subscriptions/{id}", get(get_subscription))
+        .route("/v1/events", get(stream::events))
+        .route("/v1/consumers", get(consumers::list))
+        .route(
+            "/v1/consumers/{name}",
+            put(consumers::create)
+                .get(consumers::show)
+                .delete(consumers::remove),
+        )
+        .route("/v1/consumers/{name}/events", get(consumers::events))
+        .route("/v1/consumers/{name}/ack", post(consumers::ack))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` completes: then it stops accepting, ends the streams, lets in-flight
+/// requests finish (their commands are acknowledged), and returns; close the ledger afterwards to flush.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    stop: watch::Sender<bool>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let scheduler = tokio::spawn(scheduler(
+        Arc::clone(&state.ledger),
+        state.config.clock_interval,
+        state.stopping.clone(),
+    ));
+    let app = router(state);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        })
+        .await;
+    scheduler.abort();
+    result
+}
+
+/// Issues `AdvanceClock` at start-up and then every `interval`, so time-driven transitions are recorded on time (R36).
+/// After downtime the first one catches up in one command.
+async fn scheduler(ledger: Arc<Ledger>, interval: Duration, mut stopping: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopping.changed() => return,
+        }
+        let now = crate::domain::Timestamp::from_datetime(chrono::Utc::now());
+        let line = json!({"type": "AdvanceClock", "to": now.to_string(),
+            "actor": {"tenant": "00000000-0000-4000-8000-00000000005c", "user": "scheduler", "role": "system"}});
+        if let Ok(cmd) = parse_line(&line.to_string()) {
+            let outcome = ledger.submit_async(cmd).await.outcome().await;
+            tracing::debug!(outcome = %outcome.to_json(), "clock advanced");
+        }
+    }
+}
+
+/// A request that cannot be served, ready to send (boxed: a `Response` is large).
+pub(crate) type Rejection = Box<Response>;
+
+/// A JSON error body with a status, as a [`Rejection`].
+pub(crate) fn reject(status: StatusCode, code: &str, message: impl Into<String>) -> Rejection {
+    Box::new(error(status, code, message))
+}
+
+/// A JSON error body with a status.
+pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({"error": code, "message": message.into()})),
+    )
+        .into_response()
+}
+
+async fn healthz(State(s): State<AppState>) -> Json<Value> {
+    Json(json!({"status": "ok", "head": s.ledger.store().head().position}))
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    use std::fmt::Write;
+    let st = s.ledger.stats();
+    let h = s.ledger.histograms();
+    let mut t = String::new();
+    let _ = writeln!(t, "# HELP partner_ledger_commands_total Commands answered, by outcome.\n# TYPE partner_ledger_commands_total counter");
+    for (outcome, n) in [
+        ("committed", st.committed),
+        ("duplicate", st.duplicates),
+        ("refused", st.refused),
+        ("unknown", st.unknown),
+        ("invalid", s.metrics.invalid.load(Ordering::Relaxed)),
+    ] {
+        let _ = writeln!(
+            t,
+            "partner_ledger_commands_total{{outcome=\"{outcome}\"}} {n}"
+        );
+    }
+    let _ = writeln!(t, "# HELP partner_ledger_events_appended_total Events appended.\n# TYPE partner_ledger_events_appended_total counter\npartner_ledger_events_appended_total {}", st.events);
+    let _ = writeln!(t, "# HELP partner_ledger_fdatasyncs_total fdatasync calls, one per durable batch.\n# TYPE partner_ledger_fdatasyncs_total counter\npartner_ledger_fdatasyncs_total {}", st.fdatasyncs);
+    let _ = writeln!(t, "# HELP partner_ledger_commit_latency_seconds Time to decide, write, flush and sync a batch.\n# TYPE partner_ledger_commit_latency_seconds histogram");
+    for (i, b) in crate::ledger::LATENCY_BUCKETS.iter().enumerate() {
+        let _ = writeln!(
+            t,
+            "partner_ledger_commit_latency_seconds_bucket{{le=\"{b}\"}} {}",
+            h.commit_latency_buckets[i]
+        );
+    }
+    let total = h.commit_latency_buckets.last().copied().unwrap_or(0);
+    let _ = writeln!(t, "partner_ledger_commit_latency_seconds_bucket{{le=\"+Inf\"}} {total}\npartner_ledger_commit_latency_seconds_sum {}\npartner_ledger_commit_latency_seconds_count {total}", h.commit_latency_seconds_sum);
+    let _ = writeln!(t, "# HELP partner_ledger_commit_batch_size Commands per durable batch.\n# TYPE partner_ledger_commit_batch_size histogram");
+    for (i, b) in crate::ledger::BATCH_BUCKETS.iter().enumerate() {
+        let _ = writeln!(
+            t,
+            "partner_ledger_commit_batch_size_bucket{{le=\"{b}\"}} {}",
+            h.batch_size_buckets[i]
+        );
+    }
+    let batches = h.batch_size_buckets.last().copied().unwrap_or(0);
+    let _ = writeln!(t, "partner_ledger_commit_batch_size_bucket{{le=\"+Inf\"}} {batches}\npartner_ledger_commit_batch_size_sum {}\npartner_ledger_commit_batch_size_count {batches}", st.committed);
+    let _ = writeln!(t, "# HELP partner_ledger_stream_consumers Event streams connected.\n# TYPE partner_ledger_stream_consumers gauge\npartner_ledger_stream_consumers {}", s.metrics.streams.load(Ordering::Relaxed));
+    let _ = writeln!(t, "# HELP partner_ledger_head_position The last position of the log.\n# TYPE partner_ledger_head_position gauge\npartner_ledger_head_position {}", s.ledger.store().head().position);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], t).into_response()
+}
+
+fn outcome_response(o: &Outcome) -> Response {
+    let status = match o {
+        Outcome::Committed { .. } => StatusCode::OK,
+        Outcome::Refused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        Outcome::Unknown { .. } => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (status, Json(o.to_json())).into_response()
+}
+
+fn media_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// `POST /v1/commands`: one JSON command, or NDJSON (one outcome line per input line).
+async fn post_commands(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    match media_type(&headers).as_str() {
+        "application/json" => {
+            let Ok(text) = std::str::from_utf8(&body) else {
+                s.metrics.invalid.fetch_add(1, Ordering::Relaxed);
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    "the body is not valid UTF-8",
+                );
+            };
+            match parse_line(text.trim()) {
+                Err(e) => {
+                    s.metrics.invalid.fetch_add(1, Ordering::Relaxed);
+                    (
+                        StatusCode::BAD_REQUEST,
+                        Json(json!({"outcome": "invalid", "line": 1, "message": e.0})),
+                    )
+                        .into_response()
+                }
+                Ok(cmd) => outcome_response(&s.ledger.submit_async(cmd).await.outcome().await),
+            }
+        }
+        "application/x-ndjson" => {
+            enum Pending {
+                Invalid(usize, String),
+                Ticket(crate::ledger::Ticket),
+            }
+            let mut pending = Vec::new();
+            for (i, line) in body.split(|b| *b == b'\n').enumerate() {
+                let n = i + 1;
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if line.len() > MAX_COMMAND_BYTES {
+                    pending.push(Pending::Invalid(n, format!("the command is {} bytes; at most {MAX_COMMAND_BYTES} bytes are accepted (R38)", line.len())));
+                    continue;
+                }
+                let Ok(text) = std::str::from_utf8(line) else {
+                    pending.push(Pending::Invalid(n, "the line is not valid UTF-8".into()));
+                    continue;
+                };
+                let text = text.trim();
+                if text.is_empty() || text.starts_with('#') {
+                    continue;
+                }
+                match parse_line(text) {
+                    Ok(cmd) => pending.push(Pending::Ticket(s.ledger.submit_async(cmd).await)),
+                    Err(e) => pending.push(Pending::Invalid(n, e.0)),
+                }
+            }
+            let mut out = Vec::with_capacity(pending.len() * 96);
+            for p in pending {
+                let v = match p {
+                    Pending::Invalid(line, message) => {
+                        s.metrics.invalid.fetch_add(1, Ordering::Relaxed);
+                        json!({"outcome": "invalid", "line": line, "message": message})
+                    }
+                    Pending::Ticket(t) => t.outcome().await.to_json(),
+                };
+                let _ = serde_json::to_writer(&mut out, &v);
+                out.push(b'\n');
+            }
+            ([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response()
+        }
+        other => error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "send application/json (one command) or application/x-ndjson (many), not `{other}`"
+            ),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+struct AsOfParam {
+    as_of: Option<String>,
+}
+
+fn parse_as_of(p: &AsOfParam) -> Result<Option<AsOfSpec>, Rejection> {
+    match &p.as_of {
+        None => Ok(None),
+        Some(s) => s
+            .parse()
+            .map(Some)
+            .map_err(|e: String| reject(StatusCode::BAD_REQUEST, "invalid_as_of", e)),
+    }
+}
+
+fn parse_id<T: std::str::FromStr<Err = String>>(kind: &str, s: &str) -> Result<T, Rejection> {
+    s.parse().map_err(|e| {
+        reject(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            format!("{kind} id: {e}"),
+        )
+    })
+}
+
+/// Runs a read on a blocking thread and maps "not there" to 404.
+async fn view<V: serde::Serialize + Send + 'static>(
+    s: &AppState,
+    what: String,
+    read: impl FnOnce(&crate::store::SledStore) -> Result<Option<V>, crate::store::StoreError>
+        + Send
+        + 'static,
+) -> Response {
+    let ledger = Arc::clone(&s.ledger);
+    match tokio::task::spawn_blocking(move || read(ledger.store())).await {
+        Ok(Ok(Some(v))) => Json(v).into_response(),
+        Ok(Ok(None)) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} is not in this ledger"),
+        ),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "read failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the read failed; see the server log",
+            )
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "read task failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the read failed; see the server log",
+            )
+        }
+    }
+}
+
+async fn get_customer(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<AsOfParam>,
+) -> Response {
+    let (id, as_of) = match (parse_id::<CustomerId>("customer", &id), parse_as_of(&q)) {
+        (Ok(i), Ok(a)) => (i, a),
+        (Err(r), _) | (_, Err(r)) => return *r,
+    };
+    view(&s, format!("customer {id}"), move |st| {
+        Ok(query::customer(st, id, as_of)?.map(|a| a.view))
+    })
+    .await
+}
+
+async fn get_partner(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<AsOfParam>,
+) -> Response {
+    let (id, as_of) = match (parse_id::<PartnerId>("partner", &id), parse_as_of(&q)) {
+        (Ok(i), Ok(a)) => (i, a),
+        (Err(r), _) | (_, Err(r)) => return *r,
+    };
+    view(&s, format!("partner {id}"), move |st| {
+        Ok(query::partner(st, id, as_of)?.map(|a| a.view))
+    })
+    .await
+}
+
+async fn get_subscription(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<AsOfParam>,
+) -> Response {
+    let (id, as_of) = match (
+        parse_id::<SubscriptionId>("subscription", &id),
+        parse_as_of(&q),
+    ) {
+        (Ok(i), Ok(a)) => (i, a),
+        (Err(r), _) | (_, Err(r)) => return *r,
+    };
+    view(&s, format!("subscription {id}"), move |st| {
+        Ok(query::subscription(st, id, as_of)?.map(|a| a.view))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct HistoryParams {
+    #[serde(default)]
+    include_refusals: bool,
+}
+
+async fn get_customer_history(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<HistoryParams>,
+) -> Response {
+    let id = match parse_id::<CustomerId>("customer", &id) {
+        Ok(i) => i,
+        Err(r) => return *r,
+    };
+    let refusals = Arc::clone(&s.refusals);
+    view(&s, format!("customer {id}"), move |st| {
+        let entity = EntityRef::Customer(id);
+        let events = query::history(st, entity, crate::domain::Position(0), None)?;
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let mut out = json!({"customer": id, "events": events});
+        if q.include_refusals {
+            out["refusals"] = serde_json::to_value(refusals.of(&entity)?).unwrap_or(Value::Null);
+        }
+        Ok(Some(out))
+    })
+    .await
+}

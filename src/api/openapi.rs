@@ -1,0 +1,77 @@
+//! The OpenAPI description served at `/v1/openapi.json` (docs/api.md is the prose version).
+
+use serde_json::{json, Value};
+
+fn id_param(name: &str) -> Value {
+    json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}})
+}
+
+fn as_of() -> Value {
+    json!({"name": "as_of", "in": "query", "required": false, "description": "a position or an RFC 3339 business time",
+           "schema": {"type": "string"}})
+}
+
+fn errors() -> Value {
+    json!({"400": {"description": "malformed id or parameter", "content": {"application/json": {}}},
+           "404": {"description": "not in this ledger", "content": {"application/json": {}}}})
+}
+
+/// The document.
+pub fn document() -> Value {
+    let view = |summary: &str, param: &str| {
+        let mut responses = errors();
+        responses["200"] = json!({"description": summary, "content": {"application/json": {}}});
+        json!({"get": {"summary": summary, "parameters": [id_param(param), as_of()], "responses": responses}})
+    };
+    let customer = view("The customer view of WIRE.md, now or as of", "id");
+    let partner = view(
+        "A partner's customers with relationship, delegated admin and subscription counts",
+        "id",
+    );
+    let subscription = view("One subscription", "id");
+    let stream_params = json!([
+        {"name": "from", "in": "query", "schema": {"type": "integer"}, "description": "events after this position"},
+        {"name": "customer", "in": "query", "schema": {"type": "string", "format": "uuid"}},
+        {"name": "partner", "in": "query", "schema": {"type": "string", "format": "uuid"}},
+        {"name": "types", "in": "query", "schema": {"type": "string"}, "description": "comma-separated event types"},
+        {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer"}, "description": "resume after this position"}
+    ]);
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "partner-ledger", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "An event-sourced ledger of CSP partner relationships. See docs/api.md."},
+        "paths": {
+            "/healthz": {"get": {"summary": "Liveness and head position", "responses": {"200": {"description": "ok"}}}},
+            "/metrics": {"get": {"summary": "Prometheus text metrics", "responses": {"200": {"description": "metrics", "content": {"text/plain": {}}}}}},
+            "/v1/commands": {"post": {
+                "summary": "One command (application/json) or many (application/x-ndjson); outcomes as in WIRE.md",
+                "requestBody": {"required": true, "content": {"application/json": {}, "application/x-ndjson": {}}},
+                "responses": {
+                    "200": {"description": "committed (JSON), or one outcome line per input line (NDJSON)"},
+                    "400": {"description": "the single command is malformed: {\"outcome\": \"invalid\", ...}"},
+                    "413": {"description": "the body is larger than the server's limit (16 MiB by default)"},
+                    "415": {"description": "neither application/json nor application/x-ndjson"},
+                    "422": {"description": "refused by a rule: the refusal outcome"},
+                    "503": {"description": "storage failed: outcome unknown, retry with the same command_id"}}}},
+            "/v1/customers/{id}": customer,
+            "/v1/customers/{id}/history": {"get": {"summary": "The customer's events (and refusals with include_refusals=true)",
+                "parameters": [id_param("id"), {"name": "include_refusals", "in": "query", "schema": {"type": "boolean"}}],
+                "responses": errors()}},
+            "/v1/partners/{id}": partner,
+            "/v1/subscriptions/{id}": subscription,
+            "/v1/events": {"get": {"summary": "Catch-up then live: SSE (id = position) or NDJSON (Accept: application/x-ndjson), with heartbeats",
+                "parameters": stream_params, "responses": {"200": {"description": "a stream",
+                    "content": {"text/event-stream": {}, "application/x-ndjson": {}}}}}},
+            "/v1/consumers": {"get": {"summary": "Durable consumers with checkpoint and lag", "responses": {"200": {"description": "a list"}}}},
+            "/v1/consumers/{name}": {
+                "put": {"summary": "Create a consumer: {customer?, partner?, types?, from?}", "responses": {
+                    "201": {"description": "created"}, "200": {"description": "already exists with the same filter"},
+                    "409": {"description": "exists with another filter"}}},
+                "get": {"summary": "One consumer", "responses": {"200": {"description": "the consumer"}, "404": {"description": "none"}}},
+                "delete": {"summary": "Remove a consumer", "responses": {"204": {"description": "removed"}, "404": {"description": "none"}}}},
+            "/v1/consumers/{name}/events": {"get": {"summary": "The consumer's stream from its checkpoint", "responses": {"200": {"description": "a stream"}}}},
+            "/v1/consumers/{name}/ack": {"post": {"summary": "Move the checkpoint: {\"position\": n}", "responses": {
+                "200": {"description": "moved"}, "409": {"description": "backwards"}, "400": {"description": "beyond the head"}}}}
+        }
+    })
+}
