@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{error, reject, AppState, Rejection};
+use super::{reject, AppState, Rejection};
 use crate::domain::{CustomerId, EntityRef, PartnerId, Position};
 use crate::ledger::Ledger;
 use crate::store::{EventStore, StoreError};
