@@ -177,10 +177,18 @@ fn build(ledger: &Ledger, commands: usize) {
             at()
         ),
     ];
-    for i in 0..4_998u64 {
-        let sub = format!("5b160000-0000-4000-8000-{i:012x}");
-        lines.push(format!(r#"{{"type":"AddSubscription","at":"{}","actor":{agent},"subscription":"{sub}","partner":"{BIG_PARTNER}","customer":"{BIG}","offer":"O365_E3","quantity":5}}"#, at()));
-        lines.push(format!(r#"{{"type":"SuspendSubscription","at":"{}","actor":{agent},"subscription":"{sub}","partner":"{BIG_PARTNER}"}}"#, at()));
+    // 100 subscriptions, then 9,896 suspensions and reactivations among them: 10,000 events for the customer.
+    let sub = |i: u64| format!("5b160000-0000-4000-8000-{i:012x}");
+    for i in 0..100u64 {
+        lines.push(format!(r#"{{"type":"AddSubscription","at":"{}","actor":{agent},"subscription":"{}","partner":"{BIG_PARTNER}","customer":"{BIG}","offer":"O365_E3","quantity":5}}"#, at(), sub(i)));
+    }
+    for k in 0..9_896u64 {
+        let kind = if (k / 100) % 2 == 0 {
+            "SuspendSubscription"
+        } else {
+            "ReactivateSubscription"
+        };
+        lines.push(format!(r#"{{"type":"{kind}","at":"{}","actor":{agent},"subscription":"{}","partner":"{BIG_PARTNER}"}}"#, at(), sub(k % 100)));
     }
     let tickets: Vec<_> = lines
         .iter()

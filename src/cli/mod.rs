@@ -33,6 +33,22 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Runs the HTTP service (docs/api.md). On an empty ledger it first loads sample data: the seed story and a
+    /// generated workload.
+    Serve {
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: String,
+        /// Seconds between the scheduler's AdvanceClock commands.
+        #[arg(long, default_value_t = 60)]
+        clock_interval: u64,
+        /// Milliseconds between heartbeats on idle or filtered streams.
+        #[arg(long, default_value_t = 15_000)]
+        heartbeat_ms: u64,
+        /// Start an empty ledger empty.
+        #[arg(long)]
+        no_sample_data: bool,
+    },
     /// Loads the seed story into an empty ledger and shows the customer it produces: a first look.
     Demo,
     /// Executes NDJSON commands (a file, or - for standard input) and prints one outcome per line, in input order.
@@ -166,6 +182,18 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Demo => demo(&cli.data),
+        Command::Serve {
+            listen,
+            clock_interval,
+            heartbeat_ms,
+            no_sample_data,
+        } => serve(
+            &cli.data,
+            &listen,
+            clock_interval,
+            heartbeat_ms,
+            no_sample_data,
+        ),
         Command::Exec { file } => exec::run(&cli.data, &file),
         Command::Events {
             from,
@@ -529,6 +557,101 @@ fn verify(dir: &std::path::Path, against: Option<&str>) -> anyhow::Result<ExitCo
         }
         Err(e) => Err(e.into()),
     }
+}
+
+fn serve(
+    dir: &std::path::Path,
+    listen: &str,
+    clock_interval: u64,
+    heartbeat_ms: u64,
+    no_sample_data: bool,
+) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let ledger = std::sync::Arc::new(Ledger::open(LedgerConfig::new(dir))?);
+    if ledger.store().head().position.0 == 0 && !no_sample_data {
+        load_sample_data(&ledger)?;
+    }
+    let config = crate::api::ServeConfig {
+        heartbeat: std::time::Duration::from_millis(heartbeat_ms.max(1)),
+        clock_interval: std::time::Duration::from_secs(clock_interval.max(1)),
+        ..Default::default()
+    };
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+        let addr = listener.local_addr()?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let state = crate::api::AppState::new(std::sync::Arc::clone(&ledger), config, stop_rx)?;
+        println!(
+            "partner-ledger listening on http://{addr} (data: {}, {} events)\n\nTry:\n  curl http://{addr}/v1/customers/{CONTOSO}\n  curl http://{addr}/v1/partners/a0000000-0000-4000-8000-00000000000a\n  curl 'http://{addr}/v1/customers/{CONTOSO}?as_of=2024-02-01T00:00:00Z'\n  curl -N -H 'Accept: application/x-ndjson' 'http://{addr}/v1/events?customer={CONTOSO}'\n  curl -X POST -H 'Content-Type: application/json' http://{addr}/v1/commands -d @command.json\n  curl http://{addr}/metrics\n\nCtrl-C stops the server after answering every command in flight.",
+            dir.display(),
+            ledger.store().head().position
+        );
+        use std::io::Write;
+        std::io::stdout().flush().ok();
+        crate::api::serve(listener, state, stop_tx, shutdown_signal()).await?;
+        Ok::<(), anyhow::Error>(())
+    });
+    ledger.close();
+    result?;
+    println!(
+        "stopped cleanly at position {}",
+        ledger.store().head().position
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// The seed story, then a generated workload of 5,000 commands after it.
+fn load_sample_data(ledger: &Ledger) -> anyhow::Result<()> {
+    let mut tickets = Vec::new();
+    for line in SEED_STORY
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with('{'))
+    {
+        tickets
+            .push(ledger.submit(
+                crate::domain::parse_line(line).map_err(|e| anyhow::anyhow!("seed: {e}"))?,
+            ));
+    }
+    let spec = crate::workload::WorkloadSpec {
+        commands: 5_000,
+        seed: 7,
+        start: crate::domain::Timestamp::ymd_hms(2024, 2, 6, 0, 0, 0),
+    };
+    for line in crate::workload::generate(spec) {
+        tickets.push(
+            ledger.submit(
+                crate::domain::parse_line(&line).map_err(|e| anyhow::anyhow!("sample: {e}"))?,
+            ),
+        );
+    }
+    for t in tickets {
+        t.wait();
+    }
+    Ok(())
 }
 
 /// The seed story, shipped inside the binary so the demo works from any folder.
