@@ -490,6 +490,11 @@ impl Writer {
                 if !entries.is_empty() {
                     c.record_batch(started.elapsed(), entries.len());
                 }
+                // Filed before answering, so a client that was refused finds the refusal in the history right away.
+                let audit = std::mem::take(&mut self.audit);
+                if let Err(e) = self.refusals.append(&audit) {
+                    tracing::warn!(error = %e, "refused commands could not be recorded in the audit trail");
+                }
                 for (reply, draft) in drafts {
                     let outcome = match draft {
                         Draft::Done(o) => o,
@@ -514,10 +519,6 @@ impl Writer {
                 }
                 self.head.send_replace(self.store.head().position);
                 self.project(&entries);
-                let audit = std::mem::take(&mut self.audit);
-                if let Err(e) = self.refusals.append(&audit) {
-                    tracing::warn!(error = %e, "refused commands could not be recorded in the audit trail");
-                }
             }
             Err(e) => {
                 self.audit.clear();

@@ -50,3 +50,13 @@ fn every_refusal_code_is_documented_with_its_vendor_code() {
         }
     }
 }
+
+#[test]
+fn every_http_route_is_documented() {
+    let text = doc("api.md");
+    let openapi = partner_ledger::api::openapi_document();
+    for path in openapi["paths"].as_object().unwrap().keys() {
+        let route = path.split('{').next().unwrap().trim_end_matches('/');
+        assert!(text.contains(route), "{path} is missing from docs/api.md");
+    }
+}

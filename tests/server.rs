@@ -27,7 +27,18 @@ struct Server {
 
 impl Server {
     async fn start(dir: &std::path::Path, config: ServeConfig) -> Server {
-        let ledger = Arc::new(Ledger::open(LedgerConfig::new(dir)).unwrap());
+        // sled's background flusher lets go of its file lock a moment after a ledger in this process was closed.
+        let mut attempt = 0;
+        let ledger = loop {
+            match Ledger::open(LedgerConfig::new(dir)) {
+                Ok(l) => break Arc::new(l),
+                Err(e) if attempt < 100 && e.to_string().contains("lock") => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -48,10 +59,22 @@ impl Server {
         }
     }
 
+    /// Stops the server and waits until every handle on the ledger is gone, so the folder can be opened again.
     async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         self.task.take().unwrap().await.unwrap();
         self.ledger.close();
+        for _ in 0..500 {
+            if Arc::strong_count(&self.ledger) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            Arc::strong_count(&self.ledger),
+            1,
+            "a stream task outlived the server"
+        );
     }
 }
 
@@ -709,5 +732,125 @@ fn every_committed_answer_survives_kill_9_of_the_server() {
         .map(|e| e["position"].as_u64().unwrap())
         .collect();
     assert_eq!(positions, (1..=positions.len() as u64).collect::<Vec<_>>());
+    assert!(common::run(dir.path(), &["verify"], None).status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_scheduler_advances_the_clock_at_start_up_so_relationships_extend_on_time() {
+    let dir = tempfile::tempdir().unwrap();
+    // A GDAP relationship granted in 2024 for 30 days with auto-extend: by now (2026) it has been extended many times.
+    let lines: String =
+        std::fs::read_to_string(common::fixtures().join("gdap-lifecycle/commands.ndjson"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .take(6)
+            .map(|l| format!("{l}\n"))
+            .collect();
+    let path = dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let ledger = Ledger::open(LedgerConfig::new(&path)).unwrap();
+        for l in lines.lines() {
+            ledger.execute(partner_ledger::domain::parse_line(l).unwrap());
+        }
+    })
+    .await
+    .unwrap();
+    let server = Server::start(
+        dir.path(),
+        ServeConfig {
+            clock_interval: Duration::from_secs(3600),
+            ..quick()
+        },
+    )
+    .await;
+    let c = reqwest::Client::new();
+    let mut extended = 0;
+    for _ in 0..100 {
+        let h: Value = c
+            .get(format!("{}/v1/customers/{CONTOSO}/history", server.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        extended = h["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "DelegatedAdminExtended")
+            .count();
+        if extended > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        extended >= 4,
+        "one AdvanceClock at start-up records every extension due ({extended})"
+    );
+    let v: Value = c
+        .get(format!("{}/v1/customers/{CONTOSO}", server.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["partners"][0]["delegated_admin"]["admin_relationships"][0]["status"],
+        "active"
+    );
+    server.stop().await;
+}
+
+#[test]
+fn sigterm_stops_the_server_gracefully() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(common::BIN)
+        .arg("--data")
+        .arg(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert!(first.contains("listening on http://127.0.0.1:"), "{first}");
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let head_before: u64 = rt.block_on(async {
+        let v: Value = reqwest::get(format!("{url}/healthz"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["head"].as_u64().unwrap()
+    });
+    assert!(
+        head_before > 5_000,
+        "sample data was loaded into the empty ledger"
+    );
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let rest: Vec<String> = out.lines().map(|l| l.unwrap()).collect();
+    assert!(
+        rest.iter()
+            .any(|l| l.starts_with("stopped cleanly at position")),
+        "{rest:?}"
+    );
     assert!(common::run(dir.path(), &["verify"], None).status.success());
 }

@@ -32,6 +32,11 @@ use crate::store::EventStore;
 
 pub use consumers::Consumers;
 
+/// The OpenAPI description served at `/v1/openapi.json`.
+pub fn openapi_document() -> Value {
+    openapi::document()
+}
+
 /// Settings of a running server.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
