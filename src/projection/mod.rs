@@ -210,6 +210,43 @@ fn admin_key(id: AdminRelationshipId) -> Vec<u8> {
     k
 }
 
+/// Writes (or removes, for an entity that no longer exists) the document of each id.
+fn put_docs<'a, Id: IdBytes + 'a>(
+    b: &mut sled::Batch,
+    ids: impl IntoIterator<Item = &'a Id>,
+    slice: impl Fn(&Id) -> Option<Slice>,
+) {
+    for id in ids {
+        match slice(id) {
+            Some(s) => b.insert(doc_key(id.id_bytes()), json(&s)),
+            None => b.remove(doc_key(id.id_bytes())),
+        }
+    }
+}
+
+/// The 16 bytes of an entity id, for document keys.
+trait IdBytes {
+    fn id_bytes(&self) -> &[u8; 16];
+}
+
+impl IdBytes for CustomerId {
+    fn id_bytes(&self) -> &[u8; 16] {
+        self.as_bytes()
+    }
+}
+
+impl IdBytes for PartnerId {
+    fn id_bytes(&self) -> &[u8; 16] {
+        self.as_bytes()
+    }
+}
+
+impl IdBytes for SubscriptionId {
+    fn id_bytes(&self) -> &[u8; 16] {
+        self.as_bytes()
+    }
+}
+
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
@@ -296,12 +333,7 @@ impl Projections {
         checkpoint: &[u8; 8],
     ) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
-        for c in &touched.customers {
-            match Slice::customer(state, *c) {
-                Some(s) => b.insert(doc_key(c.as_bytes()), json(&s)),
-                None => b.remove(doc_key(c.as_bytes())),
-            }
-        }
+        put_docs(&mut b, &touched.customers, |c| Slice::customer(state, *c));
         b.insert(CHECKPOINT, &checkpoint[..]);
         Ok(self.customers.apply_batch(b)?)
     }
@@ -313,12 +345,9 @@ impl Projections {
         checkpoint: &[u8; 8],
     ) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
-        for p in &touched.partners {
-            match Slice::partner_profile(state, *p) {
-                Some(s) => b.insert(doc_key(p.as_bytes()), json(&s)),
-                None => b.remove(doc_key(p.as_bytes())),
-            }
-        }
+        put_docs(&mut b, &touched.partners, |p| {
+            Slice::partner_profile(state, *p)
+        });
         for (p, c) in &touched.pairs {
             let Some(ordinal) = state.partner_customer_ordinal.get(&(*p, *c)) else {
                 continue;
@@ -338,12 +367,9 @@ impl Projections {
         checkpoint: &[u8; 8],
     ) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
-        for id in &touched.subscriptions {
-            match Slice::subscription(state, *id) {
-                Some(s) => b.insert(doc_key(id.as_bytes()), json(&s)),
-                None => b.remove(doc_key(id.as_bytes())),
-            }
-        }
+        put_docs(&mut b, &touched.subscriptions, |id| {
+            Slice::subscription(state, *id)
+        });
         b.insert(CHECKPOINT, &checkpoint[..]);
         Ok(self.subscriptions.apply_batch(b)?)
     }
