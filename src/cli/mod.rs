@@ -586,7 +586,7 @@ fn serve(
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let state = crate::api::AppState::new(std::sync::Arc::clone(&ledger), config, stop_rx)?;
         println!(
-            "partner-ledger listening on http://{addr} (data: {}, {} events)\n\nTry:\n  curl http://{addr}/v1/customers/{CONTOSO}\n  curl http://{addr}/v1/partners/a0000000-0000-4000-8000-00000000000a\n  curl 'http://{addr}/v1/customers/{CONTOSO}?as_of=2024-02-01T00:00:00Z'\n  curl -N -H 'Accept: application/x-ndjson' 'http://{addr}/v1/events?customer={CONTOSO}'\n  curl -X POST -H 'Content-Type: application/json' http://{addr}/v1/commands -d @command.json\n  curl http://{addr}/metrics\n\nCtrl-C stops the server after answering every command in flight.",
+            "partner-ledger listening on http://{addr} (data: {}, {} events)\n\nTry:\n  curl http://{addr}/v1/customers/{CONTOSO}\n  curl http://{addr}/v1/partners/a0000000-0000-4000-8000-00000000000a\n  curl 'http://{addr}/v1/customers/{CONTOSO}?as_of=2024-02-01T00:00:00Z'\n  curl -N -H 'Accept: application/x-ndjson' 'http://{addr}/v1/events?customer={CONTOSO}'\n  curl -X POST -H 'Content-Type: application/json' http://{addr}/v1/commands -d '{{\"type\":\"CancelSubscription\",\"actor\":{{\"tenant\":\"b0000000-0000-4000-8000-00000000000b\",\"user\":\"you\",\"role\":\"partner_admin_agent\"}},\"subscription\":\"5a000000-0000-4000-8000-000000000001\",\"partner\":\"b0000000-0000-4000-8000-00000000000b\"}}'   # B may not cancel A's subscription: 422, R27\n  curl http://{addr}/metrics\n\nCtrl-C stops the server after answering every command in flight.",
             dir.display(),
             ledger.store().head().position
         );
