@@ -84,8 +84,7 @@ fn main() {
     let t = Instant::now();
     let mut n = 0u64;
     for e in store.read(Position(0), None) {
-        let env = e.expect("an event").envelope().expect("an envelope");
-        env.event().expect("an event");
+        e.expect("an event").decode().expect("an event");
         n += 1;
     }
     let scan = n as f64 / t.elapsed().as_secs_f64();

@@ -263,12 +263,11 @@ pub fn replay(
     let mut state = State::new();
     for item in store.read(Position(0), None) {
         let stored = item?;
-        let env = stored.envelope()?;
-        let event = env.event().map_err(|e| OpenError::Replay {
+        let (at, event) = stored.decode().map_err(|e| OpenError::Replay {
             position: stored.position,
             message: e.to_string(),
         })?;
-        state.apply(env.at, &event);
+        state.apply(at, &event);
         progress(stored.position);
     }
     Ok(state)

@@ -94,12 +94,8 @@ fn fold(
     let mut events = Vec::with_capacity(positions.len());
     for p in positions {
         if let Some(stored) = store.get(*p)? {
-            let env = stored.envelope()?;
-            let event = env.event().map_err(|e| StoreError::Codec {
-                position: *p,
-                message: e.to_string(),
-            })?;
-            state.apply(env.at, &event);
+            let (at, event) = stored.decode()?;
+            state.apply(at, &event);
             events.push(event);
         }
     }

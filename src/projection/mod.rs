@@ -432,12 +432,7 @@ impl Projections {
         }
         let mut touched = Touched::default();
         for item in store.read(from, None) {
-            let stored = item?;
-            let env = stored.envelope()?;
-            let event = env.event().map_err(|e| StoreError::Codec {
-                position: stored.position,
-                message: e.to_string(),
-            })?;
+            let (_, event) = item?.decode()?;
             touched.add(state, &event);
         }
         self.update(state, &touched, head)
