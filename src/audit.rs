@@ -133,13 +133,4 @@ impl RefusalLog {
         Ok(out)
     }
 
-    /// How many refusals are recorded.
-    pub fn len(&self) -> u64 {
-        self.next.load(Ordering::SeqCst) - 1
-    }
-
-    /// Whether none is recorded.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

@@ -379,10 +379,6 @@ impl Ledger {
         &self.refusals
     }
 
-    /// A shared handle on the event log.
-    pub fn store_arc(&self) -> Arc<SledStore> {
-        Arc::clone(&self.store)
-    }
 
     /// Counters for tests and metrics.
     pub fn stats(&self) -> Stats {

@@ -11,7 +11,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -56,7 +56,6 @@ impl Default for StoreOptions {
 
 /// The sled event log. Reads may run from any thread while the single writer commits.
 pub struct SledStore {
-    dir: PathBuf,
     db: sled::Db,
     events: sled::Tree,
     aux: sled::Tree,
@@ -187,7 +186,6 @@ impl SledStore {
             .open(&head_path)
             .map_err(io(format!("cannot open {}", head_path.display())))?;
         let store = SledStore {
-            dir: dir.to_path_buf(),
             db,
             events,
             aux,
@@ -220,10 +218,6 @@ impl SledStore {
         Ok(self.db.open_tree(name)?)
     }
 
-    /// The data folder.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
 
     fn marker(&self) -> Result<Option<Head>, StoreError> {
         match self.aux.get(HEAD_KEY)? {
