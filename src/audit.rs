@@ -132,5 +132,4 @@ impl RefusalLog {
         }
         Ok(out)
     }
-
 }

@@ -379,7 +379,6 @@ impl Ledger {
         &self.refusals
     }
 
-
     /// Counters for tests and metrics.
     pub fn stats(&self) -> Stats {
         let s = self.store.counters();

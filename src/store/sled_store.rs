@@ -218,7 +218,6 @@ impl SledStore {
         Ok(self.db.open_tree(name)?)
     }
 
-
     fn marker(&self) -> Result<Option<Head>, StoreError> {
         match self.aux.get(HEAD_KEY)? {
             None => Ok(None),
