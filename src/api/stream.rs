@@ -124,8 +124,10 @@ pub async fn produce(
     let mut head_rx = ledger.watch_head();
     let mut last_sent = Instant::now();
     loop {
-        let head = ledger.store().head().position;
+        // Mark the change seen before reading the head: a commit after this line triggers another change, so none
+        // can slip between the read and the wait.
         head_rx.borrow_and_update();
+        let head = ledger.store().head().position;
         while after < head {
             let upto = Position((after.0 + CHUNK).min(head.0));
             let (l, f) = (Arc::clone(&ledger), filter.clone());
