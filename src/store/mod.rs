@@ -9,7 +9,7 @@ use std::path::PathBuf;
 pub use envelope::{
     canonical, chain_hash, check, entity_prefix, seal, ChainBreak, Envelope, NewEvent, GENESIS_HASH,
 };
-pub use sled_store::{SledStore, StoreOptions};
+pub use sled_store::{Fault, SledStore, StoreOptions};
 
 use crate::domain::{CommandId, EntityRef, Position};
 

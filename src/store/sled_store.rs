@@ -30,6 +30,15 @@ const HEAD_FILE: &str = "HEAD";
 /// The HEAD file is overwritten in place with a record of this fixed length.
 const HEAD_RECORD_LEN: usize = 96;
 
+/// A fault to inject into the next batch, for tests of the failure paths (see `SledStore::inject_fault`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Fault {
+    /// The write transaction fails: nothing of the batch reaches sled.
+    Write = 1,
+    /// `fdatasync` fails after the batch was written and flushed: its fate on disk is unknown.
+    Sync = 2,
+}
+
 /// How to open a ledger's store.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -68,6 +77,8 @@ pub struct SledStore {
     head: Mutex<Head>,
     write: Mutex<()>,
     failed: AtomicBool,
+    /// A `Fault` to inject into the next batch (0: none).
+    fault: std::sync::atomic::AtomicU8,
     batches: AtomicU64,
     flushes: AtomicU64,
     fdatasyncs: AtomicU64,
@@ -195,6 +206,7 @@ impl SledStore {
             head: Mutex::new(Head::genesis()),
             write: Mutex::new(()),
             failed: AtomicBool::new(false),
+            fault: std::sync::atomic::AtomicU8::new(0),
             batches: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             fdatasyncs: AtomicU64::new(0),
@@ -424,6 +436,18 @@ type Record = ([u8; 17], Vec<u8>);
 impl SledStore {
     /// Writes rows, index entries, command records and the head marker in one transaction, then makes them durable:
     /// `flush()`, `fdatasync` of `sled/db`, and the `HEAD` file. Any failure stops further writes (fail-stop).
+    /// Makes the next batch fail as `fault` says. For tests of the failure paths; a real ledger never calls it.
+    #[doc(hidden)]
+    pub fn inject_fault(&self, fault: Fault) {
+        self.fault.store(fault as u8, Ordering::SeqCst);
+    }
+
+    fn injected(&self, fault: Fault) -> bool {
+        self.fault
+            .compare_exchange(fault as u8, 0, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
     fn persist(
         &self,
         rows: &[Row],
@@ -433,6 +457,12 @@ impl SledStore {
         commands: usize,
     ) -> Result<(), StoreError> {
         let head_bytes = serde_json::to_vec(&new_head).unwrap_or_default();
+        if self.injected(Fault::Write) {
+            return self.fail(StoreError::Io {
+                context: "the write transaction failed (injected)".into(),
+                source: std::io::Error::other("injected fault"),
+            });
+        }
         let written: Result<(), TransactionError<()>> =
             (&self.events, &self.aux).transaction(|(e, a)| {
                 for (k, v) in rows {
@@ -461,7 +491,12 @@ impl SledStore {
             return self.fail(StoreError::Sled(e));
         }
         self.flushes.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.data_file.sync_data() {
+        let synced = if self.injected(Fault::Sync) {
+            Err(std::io::Error::other("injected fault"))
+        } else {
+            self.data_file.sync_data()
+        };
+        if let Err(e) = synced {
             return self.fail(StoreError::Io {
                 context: "fdatasync of the database file failed".into(),
                 source: e,
