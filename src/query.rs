@@ -85,21 +85,19 @@ pub fn resolve(store: &dyn EventStore, spec: Option<AsOfSpec>) -> Result<AsOf, S
     Ok(AsOf { position, at })
 }
 
-/// Reads the events at `positions` (in order) and folds them into a state.
-fn fold(
+/// Reads and decodes the events at `positions`, in order.
+fn decode_all(
     store: &dyn EventStore,
-    positions: &BTreeSet<Position>,
-) -> Result<(State, Vec<Event>), StoreError> {
-    let mut state = State::new();
-    let mut events = Vec::with_capacity(positions.len());
+    positions: &[Position],
+) -> Result<Vec<(Position, Timestamp, Event)>, StoreError> {
+    let mut out = Vec::with_capacity(positions.len());
     for p in positions {
         if let Some(stored) = store.get(*p)? {
             let (at, event) = stored.decode()?;
-            state.apply(at, &event);
-            events.push(event);
+            out.push((*p, at, event));
         }
     }
-    Ok((state, events))
+    Ok(out)
 }
 
 /// An entity's indexed positions up to `upto`.
@@ -115,26 +113,37 @@ fn history_upto(
         .collect())
 }
 
-/// Folds `own` plus the profile events of every partner and customer those events name, up to `upto`.
+/// Folds `own` plus the profile events of every partner and customer those events name, up to `upto`, in log order.
+/// Each event is read once; the count returned is how many were read.
 fn fold_with_profiles(
     store: &dyn EventStore,
     own: Vec<Position>,
     upto: Position,
 ) -> Result<(State, usize), StoreError> {
-    let (_, events) = fold(store, &own.iter().copied().collect())?;
-    let mut all: BTreeSet<Position> = own.into_iter().collect();
-    let named: BTreeSet<EntityRef> = events.iter().flat_map(Event::entities).collect();
+    let mut events = decode_all(store, &own)?;
+    let named: BTreeSet<EntityRef> = events.iter().flat_map(|(_, _, e)| e.entities()).collect();
+    let own: BTreeSet<Position> = own.into_iter().collect();
+    let mut profiles: BTreeSet<Position> = BTreeSet::new();
     for e in named {
         let profile = match e {
             EntityRef::Partner(p) => EntityRef::PartnerProfile(p),
             EntityRef::Customer(c) => EntityRef::CustomerProfile(c),
             _ => continue,
         };
-        all.extend(history_upto(store, profile, upto)?);
+        profiles.extend(
+            history_upto(store, profile, upto)?
+                .into_iter()
+                .filter(|p| !own.contains(p)),
+        );
     }
-    let read = all.len();
-    let (state, _) = fold(store, &all)?;
-    Ok((state, read))
+    let profiles: Vec<Position> = profiles.into_iter().collect();
+    events.extend(decode_all(store, &profiles)?);
+    events.sort_unstable_by_key(|(p, _, _)| *p);
+    let mut state = State::new();
+    for (_, at, event) in &events {
+        state.apply(*at, event);
+    }
+    Ok((state, events.len()))
 }
 
 fn current<V>(
