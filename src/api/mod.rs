@@ -23,7 +23,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::audit::RefusalLog;
 use crate::domain::command::MAX_COMMAND_BYTES;
 use crate::domain::{parse_line, CustomerId, EntityRef, PartnerId, SubscriptionId};
 use crate::ledger::{Ledger, Outcome};
@@ -72,7 +71,6 @@ pub struct ApiMetrics {
 pub struct AppState {
     pub ledger: Arc<Ledger>,
     pub consumers: Arc<Consumers>,
-    pub refusals: Arc<RefusalLog>,
     pub metrics: Arc<ApiMetrics>,
     pub config: ServeConfig,
     /// Turns true when the server shuts down, so open streams end and graceful shutdown can finish.
@@ -88,7 +86,6 @@ impl AppState {
     ) -> Result<AppState, crate::store::StoreError> {
         Ok(AppState {
             consumers: Arc::new(Consumers::open(ledger.store())?),
-            refusals: Arc::new(RefusalLog::open(ledger.store())?),
             ledger,
             metrics: Arc::new(ApiMetrics::default()),
             config,
@@ -450,7 +447,7 @@ async fn get_customer_history(
         Ok(i) => i,
         Err(r) => return *r,
     };
-    let refusals = Arc::clone(&s.refusals);
+    let ledger = Arc::clone(&s.ledger);
     view(&s, format!("customer {id}"), move |st| {
         let entity = EntityRef::Customer(id);
         let events = query::history(st, entity, crate::domain::Position(0), None)?;
@@ -459,7 +456,8 @@ async fn get_customer_history(
         }
         let mut out = json!({"customer": id, "events": events});
         if q.include_refusals {
-            out["refusals"] = serde_json::to_value(refusals.of(&entity)?).unwrap_or(Value::Null);
+            out["refusals"] =
+                serde_json::to_value(ledger.refusals().of(&entity)?).unwrap_or(Value::Null);
         }
         Ok(Some(out))
     })
