@@ -13,7 +13,7 @@ use serde_json::json;
 use super::stream::{filter_of, respond, Filter};
 use super::{error, reject, AppState, Rejection};
 use crate::domain::Position;
-use crate::store::{EventStore, SledStore, StoreError};
+use crate::store::{EventStore, StoreError};
 
 /// A stored consumer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,14 +27,21 @@ pub struct Consumer {
 /// The consumers of one ledger, in their own sled tree (`api.consumers`).
 pub struct Consumers {
     tree: sled::Tree,
+    ledger: Arc<crate::ledger::Ledger>,
 }
 
 impl Consumers {
-    /// Opens the consumers' tree.
-    pub fn open(store: &SledStore) -> Result<Consumers, StoreError> {
+    /// Opens the consumers' tree of the ledger.
+    pub fn open(ledger: Arc<crate::ledger::Ledger>) -> Result<Consumers, StoreError> {
         Ok(Consumers {
-            tree: store.tree("api.consumers")?,
+            tree: ledger.store().tree("api.consumers")?,
+            ledger,
         })
+    }
+
+    /// Makes the consumers' changes durable before they are acknowledged.
+    fn sync(&self) -> Result<(), StoreError> {
+        self.ledger.store().sync()
     }
 
     fn get(&self, name: &str) -> Result<Option<Consumer>, StoreError> {
@@ -53,8 +60,13 @@ impl Consumers {
     fn put(&self, c: &Consumer) -> Result<(), StoreError> {
         self.tree
             .insert(c.name.as_bytes(), serde_json::to_vec(c).unwrap_or_default())?;
-        self.tree.flush()?;
-        Ok(())
+        self.sync()
+    }
+
+    /// Removes a consumer, durably.
+    fn delete(&self, name: &str) -> Result<(), StoreError> {
+        self.tree.remove(name.as_bytes())?;
+        self.sync()
     }
 
     fn all(&self) -> Result<Vec<Consumer>, StoreError> {
@@ -186,14 +198,9 @@ pub async fn show(State(s): State<AppState>, Path(name): Path<String>) -> Respon
 /// `DELETE /v1/consumers/{name}`.
 pub async fn remove(State(s): State<AppState>, Path(name): Path<String>) -> Response {
     match s.consumers.get(&name) {
-        Ok(Some(_)) => match s
-            .consumers
-            .tree
-            .remove(name.as_bytes())
-            .and_then(|_| s.consumers.tree.flush())
-        {
-            Ok(_) => StatusCode::NO_CONTENT.into_response(),
-            Err(e) => internal(e.into()),
+        Ok(Some(_)) => match s.consumers.delete(&name) {
+            Ok(()) => StatusCode::NO_CONTENT.into_response(),
+            Err(e) => internal(e),
         },
         Ok(None) => error(
             StatusCode::NOT_FOUND,

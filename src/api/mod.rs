@@ -85,7 +85,7 @@ impl AppState {
         stopping: watch::Receiver<bool>,
     ) -> Result<AppState, crate::store::StoreError> {
         Ok(AppState {
-            consumers: Arc::new(Consumers::open(ledger.store())?),
+            consumers: Arc::new(Consumers::open(Arc::clone(&ledger))?),
             ledger,
             metrics: Arc::new(ApiMetrics::default()),
             config,

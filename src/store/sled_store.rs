@@ -436,6 +436,16 @@ type Record = ([u8; 17], Vec<u8>);
 impl SledStore {
     /// Writes rows, index entries, command records and the head marker in one transaction, then makes them durable:
     /// `flush()`, `fdatasync` of `sled/db`, and the `HEAD` file. Any failure stops further writes (fail-stop).
+    /// Makes everything written so far durable, in any tree of this database: `flush()` then `fdatasync` of
+    /// `sled/db` (sled's flush alone is not a power-loss barrier). For state outside the log that must survive a
+    /// crash once acknowledged, such as a consumer's checkpoint.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        self.data_file
+            .sync_data()
+            .map_err(io("fdatasync of the database file failed"))
+    }
+
     /// Makes the next batch fail as `fault` says. For tests of the failure paths; a real ledger never calls it.
     #[doc(hidden)]
     pub fn inject_fault(&self, fault: Fault) {
