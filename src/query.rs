@@ -264,6 +264,34 @@ pub fn subscription(
     }))
 }
 
+/// The positions after `after`, up to and including `to`, of the events about every one of `entities` (at least
+/// one), read from the indexes.
+pub fn positions_about_all(
+    store: &dyn EventStore,
+    entities: &[EntityRef],
+    after: Position,
+    to: Option<Position>,
+) -> Result<Vec<Position>, StoreError> {
+    let Some((first, rest)) = entities.split_first() else {
+        return Ok(Vec::new());
+    };
+    let within = |p: &Position| to.is_none_or(|t| *p <= t);
+    let mut positions: Vec<Position> = store
+        .history(first, after)?
+        .into_iter()
+        .take_while(within)
+        .collect();
+    for e in rest {
+        let other: std::collections::HashSet<Position> = store
+            .history(e, after)?
+            .into_iter()
+            .take_while(within)
+            .collect();
+        positions.retain(|p| other.contains(p));
+    }
+    Ok(positions)
+}
+
 /// One line of a history or diff.
 #[derive(Clone, Debug, Serialize)]
 pub struct HistoryLine {

@@ -76,16 +76,7 @@ fn read_chunk(
             .map(|e| e.map(|e| (e.position, e.raw)))
             .collect::<Result<_, _>>()?
     } else {
-        let mut positions: Vec<Position> = store
-            .history(&entities[0], after)?
-            .into_iter()
-            .take_while(|p| *p <= upto)
-            .collect();
-        for e in &entities[1..] {
-            let other: std::collections::HashSet<Position> =
-                store.history(e, after)?.into_iter().collect();
-            positions.retain(|p| other.contains(p));
-        }
+        let positions = crate::query::positions_about_all(store, &entities, after, Some(upto))?;
         let mut out = Vec::with_capacity(positions.len());
         for p in positions {
             if let Some(e) = store.get(p)? {

@@ -373,16 +373,8 @@ fn events(
             }
         }
     } else {
-        let mut positions = store.history(&filters[0], from)?;
-        for f in &filters[1..] {
-            let other: std::collections::HashSet<Position> =
-                store.history(f, from)?.into_iter().collect();
-            positions.retain(|p| other.contains(p));
-        }
-        for p in positions
-            .into_iter()
-            .take_while(|p| to.is_none_or(|t| *p <= t))
-        {
+        let positions = crate::query::positions_about_all(store, filters, from, to)?;
+        for p in positions {
             if let Some(e) = store.get(p)? {
                 if !out(&mut w, &e.raw)? {
                     return Ok(ExitCode::SUCCESS);

@@ -449,18 +449,16 @@ pub fn effective_roles(
             }
         }
     }
-    if roles.is_empty() && state.is_active(partner, customer) {
-        if let Some(r) = state
+    let has_dap = state.is_active(partner, customer)
+        && state
             .relationships
             .get(&(partner, customer))
-            .filter(|r| r.dap)
-        {
-            let _ = r;
-            roles = state::DAP_ROLES
-                .iter()
-                .filter_map(|s| s.parse().ok())
-                .collect();
-        }
+            .is_some_and(|r| r.dap);
+    if roles.is_empty() && has_dap {
+        roles = state::DAP_ROLES
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect();
     }
     roles
 }
