@@ -95,25 +95,23 @@ impl RefusalLog {
         })
     }
 
-    /// Appends records with their index entries in one batch.
+    /// Appends records with their index entries. Key by key rather than as one sled `Batch`, which would take sled's
+    /// process-wide write lock and wait for the commit in progress: each record is written before its index entries,
+    /// so an entry never points at a record that was not written.
     pub fn append(&self, records: &[(RefusalRecord, Vec<EntityRef>)]) -> Result<(), StoreError> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let mut b = sled::Batch::default();
         for (record, entities) in records {
             let seq = self.next.fetch_add(1, Ordering::SeqCst);
-            b.insert(
+            self.tree.insert(
                 &record_key(seq)[..],
                 serde_json::to_vec(record).unwrap_or_default(),
-            );
+            )?;
             for e in entities {
                 let mut k = crate::store::entity_prefix(e).to_vec();
                 k.extend_from_slice(&seq.to_be_bytes());
-                b.insert(k, &[][..]);
+                self.tree.insert(k, &[][..])?;
             }
         }
-        Ok(self.tree.apply_batch(b)?)
+        Ok(())
     }
 
     /// The refusals filed under an entity, oldest first.

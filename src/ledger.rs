@@ -1,23 +1,37 @@
 //! The writer: the one place that sequences commands. It decides, appends one batch, flushes once, then acknowledges.
 //!
-//! Group commit: the writer thread takes every command already queued (up to `max_batch`), decides each against the
-//! write model including the earlier commands of the same batch, appends all their events in one store commit
-//! (one transaction, one `flush()`, one `fdatasync`), and only then answers every command of the batch. Commands that
-//! arrive during the flush queue up and form the next batch, so throughput grows with concurrency.
+//! Three threads share the work, so that deciding, durability and read models overlap instead of taking turns:
+//! - the **writer** takes every command already queued (up to `max_batch`), decides each against the write model
+//!   (which includes the earlier commands of the same batch, and of batches still being made durable), seals the
+//!   batch's envelopes and hands it to the committer;
+//! - the **committer** takes every batch handed to it so far, persists them in one transaction, one `flush()` and one
+//!   `fdatasync` (group commit), files their refusals, and only then answers every command of those batches;
+//! - the **projector** applies each durable batch to its own copy of the write model, the [`Live`] state that "now"
+//!   views read, rewrites the read-model documents of the entities that changed every `projection_interval`, and
+//!   writes a write-model snapshot every `snapshot_every` events and at close.
+//!
+//! A storage failure in the committer stops all writes (fail-stop): that batch and every batch decided after it are
+//! answered `unknown`, since they were decided against a state that may not be on disk.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::audit::{RefusalLog, RefusalRecord};
-use crate::domain::{self, CommandId, EventId, Position, Refusal, State, Submitted, Timestamp};
+use crate::domain::{
+    self, CommandId, EntityRef, Event, EventId, Position, Refusal, State, Submitted, Timestamp,
+};
 use crate::projection::{Projections, Touched};
-use crate::store::{CommitEntry, EventStore, NewEvent, SledStore, StoreError, StoreOptions};
+use crate::store::{
+    CommitEntry, EventStore, Fingerprint, Head, NewEvent, Prepared, SledStore, StoreError,
+    StoreOptions,
+};
 
 /// The answer to one command (WIRE.md "Outcomes").
 #[derive(Clone, PartialEq, Debug)]
@@ -112,6 +126,13 @@ pub struct LedgerConfig {
     /// How many submitted commands may wait for the writer before `submit` waits too (backpressure).
     pub queue: usize,
     pub clock: Clock,
+    /// How often the projector writes the documents of the entities that changed to the read-model trees (they are
+    /// also written at close; "now" views never wait for this, they read the live state).
+    pub projection_interval: Duration,
+    /// Write a write-model snapshot after this many events (and at close, when at least `snapshot_at_close` events
+    /// came after the last one), so opening replays only what follows it.
+    pub snapshot_every: u64,
+    pub snapshot_at_close: u64,
 }
 
 impl LedgerConfig {
@@ -123,6 +144,9 @@ impl LedgerConfig {
             max_batch: 4096,
             queue: 65536,
             clock: system_clock(),
+            projection_interval: Duration::from_millis(1000),
+            snapshot_every: 500_000,
+            snapshot_at_close: 10_000,
         }
     }
 }
@@ -197,19 +221,27 @@ pub struct Stats {
 
 struct Job {
     submitted: Submitted,
+    /// Computed by the submitting thread, so the writer does not spend its time on it.
+    fingerprint: Fingerprint,
     reply: oneshot::Sender<Outcome>,
 }
 
-/// An open ledger: a handle to submit commands and read the log. Dropping it (or [`Ledger::close`]) stops the writer
-/// after it has answered every queued command.
-pub struct Ledger {
-    head: watch::Receiver<Position>,
-    store: Arc<SledStore>,
-    projections: Arc<Projections>,
-    refusals: Arc<RefusalLog>,
-    tx: Mutex<Option<mpsc::Sender<Job>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
-    counters: Arc<WriterCounters>,
+impl Job {
+    fn new(submitted: Submitted, reply: oneshot::Sender<Outcome>) -> Job {
+        let full = submitted.fingerprint();
+        let mut fingerprint = [0u8; 16];
+        fingerprint.copy_from_slice(&full[..16]);
+        Job {
+            submitted,
+            fingerprint,
+            reply,
+        }
+    }
+}
+
+/// A random (version 4) UUID from the thread's CSPRNG, without a system call per id.
+fn random_uuid() -> uuid::Uuid {
+    uuid::Builder::from_random_bytes(rand::random()).into_uuid()
 }
 
 /// Failures to open a ledger.
@@ -256,12 +288,79 @@ fn unreachable_id() -> CommandId {
 }
 
 /// Folds the whole log into the write model.
-pub fn replay(
+pub fn replay(store: &dyn EventStore, progress: impl FnMut(Position)) -> Result<State, OpenError> {
+    replay_onto(store, State::new(), Position(0), progress)
+}
+
+/// The write model as of the last durable batch, kept by the projector thread: what "now" views read.
+///
+/// It is a second copy of the write model. The writer's own copy runs ahead of the disk (it already holds the batch
+/// being made durable), so readers must not see it; this one only ever holds durable events.
+pub struct Live {
+    state: RwLock<State>,
+    /// The position `state` reflects, with a condition variable for readers waiting to see their own writes.
+    position: Mutex<Position>,
+    moved: Condvar,
+}
+
+impl Live {
+    fn new(state: State, position: Position) -> Live {
+        Live {
+            state: RwLock::new(state),
+            position: Mutex::new(position),
+            moved: Condvar::new(),
+        }
+    }
+
+    /// The position the live state reflects.
+    pub fn position(&self) -> Position {
+        *self.position.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits (up to `timeout`) until the live state reflects at least `position`; returns the position it reflects.
+    pub fn wait_for(&self, position: Position, timeout: Duration) -> Position {
+        let guard = self.position.lock().unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = self
+            .moved
+            .wait_timeout_while(guard, timeout, |p| *p < position)
+            .unwrap_or_else(|e| e.into_inner());
+        *guard
+    }
+
+    /// Reads the live state and the position it reflects.
+    pub fn read<R>(&self, f: impl FnOnce(&State, Position) -> R) -> R {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let position = self.position();
+        f(&state, position)
+    }
+
+    fn apply(&self, events: &[(Position, Timestamp, Event)], touched: &mut Touched) {
+        let Some(last) = events.last().map(|e| e.0) else {
+            return;
+        };
+        {
+            let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+            for (_, at, event) in events {
+                state.apply(*at, event);
+            }
+            for (_, _, event) in events {
+                touched.add(&state, event);
+            }
+            // Moved while the state is still locked, so a reader never pairs the new state with the old position.
+            *self.position.lock().unwrap_or_else(|e| e.into_inner()) = last;
+        }
+        self.moved.notify_all();
+    }
+}
+
+/// Folds the log after `after` into `state`.
+pub fn replay_onto(
     store: &dyn EventStore,
+    mut state: State,
+    after: Position,
     mut progress: impl FnMut(Position),
 ) -> Result<State, OpenError> {
-    let mut state = State::new();
-    for item in store.read(Position(0), None) {
+    for item in store.read(after, None) {
         let stored = item?;
         let (at, event) = stored.decode().map_err(|e| OpenError::Replay {
             position: stored.position,
@@ -273,43 +372,156 @@ pub fn replay(
     Ok(state)
 }
 
+/// The write model at the head: from the snapshot when it belongs to this log, plus the events after it; otherwise
+/// replayed from the start. Returns the state and the position the snapshot covered (0 without one).
+pub fn load_state(
+    dir: &std::path::Path,
+    store: &dyn EventStore,
+    progress: impl FnMut(Position),
+) -> Result<(State, Position), OpenError> {
+    let (state, from) = match crate::snapshot::load(dir, store) {
+        Ok((state, position)) => (state, position),
+        Err(crate::snapshot::Unusable::Missing) => (State::new(), Position(0)),
+        Err(crate::snapshot::Unusable::Rejected(why)) => {
+            tracing::warn!(reason = %why, "the write-model snapshot is not used; replaying the whole log");
+            (State::new(), Position(0))
+        }
+    };
+    Ok((replay_onto(store, state, from, progress)?, from))
+}
+
+/// A batch decided by the writer, on its way to the committer.
+struct Decided {
+    /// The writer's batch number.
+    seq: u64,
+    /// The events to persist (none when every command was refused or a duplicate).
+    prepared: Option<Prepared>,
+    /// Each command's reply and what to answer once the batch is durable.
+    drafts: Vec<(oneshot::Sender<Outcome>, Draft)>,
+    refusals: Vec<(RefusalRecord, Vec<EntityRef>)>,
+    /// The events, in position order, for the projector.
+    events: Vec<(Position, Timestamp, Event)>,
+    /// Each entry's positions (taken from `prepared` when it is written).
+    positions: Vec<Vec<Position>>,
+    started: Instant,
+}
+
+/// What the writer will answer once the batch is durable.
+enum Draft {
+    Done(Outcome),
+    /// Committed in this batch as entry `n`.
+    Entry(usize, CommandId),
+    /// A re-submission of entry `n` of this same batch.
+    DuplicateOfEntry(usize, CommandId),
+    /// A re-submission of a command committed in this batch or one still in flight, with its positions.
+    Duplicate(Vec<Position>, CommandId),
+}
+
+/// What the threads share.
+struct Shared {
+    store: Arc<SledStore>,
+    counters: WriterCounters,
+    /// Set by the committer after a storage failure: nothing is written any more (fail-stop).
+    failed: AtomicBool,
+    /// The last writer batch made durable.
+    durable: AtomicU64,
+}
+
+/// An open ledger: a handle to submit commands and read the log. Dropping it (or [`Ledger::close`]) stops the writer
+/// after it has answered every queued command.
+pub struct Ledger {
+    head: watch::Receiver<Position>,
+    shared: Arc<Shared>,
+    live: Arc<Live>,
+    projections: Arc<Projections>,
+    refusals: Arc<RefusalLog>,
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    /// The writer, committer, syncer and projector, in the order they stop.
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StoreError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| StoreError::Io {
+            context: format!("cannot start the {name} thread"),
+            source: e,
+        })
+}
+
 impl Ledger {
-    /// Opens the ledger, rebuilds the write model from the log and starts the writer.
+    /// Opens the ledger, rebuilds the write model (from its snapshot and the events after it) and starts the writer.
     pub fn open(config: LedgerConfig) -> Result<Ledger, OpenError> {
         let store = Arc::new(SledStore::open(&config.data_dir, &config.store)?);
-        let state = replay(store.as_ref(), |_| {})?;
+        let (state, _) = load_state(&config.data_dir, store.as_ref(), |_| {})?;
+        let head = store.head();
         let projections = Arc::new(Projections::open(&store)?);
         projections.catch_up(store.as_ref(), &state)?;
         let refusals = Arc::new(RefusalLog::open(&store)?);
-        let (tx, rx) = mpsc::channel(config.queue.max(1));
-        let counters = Arc::new(WriterCounters::default());
-        let (head_tx, head) = watch::channel(store.head().position);
-        let writer = Writer {
+        let live = Arc::new(Live::new(state.clone(), head.position));
+        let shared = Arc::new(Shared {
             store: Arc::clone(&store),
+            counters: WriterCounters::default(),
+            failed: AtomicBool::new(false),
+            durable: AtomicU64::new(0),
+        });
+        let (tx, rx) = mpsc::channel(config.queue.max(1));
+        let (head_tx, head_rx) = watch::channel(head.position);
+        // A few decided batches may wait for the committer: enough to keep it busy, few enough that a failure
+        // answers little speculative work as unknown.
+        let (commit_tx, commit_rx) = std::sync::mpsc::sync_channel::<Decided>(4);
+        let (project_tx, project_rx) =
+            std::sync::mpsc::channel::<Vec<(Position, Timestamp, Event)>>();
+        let projector = Projector {
+            store: Arc::clone(&store),
+            live: Arc::clone(&live),
             projections: Arc::clone(&projections),
+            dir: config.data_dir.clone(),
+            interval: config.projection_interval,
+            snapshot_every: config.snapshot_every,
+            snapshot_at_close: config.snapshot_at_close,
+            since_snapshot: head.position.0.saturating_sub(
+                crate::snapshot::covered(&config.data_dir)
+                    .unwrap_or_default()
+                    .0,
+            ),
+        };
+        let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<Written>(4);
+        let committer = Committer {
+            shared: Arc::clone(&shared),
+            sync: sync_tx,
+        };
+        let syncer = Syncer {
+            shared: Arc::clone(&shared),
             refusals: Arc::clone(&refusals),
-            audit: Vec::new(),
             head: head_tx,
+            project: project_tx,
+        };
+        let writer = Writer {
+            shared: Arc::clone(&shared),
             state,
+            head,
             clock: Arc::clone(&config.clock),
             max_batch: config.max_batch.max(1),
-            counters: Arc::clone(&counters),
+            seq: 0,
+            in_flight: HashMap::new(),
+            commit: commit_tx,
         };
-        let handle = std::thread::Builder::new()
-            .name("ledger-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| StoreError::Io {
-                context: "cannot start the writer thread".into(),
-                source: e,
-            })?;
+        let threads = vec![
+            spawn("ledger-writer", move || writer.run(rx))?,
+            spawn("ledger-commit", move || committer.run(commit_rx))?,
+            spawn("ledger-sync", move || syncer.run(sync_rx))?,
+            spawn("ledger-project", move || projector.run(project_rx))?,
+        ];
         Ok(Ledger {
-            head,
-            store,
+            head: head_rx,
+            shared,
+            live,
             projections,
             refusals,
             tx: Mutex::new(Some(tx)),
-            writer: Mutex::new(Some(handle)),
-            counters,
+            threads: Mutex::new(threads),
         })
     }
 
@@ -321,7 +533,7 @@ impl Ledger {
     pub fn submit(&self, submitted: Submitted) -> Ticket {
         let (reply, rx) = oneshot::channel();
         if let Some(tx) = self.sender() {
-            let _ = tx.blocking_send(Job { submitted, reply });
+            let _ = tx.blocking_send(Job::new(submitted, reply));
         }
         Ticket(rx)
     }
@@ -330,7 +542,7 @@ impl Ledger {
     pub async fn submit_async(&self, submitted: Submitted) -> Ticket {
         let (reply, rx) = oneshot::channel();
         if let Some(tx) = self.sender() {
-            let _ = tx.send(Job { submitted, reply }).await;
+            let _ = tx.send(Job::new(submitted, reply)).await;
         }
         Ticket(rx)
     }
@@ -342,12 +554,17 @@ impl Ledger {
 
     /// The event log, for reads.
     pub fn store(&self) -> &SledStore {
-        &self.store
+        &self.shared.store
     }
 
-    /// The read models, kept at the head after every batch.
+    /// The read models' stored documents (written every `projection_interval` and at close).
     pub fn projections(&self) -> &Projections {
         &self.projections
+    }
+
+    /// The write model as of the last durable batch, for "now" views.
+    pub fn live(&self) -> &Live {
+        &self.live
     }
 
     /// Follows the log's head: it changes after every durable batch. Readers of the log wait on it; it never makes the
@@ -358,7 +575,7 @@ impl Ledger {
 
     /// Commit latency and batch size histograms.
     pub fn histograms(&self) -> Histograms {
-        let c = &self.counters;
+        let c = &self.shared.counters;
         Histograms {
             commit_latency_buckets: c
                 .latency
@@ -381,8 +598,8 @@ impl Ledger {
 
     /// Counters for tests and metrics.
     pub fn stats(&self) -> Stats {
-        let s = self.store.counters();
-        let c = &self.counters;
+        let s = self.store().counters();
+        let c = &self.shared.counters;
         Stats {
             batches: s.batches,
             flushes: s.flushes,
@@ -396,11 +613,13 @@ impl Ledger {
         }
     }
 
-    /// Stops accepting commands, lets the writer answer every queued one, and waits for it.
+    /// Stops accepting commands, lets the writer answer every queued one, writes the read models and (when due) a
+    /// snapshot, and waits for all of it.
     pub fn close(&self) {
         self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(h) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = h.join();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            let _ = t.join();
         }
     }
 }
@@ -412,30 +631,21 @@ impl Drop for Ledger {
 }
 
 struct Writer {
-    store: Arc<SledStore>,
-    projections: Arc<Projections>,
-    refusals: Arc<RefusalLog>,
-    /// Refusals decided in the current batch, filed once the batch is answered.
-    audit: Vec<(RefusalRecord, Vec<domain::EntityRef>)>,
-    head: watch::Sender<Position>,
+    shared: Arc<Shared>,
+    /// The write model including every decided batch, durable or not yet.
     state: State,
+    /// The head after the last decided batch.
+    head: Head,
     clock: Clock,
     max_batch: usize,
-    counters: Arc<WriterCounters>,
-}
-
-/// What the writer will answer once the batch is durable.
-enum Draft {
-    Done(Outcome),
-    /// Committed in this batch as entry `n`.
-    Entry(usize, CommandId),
-    /// A re-submission of entry `n` of this same batch.
-    DuplicateOfEntry(usize, CommandId),
+    seq: u64,
+    /// Commands of batches not yet durable, for duplicate detection: fingerprint, positions and batch number.
+    in_flight: HashMap<CommandId, (Fingerprint, Vec<Position>, u64)>,
+    commit: std::sync::mpsc::SyncSender<Decided>,
 }
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        let mut failed = false;
         while let Some(first) = rx.blocking_recv() {
             let mut jobs = vec![first];
             while jobs.len() < self.max_batch {
@@ -444,10 +654,10 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if failed {
+            if self.shared.failed.load(Ordering::SeqCst) {
                 for j in jobs {
                     let id = j.submitted.command_id.unwrap_or_else(new_command_id);
-                    self.counters.unknown.fetch_add(1, Ordering::Relaxed);
+                    self.shared.counters.unknown.fetch_add(1, Ordering::Relaxed);
                     let _ = j.reply.send(Outcome::Unknown {
                         command_id: id,
                         message: "writes are stopped after a storage failure; reopen the ledger and retry with the same command_id".into(),
@@ -455,107 +665,66 @@ impl Writer {
                 }
                 continue;
             }
-            failed = !self.process(jobs);
+            let decided = self.decide_batch(jobs);
+            if self.commit.send(decided).is_err() {
+                return;
+            }
         }
     }
 
-    /// Decides, commits and answers one batch. Returns false after a storage failure (fail-stop).
-    fn process(&mut self, jobs: Vec<Job>) -> bool {
-        let started = std::time::Instant::now();
+    fn decide_batch(&mut self, jobs: Vec<Job>) -> Decided {
+        let started = Instant::now();
+        self.seq += 1;
+        let durable = self.shared.durable.load(Ordering::SeqCst);
+        self.in_flight.retain(|_, (_, _, seq)| *seq > durable);
         let now = (self.clock)();
         let mut entries: Vec<CommitEntry> = Vec::new();
-        let mut in_batch: HashMap<CommandId, (String, usize)> = HashMap::new();
-        let mut drafts: Vec<(oneshot::Sender<Outcome>, Draft)> = Vec::with_capacity(jobs.len());
+        let mut in_batch: HashMap<CommandId, (Fingerprint, usize)> = HashMap::new();
+        let mut drafts = Vec::with_capacity(jobs.len());
+        let mut refusals = Vec::new();
         for job in jobs {
-            let draft = self.decide_one(job.submitted, now, &mut entries, &mut in_batch);
+            let draft = self.decide_one(
+                job.submitted,
+                job.fingerprint,
+                now,
+                &mut entries,
+                &mut in_batch,
+                &mut refusals,
+            );
             drafts.push((job.reply, draft));
         }
-        let result = if entries.is_empty() {
-            Ok(Vec::new())
+        let mut events = Vec::new();
+        let prepared = if entries.is_empty() {
+            None
         } else {
-            self.store.commit(&entries)
+            let prepared = self.shared.store.prepare(&entries, &self.head);
+            self.head = prepared.head().clone();
+            for (entry, positions) in entries.into_iter().zip(prepared.positions()) {
+                self.in_flight.insert(
+                    entry.command_id,
+                    (entry.fingerprint, positions.clone(), self.seq),
+                );
+                for (ev, p) in entry.events.into_iter().zip(positions) {
+                    events.push((*p, ev.at, ev.event));
+                }
+            }
+            Some(prepared)
         };
-        let ok = result.is_ok();
-        let c = &self.counters;
-        match result {
-            Ok(positions) => {
-                c.largest_batch
-                    .fetch_max(entries.len() as u64, Ordering::Relaxed);
-                if !entries.is_empty() {
-                    c.record_batch(started.elapsed(), entries.len());
-                }
-                // Filed before answering, so a client that was refused finds the refusal in the history right away.
-                let audit = std::mem::take(&mut self.audit);
-                if let Err(e) = self.refusals.append(&audit) {
-                    tracing::warn!(error = %e, "refused commands could not be recorded in the audit trail");
-                }
-                for (reply, draft) in drafts {
-                    let outcome = match draft {
-                        Draft::Done(o) => o,
-                        Draft::Entry(n, command_id) => {
-                            c.committed.fetch_add(1, Ordering::Relaxed);
-                            Outcome::Committed {
-                                command_id,
-                                positions: positions[n].clone(),
-                                duplicate: false,
-                            }
-                        }
-                        Draft::DuplicateOfEntry(n, command_id) => {
-                            c.duplicates.fetch_add(1, Ordering::Relaxed);
-                            Outcome::Committed {
-                                command_id,
-                                positions: positions[n].clone(),
-                                duplicate: true,
-                            }
-                        }
-                    };
-                    let _ = reply.send(outcome);
-                }
-                self.head.send_replace(self.store.head().position);
-                self.project(&entries);
-            }
-            Err(e) => {
-                self.audit.clear();
-                // The write model now holds events that may not be on disk: answer "unknown" for the whole batch,
-                // refusals included (they were decided against that state), and stop writing.
-                for (reply, draft) in drafts {
-                    let command_id = match &draft {
-                        Draft::Done(o) => o.command_id(),
-                        Draft::Entry(_, id) | Draft::DuplicateOfEntry(_, id) => *id,
-                    };
-                    c.unknown.fetch_add(1, Ordering::Relaxed);
-                    let _ = reply.send(Outcome::Unknown {
-                        command_id,
-                        message: format!(
-                            "storage failed while this command was in flight ({e}); it may or may not be committed: reopen the ledger and retry with the same command_id"
-                        ),
-                    });
-                }
-            }
-        }
-        ok
-    }
-
-    /// Rewrites the read-model documents the batch touched. A failure here loses nothing: the checkpoint stays behind
-    /// and the next open catches up.
-    fn project(&self, entries: &[CommitEntry]) {
-        if entries.is_empty() {
-            return;
-        }
-        let mut touched = Touched::default();
-        for e in entries.iter().flat_map(|e| &e.events) {
-            touched.add(&self.state, &e.event);
-        }
-        if let Err(e) = self
-            .projections
-            .update(&self.state, &touched, self.store.head().position)
-        {
-            tracing::warn!(error = %e, "read models could not be updated; they catch up at the next open");
+        Decided {
+            seq: self.seq,
+            prepared,
+            drafts,
+            refusals,
+            events,
+            positions: Vec::new(),
+            started,
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn file_refusal(
-        &mut self,
+        &self,
+        refusals: &mut Vec<(RefusalRecord, Vec<EntityRef>)>,
         submitted: &Submitted,
         command_id: CommandId,
         at: Timestamp,
@@ -572,24 +741,26 @@ impl Writer {
             &entities,
             refusal,
         );
-        self.audit.push((record, entities));
+        refusals.push((record, entities));
     }
 
     fn decide_one(
         &mut self,
         submitted: Submitted,
+        fingerprint: Fingerprint,
         now: Timestamp,
         entries: &mut Vec<CommitEntry>,
-        in_batch: &mut HashMap<CommandId, (String, usize)>,
+        in_batch: &mut HashMap<CommandId, (Fingerprint, usize)>,
+        refusals: &mut Vec<(RefusalRecord, Vec<EntityRef>)>,
     ) -> Draft {
         let command_id = submitted.command_id.unwrap_or_else(new_command_id);
-        let fingerprint = hex::encode(submitted.fingerprint());
-        let reused = |this: &mut Self, submitted: &Submitted| {
+        let reused = |this: &Self, refusals: &mut Vec<_>, submitted: &Submitted| {
             let refusal = Refusal::plain(
                 domain::Code::CommandIdReused,
                 format!("command_id {command_id} was already used by a different command"),
             );
             this.file_refusal(
+                refusals,
                 submitted,
                 command_id,
                 submitted.at.unwrap_or(now),
@@ -605,21 +776,23 @@ impl Writer {
             return if *fp == fingerprint {
                 Draft::DuplicateOfEntry(*n, command_id)
             } else {
-                reused(self, &submitted)
+                reused(self, refusals, &submitted)
             };
         }
-        match self.store.command(command_id) {
+        if let Some((fp, positions, _)) = self.in_flight.get(&command_id) {
+            return if *fp == fingerprint {
+                Draft::Duplicate(positions.clone(), command_id)
+            } else {
+                reused(self, refusals, &submitted)
+            };
+        }
+        match self.shared.store.command(command_id) {
             Ok(Some(record)) => {
                 // An imported record has no fingerprint: the id alone identifies the command.
-                return if record.fingerprint == fingerprint || record.fingerprint.is_empty() {
-                    self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
-                    Draft::Done(Outcome::Committed {
-                        command_id,
-                        positions: record.positions,
-                        duplicate: true,
-                    })
+                return if record.fingerprint.is_none_or(|f| f == fingerprint) {
+                    Draft::Duplicate(record.positions, command_id)
                 } else {
-                    reused(self, &submitted)
+                    reused(self, refusals, &submitted)
                 };
             }
             Ok(None) => {}
@@ -634,8 +807,7 @@ impl Writer {
         let cmd = submitted.clone().into_command(command_id, default_at, now);
         match domain::decide(&self.state, &cmd) {
             Err(refusal) => {
-                self.counters.refused.fetch_add(1, Ordering::Relaxed);
-                self.file_refusal(&submitted, command_id, cmd.at, now, &refusal);
+                self.file_refusal(refusals, &submitted, command_id, cmd.at, now, &refusal);
                 Draft::Done(Outcome::Refused {
                     command_id,
                     refusal,
@@ -646,8 +818,7 @@ impl Writer {
                 for event in events {
                     self.state.apply(cmd.at, &event);
                     new_events.push(NewEvent {
-                        event_id: EventId::new(uuid::Uuid::new_v4())
-                            .unwrap_or_else(|_| unreachable!()),
+                        event_id: EventId::new(random_uuid()).unwrap_or_else(|_| unreachable!()),
                         event,
                         at: cmd.at,
                         recorded_at: now,
@@ -659,7 +830,7 @@ impl Writer {
                 let n = entries.len();
                 entries.push(CommitEntry {
                     command_id,
-                    fingerprint: fingerprint.clone(),
+                    fingerprint,
                     events: new_events,
                 });
                 in_batch.insert(command_id, (fingerprint, n));
@@ -669,6 +840,291 @@ impl Writer {
     }
 }
 
+/// Batches written by the committer, on their way to the syncer.
+struct Written {
+    batches: Vec<Decided>,
+    /// The store's record of the write; `None` when the batches appended nothing or the write failed.
+    written: Option<crate::store::Written>,
+    /// Why the write failed.
+    error: Option<String>,
+}
+
+/// Writes decided batches into sled (one transaction for all that are queued) while the syncer makes the previous
+/// ones durable.
+struct Committer {
+    shared: Arc<Shared>,
+    sync: std::sync::mpsc::SyncSender<Written>,
+}
+
+impl Committer {
+    fn run(self, rx: std::sync::mpsc::Receiver<Decided>) {
+        while let Ok(first) = rx.recv() {
+            let mut batches = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                batches.push(more);
+            }
+            let written = self.write(batches);
+            if self.sync.send(written).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn write(&self, mut batches: Vec<Decided>) -> Written {
+        if self.shared.failed.load(Ordering::SeqCst) {
+            return Written {
+                batches,
+                written: None,
+                error: Some("writes are stopped after a storage failure".into()),
+            };
+        }
+        let mut merged: Option<Prepared> = None;
+        for b in &mut batches {
+            let Some(p) = b.prepared.take() else { continue };
+            b.positions = p.positions().to_vec();
+            match merged.as_mut() {
+                None => merged = Some(p),
+                Some(m) => {
+                    if m.append(p).is_err() {
+                        // The writer chains every batch on the previous one; anything else is a bug.
+                        self.shared.failed.store(true, Ordering::SeqCst);
+                        return Written {
+                            batches,
+                            written: None,
+                            error: Some("internal error: batches out of order".into()),
+                        };
+                    }
+                }
+            }
+        }
+        let Some(merged) = merged else {
+            return Written {
+                batches,
+                written: None,
+                error: None,
+            };
+        };
+        match self.shared.store.write(merged) {
+            Ok(w) => Written {
+                batches,
+                written: Some(w),
+                error: None,
+            },
+            Err(e) => {
+                self.shared.failed.store(true, Ordering::SeqCst);
+                Written {
+                    batches,
+                    written: None,
+                    error: Some(format!(
+                        "storage failed while this command was in flight ({e})"
+                    )),
+                }
+            }
+        }
+    }
+}
+
+/// Makes written batches durable with one `flush()` + `fdatasync` for all that are queued, files their refusals,
+/// answers their commands in order, and hands their events to the projector.
+struct Syncer {
+    shared: Arc<Shared>,
+    refusals: Arc<RefusalLog>,
+    head: watch::Sender<Position>,
+    project: std::sync::mpsc::Sender<Vec<(Position, Timestamp, Event)>>,
+}
+
+impl Syncer {
+    fn run(self, rx: std::sync::mpsc::Receiver<Written>) {
+        while let Ok(first) = rx.recv() {
+            let mut groups = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                groups.push(more);
+            }
+            self.sync(groups);
+        }
+    }
+
+    fn sync(&self, groups: Vec<Written>) {
+        const RETRY: &str =
+            "it may or may not be committed: reopen the ledger and retry with the same command_id";
+        if let Some(error) = groups.iter().find_map(|g| g.error.clone()) {
+            self.shared.failed.store(true, Ordering::SeqCst);
+            let batches = groups.into_iter().flat_map(|g| g.batches).collect();
+            return self.answer_unknown(batches, &format!("{error}; {RETRY}"));
+        }
+        let mut batches = Vec::new();
+        let mut written = Vec::new();
+        for g in groups {
+            batches.extend(g.batches);
+            written.extend(g.written);
+        }
+        let appended = !written.is_empty();
+        if appended {
+            if let Err(e) = self.shared.store.sync_written(written) {
+                self.shared.failed.store(true, Ordering::SeqCst);
+                return self.answer_unknown(
+                    batches,
+                    &format!("storage failed while this command was in flight ({e}); {RETRY}"),
+                );
+            }
+        }
+        let c = &self.shared.counters;
+        // Filed before answering, so a client that was refused finds the refusal in the history right away.
+        let refusals: Vec<_> = batches
+            .iter_mut()
+            .flat_map(|b| std::mem::take(&mut b.refusals))
+            .collect();
+        if let Err(e) = self.refusals.append(&refusals) {
+            tracing::warn!(error = %e, "refused commands could not be recorded in the audit trail");
+        }
+        let oldest = batches.iter().map(|b| b.started).min();
+        let entries: usize = batches.iter().map(|b| b.positions.len()).sum();
+        let mut events = Vec::new();
+        let mut last_seq = 0;
+        for b in batches {
+            last_seq = b.seq;
+            events.extend(b.events);
+            let positions = b.positions;
+            for (reply, draft) in b.drafts {
+                let outcome = match draft {
+                    Draft::Done(o) => o,
+                    Draft::Entry(n, command_id) => Outcome::Committed {
+                        command_id,
+                        positions: positions[n].clone(),
+                        duplicate: false,
+                    },
+                    Draft::DuplicateOfEntry(n, command_id) => Outcome::Committed {
+                        command_id,
+                        positions: positions[n].clone(),
+                        duplicate: true,
+                    },
+                    Draft::Duplicate(positions, command_id) => Outcome::Committed {
+                        command_id,
+                        positions,
+                        duplicate: true,
+                    },
+                };
+                let counter = match &outcome {
+                    Outcome::Committed {
+                        duplicate: false, ..
+                    } => &c.committed,
+                    Outcome::Committed {
+                        duplicate: true, ..
+                    } => &c.duplicates,
+                    Outcome::Refused { .. } => &c.refused,
+                    Outcome::Unknown { .. } => &c.unknown,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                let _ = reply.send(outcome);
+            }
+        }
+        self.shared.durable.store(last_seq, Ordering::SeqCst);
+        if appended {
+            c.largest_batch.fetch_max(entries as u64, Ordering::Relaxed);
+            if let Some(t) = oldest {
+                c.record_batch(t.elapsed(), entries);
+            }
+            self.head.send_replace(self.shared.store.head().position);
+            let _ = self.project.send(events);
+        }
+    }
+
+    fn answer_unknown(&self, batches: Vec<Decided>, message: &str) {
+        for b in batches {
+            for (reply, draft) in b.drafts {
+                let command_id = match &draft {
+                    Draft::Done(o) => o.command_id(),
+                    Draft::Entry(_, id)
+                    | Draft::DuplicateOfEntry(_, id)
+                    | Draft::Duplicate(_, id) => *id,
+                };
+                self.shared.counters.unknown.fetch_add(1, Ordering::Relaxed);
+                let _ = reply.send(Outcome::Unknown {
+                    command_id,
+                    message: message.to_string(),
+                });
+            }
+        }
+    }
+}
+
+struct Projector {
+    store: Arc<SledStore>,
+    live: Arc<Live>,
+    projections: Arc<Projections>,
+    dir: PathBuf,
+    interval: Duration,
+    snapshot_every: u64,
+    snapshot_at_close: u64,
+    /// Events applied since the last snapshot.
+    since_snapshot: u64,
+}
+
+impl Projector {
+    fn run(mut self, rx: std::sync::mpsc::Receiver<Vec<(Position, Timestamp, Event)>>) {
+        let mut touched = Touched::default();
+        let mut last_write = Instant::now();
+        loop {
+            let wait = self.interval.saturating_sub(last_write.elapsed());
+            match rx.recv_timeout(wait) {
+                Ok(events) => {
+                    self.since_snapshot += events.len() as u64;
+                    self.live.apply(&events, &mut touched);
+                    while let Ok(more) = rx.try_recv() {
+                        self.since_snapshot += more.len() as u64;
+                        self.live.apply(&more, &mut touched);
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            if last_write.elapsed() >= self.interval {
+                self.write_documents(&mut touched);
+                last_write = Instant::now();
+            }
+            if self.since_snapshot >= self.snapshot_every {
+                self.snapshot();
+            }
+        }
+        self.write_documents(&mut touched);
+        if self.since_snapshot >= self.snapshot_at_close {
+            self.snapshot();
+        }
+    }
+
+    /// Rewrites the documents of everything that changed since the last write. A failure loses nothing: the
+    /// checkpoints stay behind and the next open catches up.
+    fn write_documents(&self, touched: &mut Touched) {
+        if touched.is_empty() {
+            return;
+        }
+        let result = self
+            .live
+            .read(|state, position| self.projections.update(state, touched, position));
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "read models could not be updated; they catch up at the next open");
+        }
+        *touched = Touched::default();
+    }
+
+    fn snapshot(&mut self) {
+        let result = self.live.read(|state, position| {
+            let hash = match self.store.get(position) {
+                Ok(Some(e)) => e.envelope().map(|env| env.hash),
+                Ok(None) => return Ok(0),
+                Err(e) => Err(e),
+            }?;
+            crate::snapshot::write(&self.dir, state, position, &hash)
+        });
+        match result {
+            Ok(_) => self.since_snapshot = 0,
+            Err(e) => {
+                tracing::warn!(error = %e, "the write-model snapshot could not be written; the next open replays more")
+            }
+        }
+    }
+}
+
 fn new_command_id() -> CommandId {
-    CommandId::new(uuid::Uuid::new_v4()).unwrap_or_else(|_| unreachable_id())
+    CommandId::new(random_uuid()).unwrap_or_else(|_| unreachable_id())
 }

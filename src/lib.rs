@@ -6,10 +6,12 @@
 
 pub mod api;
 pub mod audit;
+pub mod bench;
 pub mod cli;
 pub mod domain;
 pub mod ledger;
 pub mod projection;
 pub mod query;
+pub mod snapshot;
 pub mod store;
 pub mod workload;

@@ -15,6 +15,7 @@ use crate::domain::view::{customer_view, partner_view, subscription_view, AsOf};
 use crate::domain::{
     CustomerId, EntityRef, Event, PartnerId, Position, State, SubscriptionId, Timestamp,
 };
+use crate::ledger::Ledger;
 use crate::projection::Projections;
 use crate::store::{EventStore, SledStore, StoreError};
 
@@ -146,16 +147,19 @@ fn fold_with_profiles(
     Ok((state, events.len()))
 }
 
+/// "Now" from the stored documents, when the projections it reads are at the log's head (`None` otherwise).
 fn current<V>(
     store: &SledStore,
-    projection: &str,
+    projections_read: &[&str],
     doc: impl FnOnce(&Projections) -> Result<Option<Slice>, StoreError>,
     derive: impl FnOnce(&State, AsOf) -> Option<V>,
 ) -> Result<Option<Option<Answer<V>>>, StoreError> {
     let projections = Projections::open(store)?;
     let head = store.head().position;
-    if projections.checkpoint(projection)? != head {
-        return Ok(None);
+    for name in projections_read {
+        if projections.checkpoint(name)? != head {
+            return Ok(None);
+        }
     }
     let as_of = resolve(store, None)?;
     Ok(Some(doc(&projections)?.and_then(|slice| {
@@ -164,6 +168,63 @@ fn current<V>(
             events_read: 0,
         })
     })))
+}
+
+/// "Now" from a running ledger's live write model. It first waits (briefly) until the live state reflects the log's
+/// head as this call found it, so a client always reads its own acknowledged writes; the answer's `as_of` names the
+/// position it reflects.
+fn live_now<V>(
+    ledger: &Ledger,
+    derive: impl FnOnce(&State, AsOf) -> Option<V>,
+) -> Option<Answer<V>> {
+    let head = ledger.store().head().position;
+    let live = ledger.live();
+    live.wait_for(head, std::time::Duration::from_secs(5));
+    live.read(|state, position| {
+        let at = state
+            .clock
+            .unwrap_or_else(crate::domain::earliest_business_time);
+        derive(state, AsOf { position, at }).map(|view| Answer {
+            view,
+            events_read: 0,
+        })
+    })
+}
+
+/// The customer view from an open ledger: now from its live state, as of a point from the log.
+pub fn customer_in(
+    ledger: &Ledger,
+    id: CustomerId,
+    spec: Option<AsOfSpec>,
+) -> Result<Option<Answer<crate::domain::view::CustomerView>>, StoreError> {
+    match spec {
+        None => Ok(live_now(ledger, |s, a| customer_view(s, id, a))),
+        Some(_) => customer(ledger.store(), id, spec),
+    }
+}
+
+/// The partner view from an open ledger.
+pub fn partner_in(
+    ledger: &Ledger,
+    id: PartnerId,
+    spec: Option<AsOfSpec>,
+) -> Result<Option<Answer<crate::domain::view::PartnerView>>, StoreError> {
+    match spec {
+        None => Ok(live_now(ledger, |s, a| partner_view(s, id, a))),
+        Some(_) => partner(ledger.store(), id, spec),
+    }
+}
+
+/// The subscription view from an open ledger.
+pub fn subscription_in(
+    ledger: &Ledger,
+    id: SubscriptionId,
+    spec: Option<AsOfSpec>,
+) -> Result<Option<Answer<crate::domain::view::SubscriptionView>>, StoreError> {
+    match spec {
+        None => Ok(live_now(ledger, |s, a| subscription_view(s, id, a))),
+        Some(_) => subscription(ledger.store(), id, spec),
+    }
 }
 
 /// The customer view as of `spec` (now when `None`); `None` if the customer did not exist then.
@@ -175,7 +236,7 @@ pub fn customer(
     if spec.is_none() {
         if let Some(answer) = current(
             store,
-            "customers",
+            &["customers"],
             |p| p.customer(id),
             |s, a| customer_view(s, id, a),
         )? {
@@ -200,7 +261,7 @@ pub fn partner(
     if spec.is_none() {
         if let Some(answer) = current(
             store,
-            "partners",
+            &["partners", "customers"],
             |p| p.partner(id),
             |s, a| partner_view(s, id, a),
         )? {
@@ -225,8 +286,8 @@ pub fn subscription(
     if spec.is_none() {
         if let Some(answer) = current(
             store,
-            "subscriptions",
-            |p| p.subscription(id),
+            &["customers"],
+            |p| p.subscription(store, id),
             |s, a| subscription_view(s, id, a),
         )? {
             return Ok(answer);

@@ -88,21 +88,9 @@ fn the_ledger_refuses_to_serve_an_edited_recent_event() {
     assert!(run(data.path(), &["exec", seed.to_str().unwrap()], None)
         .status
         .success());
-    {
-        let db = sled::Config::new()
-            .path(data.path().join("sled"))
-            .open()
-            .unwrap();
-        let events = db.open_tree("events").unwrap();
-        let raw = events.get(7u64.to_be_bytes()).unwrap().unwrap();
-        let edited = String::from_utf8(raw.to_vec())
-            .unwrap()
-            .replace("\"quantity\":25", "\"quantity\":2500");
-        events
-            .insert(7u64.to_be_bytes(), edited.as_bytes())
-            .unwrap();
-        db.flush().unwrap();
-    }
+    common::raw_log::edit(data.path(), 7, |e| {
+        e.replace("\"quantity\":25", "\"quantity\":2500")
+    });
     let out = run_recipe(data.path());
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr)

@@ -160,16 +160,7 @@ fn verify_detects_a_flipped_byte_in_the_raw_sled_files() {
 #[test]
 fn verify_detects_a_log_whose_last_events_were_removed_via_the_head_marker() {
     let data = seeded();
-    {
-        let db = sled::Config::new()
-            .path(data.path().join("sled"))
-            .open()
-            .unwrap();
-        let events = db.open_tree("events").unwrap();
-        events.remove(11u64.to_be_bytes()).unwrap();
-        events.remove(10u64.to_be_bytes()).unwrap();
-        db.flush().unwrap();
-    }
+    common::raw_log::truncate_from(data.path(), 10);
     let out = run(data.path(), &["verify"], None);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
@@ -180,21 +171,7 @@ fn verify_detects_a_log_whose_last_events_were_removed_via_the_head_marker() {
 #[test]
 fn verify_detects_an_edited_event_whose_hash_no_longer_matches() {
     let data = seeded();
-    {
-        let db = sled::Config::new()
-            .path(data.path().join("sled"))
-            .open()
-            .unwrap();
-        let events = db.open_tree("events").unwrap();
-        let raw = events.get(5u64.to_be_bytes()).unwrap().unwrap();
-        let edited = String::from_utf8(raw.to_vec())
-            .unwrap()
-            .replace("15:30:00Z", "15:31:00Z");
-        events
-            .insert(5u64.to_be_bytes(), edited.as_bytes())
-            .unwrap();
-        db.flush().unwrap();
-    }
+    common::raw_log::edit(data.path(), 5, |e| e.replace("15:30:00Z", "15:31:00Z"));
     let out = run(data.path(), &["verify"], None);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);

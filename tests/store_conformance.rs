@@ -49,7 +49,7 @@ fn entry(command: u64, events: &[(u64, u64)]) -> CommitEntry {
     let command_id: CommandId = id(command + 1, 0xcc);
     CommitEntry {
         command_id,
-        fingerprint: format!("fp{command}"),
+        fingerprint: [u8::try_from(command % 251).unwrap(); 16],
         events: events
             .iter()
             .map(|(c, p)| NewEvent {
@@ -107,7 +107,7 @@ fn a_batch_gets_contiguous_positions_records_and_index_entries() {
         );
         assert_eq!(
             store.command(id(1, 0xcc)).unwrap().unwrap().fingerprint,
-            "fp0"
+            Some([0; 16])
         );
         let partner = EntityRef::Partner(id(7, 0xb0));
         assert_eq!(

@@ -353,12 +353,10 @@ fn parse_id<T: std::str::FromStr<Err = String>>(kind: &str, s: &str) -> Result<T
 async fn view<V: serde::Serialize + Send + 'static>(
     s: &AppState,
     what: String,
-    read: impl FnOnce(&crate::store::SledStore) -> Result<Option<V>, crate::store::StoreError>
-        + Send
-        + 'static,
+    read: impl FnOnce(&Ledger) -> Result<Option<V>, crate::store::StoreError> + Send + 'static,
 ) -> Response {
     let ledger = Arc::clone(&s.ledger);
-    match tokio::task::spawn_blocking(move || read(ledger.store())).await {
+    match tokio::task::spawn_blocking(move || read(&ledger)).await {
         Ok(Ok(Some(v))) => Json(v).into_response(),
         Ok(Ok(None)) => error(
             StatusCode::NOT_FOUND,
@@ -394,7 +392,7 @@ async fn get_customer(
         (Err(r), _) | (_, Err(r)) => return *r,
     };
     view(&s, format!("customer {id}"), move |st| {
-        Ok(query::customer(st, id, as_of)?.map(|a| a.view))
+        Ok(query::customer_in(st, id, as_of)?.map(|a| a.view))
     })
     .await
 }
@@ -409,7 +407,7 @@ async fn get_partner(
         (Err(r), _) | (_, Err(r)) => return *r,
     };
     view(&s, format!("partner {id}"), move |st| {
-        Ok(query::partner(st, id, as_of)?.map(|a| a.view))
+        Ok(query::partner_in(st, id, as_of)?.map(|a| a.view))
     })
     .await
 }
@@ -427,7 +425,7 @@ async fn get_subscription(
         (Err(r), _) | (_, Err(r)) => return *r,
     };
     view(&s, format!("subscription {id}"), move |st| {
-        Ok(query::subscription(st, id, as_of)?.map(|a| a.view))
+        Ok(query::subscription_in(st, id, as_of)?.map(|a| a.view))
     })
     .await
 }
@@ -447,10 +445,9 @@ async fn get_customer_history(
         Ok(i) => i,
         Err(r) => return *r,
     };
-    let ledger = Arc::clone(&s.ledger);
-    view(&s, format!("customer {id}"), move |st| {
+    view(&s, format!("customer {id}"), move |ledger| {
         let entity = EntityRef::Customer(id);
-        let events = query::history(st, entity, crate::domain::Position(0), None)?;
+        let events = query::history(ledger.store(), entity, crate::domain::Position(0), None)?;
         if events.is_empty() {
             return Ok(None);
         }

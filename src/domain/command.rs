@@ -97,6 +97,8 @@ macro_rules! commands {
                 #[derive(Deserialize)]
                 #[serde(deny_unknown_fields)]
                 pub struct $name {
+                    /// The tag itself, when the line is read straight into this type (see `parse_line`).
+                    #[serde(default, rename = "type")] _type: Option<serde::de::IgnoredAny>,
                     #[serde(default)] command_id: Option<CommandId>,
                     #[serde(default)] at: Option<Timestamp>,
                     actor: Actor,
@@ -108,6 +110,15 @@ macro_rules! commands {
             #[derive(Deserialize)]
             #[serde(tag = "type")]
             pub enum Line { $( $name($name) ),* }
+
+            /// Reads a line already known to be of type `type_name` straight into its own type, without buffering it
+            /// first as an internally tagged enum must. `None` for an unknown type.
+            pub fn read_typed(type_name: &str, line: &str) -> Option<Result<Line, serde_json::Error>> {
+                match type_name {
+                    $( stringify!($name) => Some(serde_json::from_str::<$name>(line).map(Line::$name)), )*
+                    _ => None,
+                }
+            }
 
             impl Line {
                 pub fn into_submitted(self) -> Submitted {
@@ -260,6 +271,18 @@ pub fn parse_line(line: &str) -> Result<Submitted, InvalidLine> {
             "the command is {} bytes; at most {MAX_COMMAND_BYTES} bytes are accepted (R38)",
             line.len()
         )));
+    }
+    // The common case first: find the type with a quick pass that skips everything else, then read the line straight
+    // into that command's type. Anything this does not accept goes the careful way below, which names the problem.
+    #[derive(Deserialize)]
+    struct TypeOnly<'a> {
+        #[serde(rename = "type", borrow)]
+        type_name: std::borrow::Cow<'a, str>,
+    }
+    if let Ok(t) = serde_json::from_str::<TypeOnly>(line) {
+        if let Some(Ok(parsed)) = wire::read_typed(&t.type_name, line) {
+            return Ok(parsed.into_submitted());
+        }
     }
     let value: serde_json::Value =
         serde_json::from_str(line).map_err(|e| InvalidLine(format!("not a JSON document: {e}")))?;

@@ -86,16 +86,26 @@ macro_rules! uuid_id {
             }
         }
 
+        /// The hyphenated text in JSON; the 16 raw bytes in binary formats (write-model snapshots).
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(&self.0.hyphenated())
+                if s.is_human_readable() {
+                    s.collect_str(&self.0.hyphenated())
+                } else {
+                    self.0.as_bytes().serialize(s)
+                }
             }
         }
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-                s.parse().map_err(de::Error::custom)
+                if d.is_human_readable() {
+                    let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                    s.parse().map_err(de::Error::custom)
+                } else {
+                    let bytes = <[u8; 16]>::deserialize(d)?;
+                    Self::new(Uuid::from_bytes(bytes)).map_err(de::Error::custom)
+                }
             }
         }
     };
@@ -226,16 +236,28 @@ impl fmt::Debug for Timestamp {
     }
 }
 
+/// RFC 3339 text in JSON; seconds and nanoseconds since the Unix epoch in binary formats (write-model snapshots).
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            (self.0.timestamp(), self.0.timestamp_subsec_nanos()).serialize(s)
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        s.parse().map_err(de::Error::custom)
+        if d.is_human_readable() {
+            let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+            s.parse().map_err(de::Error::custom)
+        } else {
+            let (secs, nanos) = <(i64, u32)>::deserialize(d)?;
+            DateTime::from_timestamp(secs, nanos)
+                .map(Self)
+                .ok_or_else(|| de::Error::custom("a time out of range"))
+        }
     }
 }
 

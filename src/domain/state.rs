@@ -56,14 +56,14 @@ pub struct Customer {
     pub admin_relationships: Vec<AdminRelationshipId>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum RequestStatus {
     Pending,
     Accepted,
     Withdrawn,
 }
 
-#[derive(Clone, PartialEq, Debug)]
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct Request {
     pub partner: PartnerId,
     pub customer: CustomerId,
@@ -234,8 +234,9 @@ pub struct AzurePlan {
     pub subscriptions: Vec<SubscriptionId>,
 }
 
-/// Everything the rules decide against.
-#[derive(Clone, PartialEq, Debug, Default)]
+/// Everything the rules decide against. Serializable for write-model snapshots (`src/snapshot.rs`), which store it in
+/// a binary format; its JSON form is never stored.
+#[derive(Clone, PartialEq, Debug, Default, Serialize, Deserialize)]
 pub struct State {
     /// The latest business time recorded in the log (R35).
     pub clock: Option<Timestamp>,

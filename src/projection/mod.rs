@@ -1,19 +1,23 @@
 //! Read models: checkpointed projections of the log, one sled tree each, rebuildable at any time.
 //!
-//! The writer already holds the folded write model, so after each commit it rewrites only the documents of the
-//! entities that batch touched. A document is a [`Slice`] of the state, so a view is derived when it is read, at
-//! whatever instant is asked (R36). Each projection's documents and its checkpoint (the last position it reflects)
-//! are written in one sled `Batch` on its own tree, so they never disagree. Projections are not synced on their own:
-//! after a crash a checkpoint may lag the log, and opening the ledger catches it up.
+//! A running ledger answers "now" from its live write model ([`crate::ledger::Live`]); these trees are what a reader
+//! without the ledger open (the CLI) and a restart start from. The projector thread rewrites the documents of the
+//! entities that changed every `projection_interval` and at close. A document is a [`Slice`] of the state in postcard's
+//! binary encoding, so a view is derived when it is read, at whatever instant is asked (R36). Each projection's
+//! checkpoint (the last position its documents reflect) is written after its documents, so after a crash it never
+//! claims more than is there, and opening the ledger catches up from it.
+//!
+//! Documents are few and whole, because a projection writes one key per changed entity: a customer's document holds
+//! everything about it, so the subscription view is read from its customer's document (found through the history
+//! index) and the partner view from its customers' documents.
 //!
 //! | projection | key | document |
 //! |---|---|---|
-//! | `customers` | customer id | the customer's slice |
-//! | `partners` | partner id, and partner id ‖ customer ordinal | the partner's profile, and its part of each customer |
-//! | `subscriptions` | subscription id | the subscription's slice |
-//! | `expiring` | end time ‖ admin relationship id | an active admin relationship and when it ends |
+//! | `customers` | `d` ‖ customer id | the customer's slice: its partners, relationships, admin relationships, subscriptions and plans |
+//! | `partners` | `d` ‖ partner id; `l` ‖ partner id ‖ block | the partner's profile; its customers in involvement order, 256 per block |
+//! | `expiring` | `e` ‖ end time ‖ admin relationship id; `a` ‖ id | an active admin relationship and when it ends; where its entry is |
 
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 
 #[cfg(test)]
 mod proptest;
@@ -29,25 +33,27 @@ use crate::domain::{
 use crate::store::{EventStore, SledStore, StoreError};
 
 /// The stable names of the projections.
-pub const NAMES: [&str; 4] = ["customers", "partners", "subscriptions", "expiring"];
+pub const NAMES: [&str; 3] = ["customers", "partners", "expiring"];
 
 const CHECKPOINT: &[u8] = b"checkpoint";
+/// Customers per block of a partner's customer list.
+const BLOCK: u64 = 256;
 
 /// The entities whose documents a batch of events changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Touched {
-    pub customers: BTreeSet<CustomerId>,
+    pub customers: HashSet<CustomerId>,
     /// Partners whose profile document changed.
-    pub partners: BTreeSet<PartnerId>,
-    /// (partner, customer) pairs whose part of the partner's view changed.
-    pub pairs: BTreeSet<(PartnerId, CustomerId)>,
-    pub subscriptions: BTreeSet<SubscriptionId>,
-    pub admin: BTreeSet<AdminRelationshipId>,
+    pub partners: HashSet<PartnerId>,
+    /// (partner, customer) pairs an event named: the block of the partner's customer list that holds the customer
+    /// may have changed.
+    pub pairs: HashSet<(PartnerId, CustomerId)>,
+    pub admin: HashSet<AdminRelationshipId>,
 }
 
 impl Touched {
     /// Records what `event` changes, reading `state` (already including the event) for the cascades: a partner's
-    /// name appears in its customers' documents, a customer's name in its partners' and subscriptions' documents.
+    /// name appears in its customers' documents, a customer's name in its expiring entries.
     pub fn add(&mut self, state: &State, event: &Event) {
         let entities = event.entities();
         for p in entities.iter().filter_map(|e| match e {
@@ -66,27 +72,19 @@ impl Touched {
                 EntityRef::Customer(c) => {
                     self.customers.insert(c);
                 }
-                EntityRef::Partner(p) => {
-                    self.partners.insert(p);
-                }
-                EntityRef::Subscription(s) => {
-                    self.subscriptions.insert(s);
-                }
+                EntityRef::Partner(_) | EntityRef::Subscription(_) => {}
                 EntityRef::PartnerProfile(p) => {
-                    self.customers
-                        .extend(state.partner_customers.get(&p).into_iter().flatten());
+                    self.partners.insert(p);
                     for c in state.partner_customers.get(&p).into_iter().flatten() {
+                        self.customers.insert(*c);
                         if let Some(customer) = state.customers.get(c) {
-                            self.subscriptions
-                                .extend(customer.subscriptions.iter().copied());
+                            self.admin
+                                .extend(customer.admin_relationships.iter().copied());
                         }
                     }
                 }
                 EntityRef::CustomerProfile(c) => {
                     if let Some(customer) = state.customers.get(&c) {
-                        self.pairs.extend(customer.partners.iter().map(|p| (*p, c)));
-                        self.subscriptions
-                            .extend(customer.subscriptions.iter().copied());
                         self.admin
                             .extend(customer.admin_relationships.iter().copied());
                     }
@@ -114,30 +112,16 @@ impl Touched {
             } => {
                 self.admin.insert(*admin_relationship);
             }
-            // A plan's status shows in the view of each Azure subscription in it.
-            Event::AzurePlanSuspended {
-                billing_partner,
-                customer,
-            }
-            | Event::AzurePlanReactivated {
-                billing_partner,
-                customer,
-            } => {
-                if let Some(plan) = state.plans.get(&(*billing_partner, *customer)) {
-                    self.subscriptions
-                        .extend(plan.subscriptions.iter().copied());
-                }
-            }
-            Event::PartnerUpdated { partner, .. } => {
-                for c in state.partner_customers.get(partner).into_iter().flatten() {
-                    if let Some(customer) = state.customers.get(c) {
-                        self.admin
-                            .extend(customer.admin_relationships.iter().copied());
-                    }
-                }
-            }
             _ => {}
         }
+    }
+
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.customers.is_empty()
+            && self.partners.is_empty()
+            && self.pairs.is_empty()
+            && self.admin.is_empty()
     }
 
     /// Every entity of the state, for a rebuild.
@@ -146,7 +130,6 @@ impl Touched {
             customers: state.customers.keys().copied().collect(),
             partners: state.partners.keys().copied().collect(),
             pairs: state.partner_customer_ordinal.keys().copied().collect(),
-            subscriptions: state.subscriptions.keys().copied().collect(),
             admin: state.admin.keys().copied().collect(),
         }
     }
@@ -174,7 +157,6 @@ pub type KeyValue = (Vec<u8>, Vec<u8>);
 pub struct Projections {
     customers: sled::Tree,
     partners: sled::Tree,
-    subscriptions: sled::Tree,
     expiring: sled::Tree,
 }
 
@@ -185,12 +167,12 @@ fn doc_key(id: &[u8; 16]) -> Vec<u8> {
     k
 }
 
-/// A partner's part of its `ordinal`-th customer.
-fn part_key(id: &[u8; 16], ordinal: u64) -> Vec<u8> {
+/// A block of a partner's customer list.
+fn block_key(id: &[u8; 16], block: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(25);
-    k.push(b'e');
+    k.push(b'l');
     k.extend_from_slice(id);
-    k.extend_from_slice(&ordinal.to_be_bytes());
+    k.extend_from_slice(&block.to_be_bytes());
     k
 }
 
@@ -210,41 +192,42 @@ fn admin_key(id: AdminRelationshipId) -> Vec<u8> {
     k
 }
 
-/// Writes (or removes, for an entity that no longer exists) the document of each id.
-fn put_docs<'a, Id: IdBytes + 'a>(
-    b: &mut sled::Batch,
-    ids: impl IntoIterator<Item = &'a Id>,
-    slice: impl Fn(&Id) -> Option<Slice>,
-) {
-    for id in ids {
-        match slice(id) {
-            Some(s) => b.insert(doc_key(id.id_bytes()), json(&s)),
-            None => b.remove(doc_key(id.id_bytes())),
+/// Writes to one projection tree, applied key by key with the checkpoint last.
+///
+/// Not a sled `Batch`: a batch holds sled's process-wide write lock for its whole length, and a large one would stall
+/// the ledger's commits meanwhile. Not being atomic is safe because the checkpoint is written last: after a crash in
+/// the middle, the stored checkpoint still says where the documents are known to be complete, and catching up from
+/// it rewrites every document an event after it touched.
+#[derive(Default)]
+struct Writes(Vec<(Vec<u8>, Option<Vec<u8>>)>);
+
+impl Writes {
+    fn insert(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.0.push((key.into(), Some(value.into())));
+    }
+    fn remove(&mut self, key: impl Into<Vec<u8>>) {
+        self.0.push((key.into(), None));
+    }
+    fn apply(self, tree: &sled::Tree, checkpoint: &[u8; 8]) -> Result<(), StoreError> {
+        for (k, v) in self.0 {
+            match v {
+                Some(v) => tree.insert(k, v)?,
+                None => tree.remove(k)?,
+            };
         }
+        tree.insert(CHECKPOINT, &checkpoint[..])?;
+        Ok(())
     }
 }
 
-/// The 16 bytes of an entity id, for document keys.
-trait IdBytes {
-    fn id_bytes(&self) -> &[u8; 16];
+/// A document's bytes: postcard, compact and fast, since documents are internal and rewritten often.
+fn encode<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
+    postcard::to_allocvec(v).unwrap_or_default()
 }
 
-impl IdBytes for CustomerId {
-    fn id_bytes(&self) -> &[u8; 16] {
-        self.as_bytes()
-    }
-}
-
-impl IdBytes for PartnerId {
-    fn id_bytes(&self) -> &[u8; 16] {
-        self.as_bytes()
-    }
-}
-
-impl IdBytes for SubscriptionId {
-    fn id_bytes(&self) -> &[u8; 16] {
-        self.as_bytes()
-    }
+fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes)
+        .map_err(|e| corrupt(format!("a projection document does not decode: {e}")))
 }
 
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -257,7 +240,6 @@ impl Projections {
         Ok(Projections {
             customers: store.tree("proj.customers")?,
             partners: store.tree("proj.partners")?,
-            subscriptions: store.tree("proj.subscriptions")?,
             expiring: store.tree("proj.expiring")?,
         })
     }
@@ -266,7 +248,6 @@ impl Projections {
         match name {
             "customers" => Some(&self.customers),
             "partners" => Some(&self.partners),
-            "subscriptions" => Some(&self.subscriptions),
             "expiring" => Some(&self.expiring),
             _ => None,
         }
@@ -317,9 +298,6 @@ impl Projections {
         if names.contains(&"partners") {
             self.update_partners(state, touched, &checkpoint)?;
         }
-        if names.contains(&"subscriptions") {
-            self.update_subscriptions(state, touched, &checkpoint)?;
-        }
         if names.contains(&"expiring") {
             self.update_expiring(state, touched, &checkpoint)?;
         }
@@ -332,10 +310,14 @@ impl Projections {
         touched: &Touched,
         checkpoint: &[u8; 8],
     ) -> Result<(), StoreError> {
-        let mut b = sled::Batch::default();
-        put_docs(&mut b, &touched.customers, |c| Slice::customer(state, *c));
-        b.insert(CHECKPOINT, &checkpoint[..]);
-        Ok(self.customers.apply_batch(b)?)
+        let mut b = Writes::default();
+        for c in &touched.customers {
+            match Slice::customer(state, *c) {
+                Some(s) => b.insert(doc_key(c.as_bytes()), encode(&s)),
+                None => b.remove(doc_key(c.as_bytes())),
+            }
+        }
+        b.apply(&self.customers, checkpoint)
     }
 
     fn update_partners(
@@ -344,34 +326,38 @@ impl Projections {
         touched: &Touched,
         checkpoint: &[u8; 8],
     ) -> Result<(), StoreError> {
-        let mut b = sled::Batch::default();
-        put_docs(&mut b, &touched.partners, |p| {
-            Slice::partner_profile(state, *p)
-        });
-        for (p, c) in &touched.pairs {
-            let Some(ordinal) = state.partner_customer_ordinal.get(&(*p, *c)) else {
-                continue;
-            };
-            if let Some(s) = Slice::partner_customer(state, *p, *c) {
-                b.insert(part_key(p.as_bytes(), *ordinal), json(&s));
+        let mut b = Writes::default();
+        for p in &touched.partners {
+            match Slice::partner_profile(state, *p) {
+                Some(s) => b.insert(doc_key(p.as_bytes()), encode(&s)),
+                None => b.remove(doc_key(p.as_bytes())),
             }
         }
-        b.insert(CHECKPOINT, &checkpoint[..]);
-        Ok(self.partners.apply_batch(b)?)
-    }
-
-    fn update_subscriptions(
-        &self,
-        state: &State,
-        touched: &Touched,
-        checkpoint: &[u8; 8],
-    ) -> Result<(), StoreError> {
-        let mut b = sled::Batch::default();
-        put_docs(&mut b, &touched.subscriptions, |id| {
-            Slice::subscription(state, *id)
-        });
-        b.insert(CHECKPOINT, &checkpoint[..]);
-        Ok(self.subscriptions.apply_batch(b)?)
+        let blocks: HashSet<(PartnerId, u64)> = touched
+            .pairs
+            .iter()
+            .filter_map(|pair| {
+                state
+                    .partner_customer_ordinal
+                    .get(pair)
+                    .map(|ordinal| (pair.0, ordinal / BLOCK))
+            })
+            .collect();
+        for (p, block) in blocks {
+            let list = state
+                .partner_customers
+                .get(&p)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let start = usize::try_from(block * BLOCK)
+                .unwrap_or(usize::MAX)
+                .min(list.len());
+            let end = usize::try_from((block + 1) * BLOCK)
+                .unwrap_or(usize::MAX)
+                .min(list.len());
+            b.insert(block_key(p.as_bytes(), block), encode(&list[start..end]));
+        }
+        b.apply(&self.partners, checkpoint)
     }
 
     fn update_expiring(
@@ -380,10 +366,10 @@ impl Projections {
         touched: &Touched,
         checkpoint: &[u8; 8],
     ) -> Result<(), StoreError> {
-        let mut b = sled::Batch::default();
+        let mut b = Writes::default();
         for id in &touched.admin {
             if let Some(old) = self.expiring.get(admin_key(*id))? {
-                b.remove(old);
+                b.remove(old.to_vec());
                 b.remove(admin_key(*id));
             }
             let Some(a) = state.admin.get(id) else {
@@ -415,8 +401,7 @@ impl Projections {
             b.insert(admin_key(a.id), key.clone());
             b.insert(key, json(&entry));
         }
-        b.insert(CHECKPOINT, &checkpoint[..]);
-        Ok(self.expiring.apply_batch(b)?)
+        b.apply(&self.expiring, checkpoint)
     }
 
     /// Brings every projection up to the log's head, given the write model at that head.
@@ -467,45 +452,60 @@ impl Projections {
         Ok(state)
     }
 
-    fn slice(tree: &sled::Tree, id: &[u8; 16]) -> Result<Option<Slice>, StoreError> {
-        match tree.get(doc_key(id))? {
+    /// The stored slice of a customer.
+    pub fn customer(&self, id: CustomerId) -> Result<Option<Slice>, StoreError> {
+        match self.customers.get(doc_key(id.as_bytes()))? {
             None => Ok(None),
-            Some(v) => serde_json::from_slice(&v)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt {
-                    position: None,
-                    message: format!("a projection document does not decode: {e}"),
-                }),
+            Some(v) => decode(&v).map(Some),
         }
     }
 
-    /// The stored slice of a customer.
-    pub fn customer(&self, id: CustomerId) -> Result<Option<Slice>, StoreError> {
-        Self::slice(&self.customers, id.as_bytes())
-    }
-
-    /// The stored slice of a partner: its profile and its part of each customer, in involvement order.
+    /// The stored slice of a partner: its profile, its customer list, and the documents of those customers.
     pub fn partner(&self, id: PartnerId) -> Result<Option<Slice>, StoreError> {
-        let Some(mut s) = Self::slice(&self.partners, id.as_bytes())? else {
+        let Some(v) = self.partners.get(doc_key(id.as_bytes()))? else {
             return Ok(None);
         };
-        let mut prefix = vec![b'e'];
+        let mut s: Slice = decode(&v)?;
+        let mut prefix = vec![b'l'];
         prefix.extend_from_slice(id.as_bytes());
-        let mut customers = Vec::new();
+        let mut customers: Vec<CustomerId> = Vec::new();
         for item in self.partners.scan_prefix(&prefix) {
             let (_, v) = item?;
-            let part: Slice = serde_json::from_slice(&v)
-                .map_err(|e| corrupt(format!("a projection document does not decode: {e}")))?;
-            customers.extend(part.customers.iter().map(|c| c.id));
-            s.absorb(part);
+            customers.extend(decode::<Vec<CustomerId>>(&v)?);
+        }
+        for c in &customers {
+            if let Some(part) = self.customer(*c)? {
+                s.absorb(part);
+            }
         }
         s.partner_customers = vec![(id, customers)];
         Ok(Some(s))
     }
 
-    /// The stored slice of a subscription.
-    pub fn subscription(&self, id: SubscriptionId) -> Result<Option<Slice>, StoreError> {
-        Self::slice(&self.subscriptions, id.as_bytes())
+    /// The stored slice of a subscription: its customer's document, found through the subscription's first event.
+    pub fn subscription(
+        &self,
+        store: &dyn EventStore,
+        id: SubscriptionId,
+    ) -> Result<Option<Slice>, StoreError> {
+        let Some(first) = store
+            .history(&EntityRef::Subscription(id), Position(0))?
+            .first()
+            .copied()
+        else {
+            return Ok(None);
+        };
+        let Some(stored) = store.get(first)? else {
+            return Ok(None);
+        };
+        let (_, event) = stored.decode()?;
+        let Some(customer) = event.entities().into_iter().find_map(|e| match e {
+            EntityRef::Customer(c) => Some(c),
+            _ => None,
+        }) else {
+            return Ok(None);
+        };
+        self.customer(customer)
     }
 
     /// Active admin relationships whose recorded end lies in `[from, to]`, soonest first.

@@ -7,7 +7,7 @@
 //! every envelope the ledger writes. The stored bytes are the canonical form of the whole envelope, `hash` included.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::domain::{
@@ -67,42 +67,80 @@ pub fn chain_hash(prev_hash: &str, canonical: &[u8]) -> String {
     hex::encode(h.finalize())
 }
 
+/// The fields of an envelope that sort before `hash`, in canonical (sorted) order.
+#[derive(Serialize)]
+struct Before<'a> {
+    actor: SortedActor<'a>,
+    at: &'a Timestamp,
+    command_id: &'a CommandId,
+    correlation_id: Option<&'a CorrelationId>,
+    data: &'a Value,
+    event_id: &'a EventId,
+}
+
+/// The fields of an envelope that sort after `hash`, in canonical order.
+#[derive(Serialize)]
+struct After<'a> {
+    position: u64,
+    prev_hash: &'a str,
+    recorded_at: &'a Timestamp,
+    schema_version: u32,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+}
+
+/// The actor with its keys in canonical order.
+#[derive(Serialize)]
+struct SortedActor<'a> {
+    role: crate::domain::Role,
+    tenant: &'a crate::domain::TenantId,
+    user: &'a str,
+}
+
 /// Builds the stored bytes of an event at `position` after `prev_hash`; returns them with the new hash.
+///
+/// The canonical form is written directly, without building a JSON tree: the fields before `hash` and the fields
+/// after it are serialized as two structs whose fields are declared in sorted order; the hash is computed over both
+/// joined without `hash`, then spliced in between. `data` is a `serde_json::Value`, whose maps are sorted.
 pub fn seal(ev: &NewEvent, position: Position, prev_hash: &str) -> (Vec<u8>, String) {
-    let mut m = Map::new();
-    m.insert("position".into(), Value::from(position.0));
-    m.insert("event_id".into(), Value::String(ev.event_id.to_string()));
-    m.insert(
-        "type".into(),
-        Value::String(ev.event.type_name().to_string()),
-    );
-    m.insert("schema_version".into(), Value::from(SCHEMA_VERSION));
-    m.insert("at".into(), Value::String(ev.at.to_string()));
-    m.insert(
-        "recorded_at".into(),
-        Value::String(ev.recorded_at.to_string()),
-    );
-    m.insert(
-        "command_id".into(),
-        Value::String(ev.command_id.to_string()),
-    );
-    m.insert(
-        "correlation_id".into(),
-        ev.correlation_id
-            .map_or(Value::Null, |c| Value::String(c.to_string())),
-    );
-    m.insert(
-        "actor".into(),
-        serde_json::to_value(&ev.actor).unwrap_or(Value::Null),
-    );
-    m.insert("data".into(), ev.event.data());
-    m.insert("prev_hash".into(), Value::String(prev_hash.to_string()));
-    let mut v = Value::Object(m);
-    let hash = chain_hash(prev_hash, &canonical(&v));
-    if let Value::Object(m) = &mut v {
-        m.insert("hash".into(), Value::String(hash.clone()));
-    }
-    (canonical(&v), hash)
+    let data = ev.event.data();
+    let before = Before {
+        actor: SortedActor {
+            role: ev.actor.role,
+            tenant: &ev.actor.tenant,
+            user: &ev.actor.user,
+        },
+        at: &ev.at,
+        command_id: &ev.command_id,
+        correlation_id: ev.correlation_id.as_ref(),
+        data: &data,
+        event_id: &ev.event_id,
+    };
+    let after = After {
+        position: position.0,
+        prev_hash,
+        recorded_at: &ev.recorded_at,
+        schema_version: SCHEMA_VERSION,
+        event_type: ev.event.type_name(),
+    };
+    let mut head = Vec::with_capacity(512);
+    let mut tail = Vec::with_capacity(192);
+    // Serializing these structs of strings, numbers and a JSON value cannot fail.
+    let _ = serde_json::to_writer(&mut head, &before);
+    let _ = serde_json::to_writer(&mut tail, &after);
+    // `head` is `{…}` and `tail` is `{…}`: join them as `{… , …}`.
+    head.pop();
+    let mut unhashed = Vec::with_capacity(head.len() + tail.len());
+    unhashed.extend_from_slice(&head);
+    unhashed.push(b',');
+    unhashed.extend_from_slice(&tail[1..]);
+    let hash = chain_hash(prev_hash, &unhashed);
+    let mut stored = head;
+    stored.extend_from_slice(b",\"hash\":\"");
+    stored.extend_from_slice(hash.as_bytes());
+    stored.extend_from_slice(b"\",");
+    stored.extend_from_slice(&tail[1..]);
+    (stored, hash)
 }
 
 /// The canonical bytes of a JSON value (keys sorted, compact). `serde_json::Map` is a sorted map in this build.
@@ -181,6 +219,7 @@ pub fn entity_prefix(entity: &EntityRef) -> [u8; 18] {
 mod tests {
     use super::*;
     use crate::domain::{Role, TenantId};
+    use serde_json::Map;
 
     fn sample() -> NewEvent {
         NewEvent {
@@ -222,6 +261,62 @@ mod tests {
         let tampered = text.replace("sales@b.example", "sales@c.example");
         let err = check(tampered.as_bytes(), Position(1), GENESIS_HASH).unwrap_err();
         assert!(err.reason.contains("hash does not match"), "{}", err.reason);
+    }
+
+    /// The canonical form built as a JSON tree, the obvious way: the reference the direct writer must match.
+    fn seal_reference(ev: &NewEvent, position: Position, prev_hash: &str) -> (Vec<u8>, String) {
+        let mut m = Map::new();
+        m.insert("position".into(), Value::from(position.0));
+        m.insert("event_id".into(), Value::String(ev.event_id.to_string()));
+        m.insert(
+            "type".into(),
+            Value::String(ev.event.type_name().to_string()),
+        );
+        m.insert("schema_version".into(), Value::from(SCHEMA_VERSION));
+        m.insert("at".into(), Value::String(ev.at.to_string()));
+        m.insert(
+            "recorded_at".into(),
+            Value::String(ev.recorded_at.to_string()),
+        );
+        m.insert(
+            "command_id".into(),
+            Value::String(ev.command_id.to_string()),
+        );
+        m.insert(
+            "correlation_id".into(),
+            ev.correlation_id
+                .map_or(Value::Null, |c| Value::String(c.to_string())),
+        );
+        m.insert("actor".into(), serde_json::to_value(&ev.actor).unwrap());
+        m.insert("data".into(), ev.event.data());
+        m.insert("prev_hash".into(), Value::String(prev_hash.to_string()));
+        let mut v = Value::Object(m);
+        let hash = chain_hash(prev_hash, &canonical(&v));
+        v.as_object_mut()
+            .unwrap()
+            .insert("hash".into(), Value::String(hash.clone()));
+        (canonical(&v), hash)
+    }
+
+    #[test]
+    fn the_direct_writer_matches_the_json_tree_form() {
+        let mut ev = sample();
+        ev.actor.user = "Zoë \"quoted\" \\ \u{7f}".into();
+        for correlation in [
+            None,
+            Some("cccc0000-0000-4000-8000-000000000009".parse().unwrap()),
+        ] {
+            ev.correlation_id = correlation;
+            for (position, prev) in [
+                (Position(1), GENESIS_HASH.to_string()),
+                (Position(u64::MAX), "ab".repeat(32)),
+            ] {
+                assert_eq!(
+                    seal(&ev, position, &prev),
+                    seal_reference(&ev, position, &prev)
+                );
+            }
+        }
     }
 
     #[test]

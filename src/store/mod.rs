@@ -1,6 +1,9 @@
 //! The event log: bytes on disk, positions, the hash chain, indexes and durability. It knows nothing of the rules.
 
 mod envelope;
+mod index;
+pub mod journal;
+mod segment;
 mod sled_store;
 pub mod upcast;
 
@@ -9,7 +12,7 @@ use std::path::PathBuf;
 pub use envelope::{
     canonical, chain_hash, check, entity_prefix, seal, ChainBreak, Envelope, NewEvent, GENESIS_HASH,
 };
-pub use sled_store::{Fault, SledStore, StoreOptions};
+pub use sled_store::{Fault, Prepared, SledStore, StoreOptions, Written};
 
 use crate::domain::{CommandId, EntityRef, Position};
 
@@ -30,18 +33,22 @@ impl Head {
     }
 }
 
-/// What the store remembers of a committed command: its fingerprint and the positions it appended (possibly none).
-#[derive(Clone, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
+/// What identifies a command's body for idempotency: the first 16 bytes of SHA-256 over it without its `command_id`.
+pub type Fingerprint = [u8; 16];
+
+/// What the store remembers of a committed command: its fingerprint (none for an imported command) and the positions
+/// it appended (possibly none).
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct CommandRecord {
-    pub fingerprint: String,
+    pub fingerprint: Option<Fingerprint>,
     pub positions: Vec<Position>,
 }
 
-/// One committed command of a batch: its events are appended contiguously, atomically with its idempotency record.
+/// One committed command of a batch: its events are appended contiguously, atomically with its journal entry.
 #[derive(Clone, PartialEq, Debug)]
 pub struct CommitEntry {
     pub command_id: CommandId,
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
     pub events: Vec<NewEvent>,
 }
 

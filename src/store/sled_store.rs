@@ -1,24 +1,31 @@
 //! The sled backend of the event log.
 //!
-//! Layout of a data folder: `ledger.json` (marks the folder as a ledger), `LOCK` (held by the process that has the
-//! ledger open; holds its pid), and `sled/`, the database, with two trees:
-//! - `events`: big-endian `u64` position → the canonical envelope bytes;
-//! - `aux`: `head` → the head marker (position + hash); `c` ‖ command id → the command record;
-//!   `x` ‖ kind ‖ entity id ‖ position → nothing (the history indexes).
+//! Layout of a data folder: `ledger.json` (marks the folder as a ledger, with its format version), `LOCK` (held by the
+//! process that has the ledger open; holds its pid), `HEAD` (a copy of the head outside sled) and `sled/`, the
+//! database, with these trees:
+//! - `log`: the events, a few consecutive canonical envelopes per key (`segment.rs`): big-endian `u64` position of
+//!   the first → the envelopes, newline-separated;
+//! - `aux`: `head` → the head marker (position + hash); `j` ‖ sequence → a command journal record (`journal.rs`);
+//! - `index`: the history index, derived and flushed in the background (`index.rs`).
 //!
-//! Every batch is one sled transaction over both trees (atomic after a crash), then `flush()`, then `fdatasync` of
-//! `sled/db`, because sled's flush alone is not a power-loss barrier on Linux (STORAGE.md, spacejam/sled#1452).
+//! Every batch is one sled transaction over `events` and `aux` (atomic after a crash), then `flush()`, then
+//! `fdatasync` of `sled/db`, because sled's flush alone is not a power-loss barrier on Linux (STORAGE.md,
+//! spacejam/sled#1452). A batch writes only sequential keys: its segments, one journal record and the head marker.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
-use super::envelope::{check, entity_prefix, seal};
+use super::envelope::{check, seal};
+use super::index::Index;
+use super::journal::{self, Commands, Committed};
+use super::segment::{self, Log};
 use super::{CommandRecord, CommitEntry, EventStore, Head, StoreCounters, StoreError, StoredEvent};
 use crate::domain::{CommandId, EntityRef, Position};
 
@@ -29,6 +36,9 @@ const HEAD_KEY: &[u8] = b"head";
 const HEAD_FILE: &str = "HEAD";
 /// The HEAD file is overwritten in place with a record of this fixed length.
 const HEAD_RECORD_LEN: usize = 96;
+/// The data-folder format this build writes. 3 packs envelopes into segments (tree `log`); 2 kept one key per event
+/// (tree `events`) and 1 also a record and index keys per command in `aux`. Older folders are upgraded at open.
+const FORMAT_VERSION: u64 = 3;
 
 /// A fault to inject into the next batch, for tests of the failure paths (see `SledStore::inject_fault`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -50,6 +60,10 @@ pub struct StoreOptions {
     pub tail_check: u64,
     /// Check the head marker and the tail at open. Only `verify` turns this off, to report damage itself.
     pub check_on_open: bool,
+    /// Flush the history index once this many positions wait in memory (it is also flushed every
+    /// `index_interval` and at close).
+    pub index_flush_positions: usize,
+    pub index_interval: Duration,
 }
 
 impl Default for StoreOptions {
@@ -59,6 +73,8 @@ impl Default for StoreOptions {
             cache_bytes: 128 * 1024 * 1024,
             tail_check: 1024,
             check_on_open: true,
+            index_flush_positions: 600_000,
+            index_interval: Duration::from_secs(10),
         }
     }
 }
@@ -66,7 +82,7 @@ impl Default for StoreOptions {
 /// The sled event log. Reads may run from any thread while the single writer commits.
 pub struct SledStore {
     db: sled::Db,
-    events: sled::Tree,
+    log: Log,
     aux: sled::Tree,
     /// Our own handle on `sled/db`, for `fdatasync`.
     data_file: File,
@@ -74,8 +90,18 @@ pub struct SledStore {
     _lock: File,
     /// `HEAD`: a copy of the head marker outside sled (see [`SledStore::check_head_file`]).
     head_file: File,
+    /// The last durable event: what readers see.
     head: Mutex<Head>,
+    /// The last event written, durable or not yet (the base the next batch must extend).
+    written: Mutex<Head>,
     write: Mutex<()>,
+    /// The history index, shared with the thread that flushes it.
+    index: Arc<Index>,
+    /// Every committed command, from the journal.
+    commands: Commands,
+    /// The sequence number of the next journal record.
+    journal_seq: AtomicU64,
+    flusher: Option<Flusher>,
     failed: AtomicBool,
     /// A `Fault` to inject into the next batch (0: none).
     fault: std::sync::atomic::AtomicU8,
@@ -83,12 +109,138 @@ pub struct SledStore {
     flushes: AtomicU64,
     fdatasyncs: AtomicU64,
     appended: AtomicU64,
-    commands: AtomicU64,
+    commands_committed: AtomicU64,
+    index_flush_positions: usize,
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
     let context = context.into();
     move |source| StoreError::Io { context, source }
+}
+
+/// The background thread that flushes the history index, and how to wake or stop it.
+struct Flusher {
+    signal: Arc<(Mutex<FlusherState>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct FlusherState {
+    wake: bool,
+    stop: bool,
+}
+
+impl Flusher {
+    fn start(index: Arc<Index>, interval: Duration) -> Result<Flusher, StoreError> {
+        let signal = Arc::new((Mutex::new(FlusherState::default()), Condvar::new()));
+        let theirs = Arc::clone(&signal);
+        let thread = std::thread::Builder::new()
+            .name("ledger-index".into())
+            .spawn(move || {
+                let (lock, cv) = &*theirs;
+                loop {
+                    let stop = {
+                        let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+                        if !st.wake && !st.stop {
+                            st = cv
+                                .wait_timeout(st, interval)
+                                .unwrap_or_else(|e| e.into_inner())
+                                .0;
+                        }
+                        st.wake = false;
+                        st.stop
+                    };
+                    if let Err(e) = index.flush() {
+                        tracing::warn!(error = %e, "the history index could not be flushed; it stays in memory and is retried");
+                    }
+                    if stop {
+                        return;
+                    }
+                }
+            })
+            .map_err(io("cannot start the index thread"))?;
+        Ok(Flusher {
+            signal,
+            thread: Some(thread),
+        })
+    }
+
+    fn wake(&self) {
+        let (lock, cv) = &*self.signal;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).wake = true;
+        cv.notify_one();
+    }
+
+    /// Flushes one last time and waits for the thread.
+    fn stop(&mut self) {
+        let (lock, cv) = &*self.signal;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+        cv.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        if let Some(mut f) = self.flusher.take() {
+            f.stop();
+        }
+    }
+}
+
+/// A batch written by [`SledStore::write`] and waiting for [`SledStore::sync_written`].
+pub struct Written {
+    events: usize,
+    journal: Vec<Committed>,
+    index: Vec<(Position, Vec<EntityRef>)>,
+    new_head: Head,
+    positions: Vec<Vec<Position>>,
+}
+
+impl Written {
+    /// Each entry's positions.
+    pub fn positions(&self) -> &[Vec<Position>] {
+        &self.positions
+    }
+}
+
+/// A batch sealed and ready to persist: everything `commit` computes before it touches the disk. Preparing is pure CPU
+/// work, so a writer can seal the next batch while the previous one is being made durable.
+pub struct Prepared {
+    /// The head the batch extends.
+    base: Head,
+    rows: Vec<Row>,
+    journal: Vec<Committed>,
+    /// Each event's entities, for the history index.
+    index: Vec<(Position, Vec<EntityRef>)>,
+    new_head: Head,
+    positions: Vec<Vec<Position>>,
+}
+
+impl Prepared {
+    /// Appends a batch prepared after this one, so both are persisted in one transaction and one `fdatasync`.
+    /// Refuses (returning `next` unchanged) a batch that does not extend this one.
+    pub fn append(&mut self, next: Prepared) -> Result<(), Box<Prepared>> {
+        if next.base != self.new_head {
+            return Err(Box::new(next));
+        }
+        self.rows.extend(next.rows);
+        self.journal.extend(next.journal);
+        self.index.extend(next.index);
+        self.positions.extend(next.positions);
+        self.new_head = next.new_head;
+        Ok(())
+    }
+    /// The head after this batch.
+    pub fn head(&self) -> &Head {
+        &self.new_head
+    }
+    /// Each entry's positions.
+    pub fn positions(&self) -> &[Vec<Position>] {
+        &self.positions
+    }
 }
 
 fn is_empty_dir(dir: &Path) -> Result<bool, StoreError> {
@@ -142,11 +294,35 @@ fn stored_hash(raw: &[u8], position: Position) -> Result<String, StoreError> {
         })
 }
 
-fn cmd_key(id: CommandId) -> [u8; 17] {
-    let mut k = [0u8; 17];
-    k[0] = b'c';
-    k[1..].copy_from_slice(id.as_bytes());
-    k
+/// Writes `ledger.json` with a format version, atomically (a temporary file renamed over it, both synced).
+fn write_marker(dir: &Path, version: u64) -> Result<(), StoreError> {
+    let marker = dir.join(MARKER_FILE);
+    let tmp = dir.join("ledger.json.tmp");
+    let text = format!(
+        "{{\"format\":\"partner-ledger\",\"version\":{version},\"created_by\":\"{}\"}}\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    let mut f = File::create(&tmp).map_err(io(format!("cannot write {}", tmp.display())))?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(io(format!("cannot write {}", tmp.display())))?;
+    std::fs::rename(&tmp, &marker).map_err(io(format!("cannot write {}", marker.display())))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(format!("cannot sync {}", dir.display())))
+}
+
+/// The format version `ledger.json` records (1 when it does not say).
+fn read_marker_version(marker: &Path) -> Result<u64, StoreError> {
+    let text =
+        std::fs::read_to_string(marker).map_err(io(format!("cannot read {}", marker.display())))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+        position: None,
+        message: format!("{} is not JSON: {e}", marker.display()),
+    })?;
+    Ok(v.get("version")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(1))
 }
 
 impl SledStore {
@@ -172,19 +348,27 @@ impl SledStore {
         }
         let lock = lock(dir)?;
         if !marker.exists() {
-            let text = format!(
-                "{{\"format\":\"partner-ledger\",\"version\":1,\"created_by\":\"{}\"}}\n",
-                env!("CARGO_PKG_VERSION")
-            );
-            std::fs::write(&marker, text)
-                .map_err(io(format!("cannot write {}", marker.display())))?;
+            write_marker(dir, FORMAT_VERSION)?;
+        }
+        let version = read_marker_version(&marker)?;
+        if version > FORMAT_VERSION {
+            return Err(StoreError::Corrupt {
+                position: None,
+                message: format!(
+                    "{} says format version {version}; this build reads up to {FORMAT_VERSION}: use a newer partner-ledger",
+                    marker.display()
+                ),
+            });
         }
         let db = sled::Config::new()
             .path(dir.join(SLED_DIR))
             .cache_capacity(options.cache_bytes)
             .open()?;
-        let events = db.open_tree("events")?;
+        let log = Log {
+            tree: db.open_tree("log")?,
+        };
         let aux = db.open_tree("aux")?;
+        let index = Arc::new(Index::open(db.open_tree("index")?)?);
         let db_path = dir.join(SLED_DIR).join("db");
         let data_file =
             File::open(&db_path).map_err(io(format!("cannot open {}", db_path.display())))?;
@@ -196,23 +380,38 @@ impl SledStore {
             .truncate(false)
             .open(&head_path)
             .map_err(io(format!("cannot open {}", head_path.display())))?;
-        let store = SledStore {
+        let mut store = SledStore {
             db,
-            events,
+            log,
             aux,
             data_file,
             _lock: lock,
             head_file,
             head: Mutex::new(Head::genesis()),
+            written: Mutex::new(Head::genesis()),
             write: Mutex::new(()),
+            index,
+            commands: Commands::default(),
+            journal_seq: AtomicU64::new(1),
+            flusher: None,
             failed: AtomicBool::new(false),
             fault: std::sync::atomic::AtomicU8::new(0),
             batches: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             fdatasyncs: AtomicU64::new(0),
             appended: AtomicU64::new(0),
-            commands: AtomicU64::new(0),
+            commands_committed: AtomicU64::new(0),
+            index_flush_positions: options.index_flush_positions,
         };
+        if version < 2 {
+            store.upgrade_from_v1()?;
+            write_marker(dir, 2)?;
+        }
+        if version < 3 {
+            store.upgrade_from_v2()?;
+            write_marker(dir, 3)?;
+            store.db.drop_tree("events")?;
+        }
         let head = if options.check_on_open {
             let head = store.recover_head(options.tail_check)?;
             store.check_head_file(&head)?;
@@ -221,8 +420,151 @@ impl SledStore {
         } else {
             store.marker()?.unwrap_or_else(Head::genesis)
         };
-        *store.head.lock().unwrap_or_else(|e| e.into_inner()) = head;
+        *store.head.lock().unwrap_or_else(|e| e.into_inner()) = head.clone();
+        *store.written.lock().unwrap_or_else(|e| e.into_inner()) = head;
+        if options.check_on_open {
+            store.load_journal()?;
+            store.catch_up_index()?;
+            store.flusher = Some(Flusher::start(
+                Arc::clone(&store.index),
+                options.index_interval,
+            )?);
+        }
         Ok(store)
+    }
+
+    /// Reads every journal record into the in-memory command map.
+    fn load_journal(&self) -> Result<(), StoreError> {
+        let mut next = 1;
+        for item in self.aux.scan_prefix([journal::PREFIX]) {
+            let (k, v) = item?;
+            if let Some(seq) = journal::seq_of(&k) {
+                self.commands.add(&journal::decode(&v)?);
+                next = seq + 1;
+            }
+        }
+        self.journal_seq.store(next, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Brings the history index up to the head: the events after its checkpoint go to its in-memory tail.
+    fn catch_up_index(&self) -> Result<(), StoreError> {
+        let head = self.head();
+        if self.index.checkpoint() > head.position {
+            // The index describes a longer log than this one (it was restored or truncated): start over.
+            self.index.clear()?;
+        }
+        let from = self.index.upto();
+        let mut pending = Vec::new();
+        for item in self.read(from, Some(head.position)) {
+            let stored = item?;
+            let (_, event) = stored.decode()?;
+            pending.push((stored.position, event.entities()));
+            if pending.len() >= 65_536 {
+                self.index.add(&pending);
+                pending.clear();
+                if self.index.tail_len() >= self.index_flush_positions {
+                    self.index.flush()?;
+                }
+            }
+        }
+        self.index.add(&pending);
+        Ok(())
+    }
+
+    /// Upgrades a format-2 folder, one key per event in tree `events`, by packing its events into segments in tree
+    /// `log` (cleared first, so an interrupted upgrade simply runs again), then making them durable. The caller marks
+    /// the folder as format 3 and only then drops the old tree.
+    fn upgrade_from_v2(&self) -> Result<(), StoreError> {
+        let old = self.db.open_tree("events")?;
+        self.log.tree.clear()?;
+        let mut rows: Vec<Row> = Vec::with_capacity(1024);
+        let mut moved = 0u64;
+        let write = |rows: &mut Vec<Row>| -> Result<(), StoreError> {
+            let mut batch = sled::Batch::default();
+            for (k, v) in segment::pack(rows) {
+                batch.insert(&k[..], v);
+            }
+            self.log.tree.apply_batch(batch)?;
+            rows.clear();
+            Ok(())
+        };
+        for item in old.iter() {
+            let (k, v) = item?;
+            let position = Position::from_key(&k).ok_or_else(|| StoreError::Corrupt {
+                position: None,
+                message: "a key of the format-2 log is not a position".into(),
+            })?;
+            if rows.last().is_some_and(|(p, _)| p.next() != position) {
+                write(&mut rows)?;
+            }
+            rows.push((position, v.to_vec()));
+            moved += 1;
+            if rows.len() >= 4096 {
+                write(&mut rows)?;
+            }
+        }
+        write(&mut rows)?;
+        tracing::info!(
+            events = moved,
+            "upgraded the data folder from format 2 to 3"
+        );
+        self.sync()
+    }
+
+    /// Upgrades a format-1 folder: its per-command records (`c` keys) become journal records, and its per-event index
+    /// keys (`x`) are dropped (the background index is rebuilt from the log right after). One sled batch, made
+    /// durable before `ledger.json` says 2, so an interrupted upgrade simply runs again.
+    fn upgrade_from_v1(&self) -> Result<(), StoreError> {
+        #[derive(serde::Deserialize)]
+        struct V1Record {
+            fingerprint: String,
+            positions: Vec<Position>,
+        }
+        let mut batch = sled::Batch::default();
+        let mut committed = Vec::new();
+        for item in self.aux.scan_prefix(b"c") {
+            let (k, v) = item?;
+            let id: [u8; 16] = k
+                .get(1..17)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| StoreError::Corrupt {
+                    position: None,
+                    message: "a format-1 command key is malformed".into(),
+                })?;
+            let record: V1Record = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                position: None,
+                message: format!("a format-1 command record does not decode: {e}"),
+            })?;
+            let command_id =
+                CommandId::new(uuid::Uuid::from_bytes(id)).map_err(|_| StoreError::Corrupt {
+                    position: None,
+                    message: "a format-1 command record has a nil id".into(),
+                })?;
+            let fingerprint = hex::decode(&record.fingerprint)
+                .ok()
+                .and_then(|b| b.get(..16).and_then(|f| f.try_into().ok()));
+            let first = record.positions.first().copied().unwrap_or_default();
+            committed.push(Committed {
+                command_id,
+                fingerprint,
+                first,
+                count: u32::try_from(record.positions.len()).unwrap_or(u32::MAX),
+            });
+            batch.remove(k);
+        }
+        for item in self.aux.scan_prefix(b"x") {
+            batch.remove(item?.0);
+        }
+        for (seq, chunk) in (1..).zip(committed.chunks(journal::MAX_PER_RECORD)) {
+            batch.insert(&journal::key(seq)[..], journal::encode(chunk));
+        }
+        tracing::info!(
+            commands = committed.len(),
+            "upgrading the data folder from format 1 to 2"
+        );
+        self.aux.apply_batch(batch)?;
+        self.sync()
     }
 
     /// Opens another tree of the same database (read models keep theirs here; they are not part of the log).
@@ -300,7 +642,7 @@ impl SledStore {
     /// The head from the last key, checked against the head marker; the newest `tail` events are re-verified.
     fn recover_head(&self, tail: u64) -> Result<Head, StoreError> {
         let marker = self.marker()?;
-        let last = self.events.last()?;
+        let last = self.log.last()?;
         let (last_pos, last_raw) = match (&marker, last) {
             (None, None) => return Ok(Head::genesis()),
             (Some(m), None) if m.position.0 == 0 => return Ok(Head::genesis()),
@@ -319,13 +661,7 @@ impl SledStore {
                     message: "the log holds events but no head marker".into(),
                 })
             }
-            (Some(_), Some((k, v))) => {
-                let pos = Position::from_key(&k).ok_or_else(|| StoreError::Corrupt {
-                    position: None,
-                    message: "the last key of the log is not a position".into(),
-                })?;
-                (pos, v)
-            }
+            (Some(_), Some(last)) => last,
         };
         let m = marker.unwrap_or_else(Head::genesis);
         if last_pos != m.position {
@@ -364,20 +700,16 @@ impl SledStore {
             super::GENESIS_HASH.to_string()
         } else {
             let before = Position(from.0 - 1);
-            let raw = self
-                .events
-                .get(before.to_key())?
-                .ok_or_else(|| StoreError::Corrupt {
-                    position: Some(before),
-                    message: format!("event {before} is missing"),
-                })?;
+            let raw = self.log.get(before)?.ok_or_else(|| StoreError::Corrupt {
+                position: Some(before),
+                message: format!("event {before} is missing"),
+            })?;
             stored_hash(&raw, before)?
         };
         let mut expected = from;
-        for item in self.events.range(from.to_key()..=to.to_key()) {
-            let (k, v) = item?;
-            let pos = Position::from_key(&k);
-            if pos != Some(expected) {
+        for item in self.log.events(Position(from.0 - 1), Some(to)) {
+            let (pos, v) = item?;
+            if pos != expected {
                 return Err(StoreError::Corrupt {
                     position: Some(expected),
                     message: format!("event {expected} is missing"),
@@ -404,10 +736,7 @@ impl SledStore {
     pub fn verify_all(&self, progress: impl FnMut(Position)) -> Result<Head, StoreError> {
         let head = self.marker()?.unwrap_or_else(Head::genesis);
         self.check_head_file(&head)?;
-        let last = match self.events.last()? {
-            Some((k, _)) => Position::from_key(&k).unwrap_or_default(),
-            None => Position(0),
-        };
+        let last = self.log.last()?.map(|(p, _)| p).unwrap_or_default();
         if last.0 > 0 {
             self.verify_range(Position(1), last, progress)?;
         }
@@ -430,12 +759,9 @@ impl SledStore {
     }
 }
 
-type Row = ([u8; 8], Vec<u8>);
-type Record = ([u8; 17], Vec<u8>);
+type Row = (Position, Vec<u8>);
 
 impl SledStore {
-    /// Writes rows, index entries, command records and the head marker in one transaction, then makes them durable:
-    /// `flush()`, `fdatasync` of `sled/db`, and the `HEAD` file. Any failure stops further writes (fail-stop).
     /// Makes everything written so far durable, in any tree of this database: `flush()` then `fdatasync` of
     /// `sled/db` (sled's flush alone is not a power-loss barrier). For state outside the log that must survive a
     /// crash once acknowledged, such as a consumer's checkpoint.
@@ -458,36 +784,122 @@ impl SledStore {
             .is_ok()
     }
 
-    fn persist(
-        &self,
-        rows: &[Row],
-        index: &[Vec<u8>],
-        records: &[Record],
-        new_head: Head,
-        commands: usize,
-    ) -> Result<(), StoreError> {
+    /// Whether an earlier storage failure stopped writes.
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    /// Flushes the history index now (it is also flushed in the background and at close).
+    pub fn flush_index(&self) -> Result<usize, StoreError> {
+        self.index.flush()
+    }
+
+    /// How many committed commands the journal remembers.
+    pub fn commands_remembered(&self) -> usize {
+        self.commands.len()
+    }
+
+    /// Seals `entries` after `base` without touching the disk: positions, envelopes and their hash chain, the journal
+    /// record and the index entries. [`SledStore::persist`] writes the result, provided the head is still `base`.
+    pub fn prepare(&self, entries: &[CommitEntry], base: &Head) -> Prepared {
+        let mut position = base.position;
+        let mut prev = base.hash.clone();
+        let mut rows: Vec<Row> = Vec::with_capacity(entries.len());
+        let mut index = Vec::with_capacity(entries.len());
+        let mut journal = Vec::with_capacity(entries.len());
+        let mut positions_out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let mut positions = Vec::with_capacity(entry.events.len());
+            for ev in &entry.events {
+                position = position.next();
+                let (raw, hash) = seal(ev, position, &prev);
+                prev = hash;
+                rows.push((position, raw));
+                index.push((position, ev.event.entities()));
+                positions.push(position);
+            }
+            journal.push(Committed {
+                command_id: entry.command_id,
+                fingerprint: Some(entry.fingerprint),
+                first: positions.first().copied().unwrap_or(position),
+                count: u32::try_from(positions.len()).unwrap_or(u32::MAX),
+            });
+            positions_out.push(positions);
+        }
+        Prepared {
+            base: base.clone(),
+            rows,
+            journal,
+            index,
+            new_head: Head {
+                position,
+                hash: prev,
+            },
+            positions: positions_out,
+        }
+    }
+
+    /// Writes a prepared batch and makes it durable: [`SledStore::write`] then [`SledStore::sync`].
+    pub fn persist(&self, prepared: Prepared) -> Result<Vec<Vec<Position>>, StoreError> {
+        let written = self.write(prepared)?;
+        let positions = written.positions.clone();
+        self.sync_written(vec![written])?;
+        Ok(positions)
+    }
+
+    /// Writes a prepared batch in one transaction: its events, its journal records and the head marker. It is not
+    /// durable yet and nobody sees it — the head, the command map and the index move only in
+    /// [`SledStore::sync_written`] — so a caller may write the next batch while this one is being synced. Any failure
+    /// stops further writes (fail-stop).
+    pub fn write(&self, prepared: Prepared) -> Result<Written, StoreError> {
+        let _writer = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(StoreError::FailStopped);
+        }
+        let written_head = self.written_head();
+        if written_head != prepared.base {
+            return Err(StoreError::Corrupt {
+                position: Some(prepared.base.position.next()),
+                message: format!(
+                    "a batch prepared after position {} was offered at position {}",
+                    prepared.base.position, written_head.position
+                ),
+            });
+        }
+        let Prepared {
+            rows,
+            journal,
+            index,
+            new_head,
+            positions,
+            ..
+        } = prepared;
         let head_bytes = serde_json::to_vec(&new_head).unwrap_or_default();
+        let first_seq = self.journal_seq.load(Ordering::SeqCst);
+        let records: Vec<([u8; 9], Vec<u8>)> = journal
+            .chunks(journal::MAX_PER_RECORD)
+            .zip(first_seq..)
+            .map(|(chunk, seq)| (journal::key(seq), journal::encode(chunk)))
+            .collect();
         if self.injected(Fault::Write) {
             return self.fail(StoreError::Io {
                 context: "the write transaction failed (injected)".into(),
                 source: std::io::Error::other("injected fault"),
             });
         }
-        let written: Result<(), TransactionError<()>> =
-            (&self.events, &self.aux).transaction(|(e, a)| {
-                for (k, v) in rows {
+        let segments = segment::pack(&rows);
+        let result: Result<(), TransactionError<()>> =
+            (&self.log.tree, &self.aux).transaction(|(e, a)| {
+                for (k, v) in &segments {
                     e.insert(&k[..], v.as_slice())?;
                 }
-                for k in index {
-                    a.insert(k.as_slice(), &[][..])?;
-                }
-                for (k, v) in records {
+                for (k, v) in &records {
                     a.insert(&k[..], v.as_slice())?;
                 }
                 a.insert(HEAD_KEY, head_bytes.as_slice())?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             });
-        if let Err(e) = written {
+        if let Err(e) = result {
             let e = match e {
                 TransactionError::Storage(s) => StoreError::Sled(s),
                 TransactionError::Abort(()) => StoreError::Corrupt {
@@ -496,6 +908,29 @@ impl SledStore {
                 },
             };
             return self.fail(e);
+        }
+        self.journal_seq
+            .store(first_seq + records.len() as u64, Ordering::SeqCst);
+        *self.written.lock().unwrap_or_else(|e| e.into_inner()) = new_head.clone();
+        Ok(Written {
+            events: rows.len(),
+            journal,
+            index,
+            new_head,
+            positions,
+        })
+    }
+
+    /// Makes written batches durable — `flush()`, `fdatasync` of `sled/db`, then the `HEAD` file — and only then
+    /// moves the head and shows them to the command map and the index. One sync covers every batch written so far.
+    /// Any failure stops further writes (fail-stop).
+    pub fn sync_written(&self, batches: Vec<Written>) -> Result<(), StoreError> {
+        let Some(last) = batches.last() else {
+            return Ok(());
+        };
+        let new_head = last.new_head.clone();
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(StoreError::FailStopped);
         }
         if let Err(e) = self.db.flush() {
             return self.fail(StoreError::Sled(e));
@@ -517,27 +952,39 @@ impl SledStore {
             return self.fail(e);
         }
         self.batches.fetch_add(1, Ordering::Relaxed);
-        self.appended
-            .fetch_add(rows.len() as u64, Ordering::Relaxed);
-        self.commands.fetch_add(commands as u64, Ordering::Relaxed);
+        for b in &batches {
+            self.appended.fetch_add(b.events as u64, Ordering::Relaxed);
+            self.commands_committed
+                .fetch_add(b.journal.len() as u64, Ordering::Relaxed);
+            self.commands.add(&b.journal);
+            self.index.add(&b.index);
+        }
+        if self.index.tail_len() >= self.index_flush_positions {
+            if let Some(f) = &self.flusher {
+                f.wake();
+            }
+        }
         *self.head.lock().unwrap_or_else(|e| e.into_inner()) = new_head;
         Ok(())
     }
 
+    fn written_head(&self) -> Head {
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Appends already sealed envelopes (a restore): each must be the next position and link to the head, and is
-    /// stored in canonical form with its index entries; each command gets a record without a fingerprint.
-    /// Durable on return, like `commit`.
+    /// stored in canonical form; each command gets a journal entry without a fingerprint. Durable on return, like
+    /// `commit`.
     pub fn import(&self, envelopes: &[super::Envelope]) -> Result<(), StoreError> {
-        let _writer = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        if self.failed.load(Ordering::SeqCst) {
-            return Err(StoreError::FailStopped);
-        }
         let head = self.head();
-        let mut prev = head.hash;
+        let mut prev = head.hash.clone();
         let mut expected = head.position;
         let mut rows: Vec<Row> = Vec::with_capacity(envelopes.len());
-        let mut index = Vec::new();
-        let mut by_command: Vec<(CommandId, Vec<Position>)> = Vec::new();
+        let mut index = Vec::with_capacity(envelopes.len());
+        let mut journal: Vec<Committed> = Vec::new();
         for env in envelopes {
             expected = expected.next();
             let value = serde_json::to_value(env).map_err(|e| StoreError::Codec {
@@ -554,41 +1001,31 @@ impl SledStore {
                 position: env.position,
                 message: e.to_string(),
             })?;
-            for entity in event.entities() {
-                let mut k = entity_prefix(&entity).to_vec();
-                k.extend_from_slice(&expected.to_key());
-                index.push(k);
-            }
-            rows.push((expected.to_key(), raw));
-            match by_command.last_mut() {
-                Some((id, ps)) if *id == env.command_id => ps.push(expected),
-                _ => by_command.push((env.command_id, vec![expected])),
+            index.push((expected, event.entities()));
+            rows.push((expected, raw));
+            match journal.last_mut() {
+                Some(c) if c.command_id == env.command_id => c.count += 1,
+                _ => journal.push(Committed {
+                    command_id: env.command_id,
+                    fingerprint: None,
+                    first: expected,
+                    count: 1,
+                }),
             }
         }
-        let mut records: Vec<Record> = Vec::with_capacity(by_command.len());
-        for (id, mut positions) in by_command {
-            if let Some(existing) = self.command(id)? {
-                let mut all = existing.positions;
-                all.append(&mut positions);
-                positions = all;
-            }
-            let record = CommandRecord {
-                fingerprint: String::new(),
-                positions,
-            };
-            records.push((cmd_key(id), serde_json::to_vec(&record).unwrap_or_default()));
-        }
-        let commands = records.len();
-        self.persist(
-            &rows,
-            &index,
-            &records,
-            Head {
+        let positions = journal.iter().map(|c| c.record().positions).collect();
+        self.persist(Prepared {
+            base: head,
+            rows,
+            journal,
+            index,
+            new_head: Head {
                 position: expected,
                 hash: prev,
             },
-            commands,
-        )
+            positions,
+        })
+        .map(|_| ())
     }
 }
 
@@ -598,66 +1035,19 @@ impl EventStore for SledStore {
     }
 
     fn commit(&self, entries: &[CommitEntry]) -> Result<Vec<Vec<Position>>, StoreError> {
-        let _writer = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        if self.failed.load(Ordering::SeqCst) {
-            return Err(StoreError::FailStopped);
-        }
-        let head = self.head();
-        let mut position = head.position;
-        let mut prev = head.hash;
-        let mut rows: Vec<([u8; 8], Vec<u8>)> = Vec::new();
-        let mut index: Vec<Vec<u8>> = Vec::new();
-        let mut records: Vec<([u8; 17], Vec<u8>)> = Vec::with_capacity(entries.len());
-        let mut out = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let mut positions = Vec::with_capacity(entry.events.len());
-            for ev in &entry.events {
-                position = position.next();
-                let (raw, hash) = seal(ev, position, &prev);
-                prev = hash;
-                rows.push((position.to_key(), raw));
-                for entity in ev.event.entities() {
-                    let mut k = entity_prefix(&entity).to_vec();
-                    k.extend_from_slice(&position.to_key());
-                    index.push(k);
-                }
-                positions.push(position);
-            }
-            let record = CommandRecord {
-                fingerprint: entry.fingerprint.clone(),
-                positions: positions.clone(),
-            };
-            records.push((
-                cmd_key(entry.command_id),
-                serde_json::to_vec(&record).unwrap_or_default(),
-            ));
-            out.push(positions);
-        }
-        let new_head = Head {
-            position,
-            hash: prev,
-        };
-        self.persist(&rows, &index, &records, new_head, entries.len())?;
-        Ok(out)
+        let prepared = self.prepare(entries, &self.head());
+        self.persist(prepared)
     }
 
     fn command(&self, id: CommandId) -> Result<Option<CommandRecord>, StoreError> {
-        match self.aux.get(cmd_key(id))? {
-            None => Ok(None),
-            Some(v) => serde_json::from_slice(&v)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt {
-                    position: None,
-                    message: format!("the record of command {id} does not decode: {e}"),
-                }),
-        }
+        Ok(self.commands.get(id).map(|c| c.record()))
     }
 
     fn get(&self, position: Position) -> Result<Option<StoredEvent>, StoreError> {
-        Ok(self.events.get(position.to_key())?.map(|v| StoredEvent {
-            position,
-            raw: v.to_vec(),
-        }))
+        Ok(self
+            .log
+            .get(position)?
+            .map(|raw| StoredEvent { position, raw }))
     }
 
     fn read(
@@ -665,38 +1055,15 @@ impl EventStore for SledStore {
         after: Position,
         to: Option<Position>,
     ) -> Box<dyn Iterator<Item = Result<StoredEvent, StoreError>> + '_> {
-        let start = after.next().to_key();
-        let end = to.unwrap_or(Position(u64::MAX)).to_key();
-        if start > end {
-            return Box::new(std::iter::empty());
-        }
-        Box::new(self.events.range(start..=end).map(|item| {
-            let (k, v) = item?;
-            let position = Position::from_key(&k).ok_or_else(|| StoreError::Corrupt {
-                position: None,
-                message: "a key of the log is not a position".into(),
-            })?;
-            Ok(StoredEvent {
-                position,
-                raw: v.to_vec(),
-            })
-        }))
+        Box::new(
+            self.log
+                .events(after, to)
+                .map(|r| r.map(|(position, raw)| StoredEvent { position, raw })),
+        )
     }
 
     fn history(&self, entity: &EntityRef, after: Position) -> Result<Vec<Position>, StoreError> {
-        let prefix = entity_prefix(entity);
-        let mut start = prefix.to_vec();
-        start.extend_from_slice(&after.next().to_key());
-        let mut end = prefix.to_vec();
-        end.extend_from_slice(&u64::MAX.to_be_bytes());
-        let mut out = Vec::new();
-        for item in self.aux.range(start..=end) {
-            let (k, _) = item?;
-            if let Some(p) = Position::from_key(&k[prefix.len()..]) {
-                out.push(p);
-            }
-        }
-        Ok(out)
+        self.index.history(entity, after)
     }
 
     fn counters(&self) -> StoreCounters {
@@ -705,7 +1072,7 @@ impl EventStore for SledStore {
             flushes: self.flushes.load(Ordering::Relaxed),
             fdatasyncs: self.fdatasyncs.load(Ordering::Relaxed),
             events: self.appended.load(Ordering::Relaxed),
-            commands: self.commands.load(Ordering::Relaxed),
+            commands: self.commands_committed.load(Ordering::Relaxed),
         }
     }
 }

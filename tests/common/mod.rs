@@ -68,3 +68,68 @@ pub fn mismatch(expected: &Value, actual: &Value, path: &str) -> Option<String> 
         _ => Some(format!("{path}: expected {expected}, got {actual}")),
     }
 }
+
+/// Raw access to a stopped ledger's event log, for tests that play an attacker or a damaged disk. The log packs a few
+/// consecutive envelopes per sled key (`src/store/segment.rs`): the key is the first one's big-endian position and the
+/// envelopes are separated by newlines.
+pub mod raw_log {
+    use std::path::Path;
+
+    fn open(data: &Path) -> (sled::Db, sled::Tree) {
+        let db = sled::Config::new().path(data.join("sled")).open().unwrap();
+        let tree = db.open_tree("log").unwrap();
+        (db, tree)
+    }
+
+    fn segment_of(tree: &sled::Tree, position: u64) -> (u64, Vec<Vec<u8>>) {
+        let (k, v) = tree
+            .range(..=position.to_be_bytes())
+            .next_back()
+            .unwrap()
+            .unwrap();
+        let first = u64::from_be_bytes(k.as_ref().try_into().unwrap());
+        (
+            first,
+            v.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect(),
+        )
+    }
+
+    /// Rewrites the stored envelope at `position` with `edit`.
+    pub fn edit(data: &Path, position: u64, edit: impl Fn(String) -> String) {
+        let (db, tree) = open(data);
+        let (first, mut events) = segment_of(&tree, position);
+        let i = usize::try_from(position - first).unwrap();
+        events[i] = edit(String::from_utf8(events[i].clone()).unwrap()).into_bytes();
+        tree.insert(first.to_be_bytes(), events.join(&b'\n'))
+            .unwrap();
+        db.flush().unwrap();
+    }
+
+    /// The stored envelope at `position`.
+    pub fn get(data: &Path, position: u64) -> String {
+        let (_db, tree) = open(data);
+        let (first, events) = segment_of(&tree, position);
+        String::from_utf8(events[usize::try_from(position - first).unwrap()].clone()).unwrap()
+    }
+
+    /// Removes the events from `position` on.
+    pub fn truncate_from(data: &Path, position: u64) {
+        let (db, tree) = open(data);
+        let (first, events) = segment_of(&tree, position);
+        let later: Vec<_> = tree
+            .range((first + 1).to_be_bytes()..)
+            .map(|r| r.unwrap().0)
+            .collect();
+        for k in later {
+            tree.remove(k).unwrap();
+        }
+        let keep = usize::try_from(position - first).unwrap();
+        if keep == 0 {
+            tree.remove(first.to_be_bytes()).unwrap();
+        } else {
+            tree.insert(first.to_be_bytes(), events[..keep].join(&b'\n'))
+                .unwrap();
+        }
+        db.flush().unwrap();
+    }
+}

@@ -1,0 +1,187 @@
+//! Durable command throughput in process, against concurrency, beside raw sled baselines measured in the same run.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::{Latencies, Summary};
+use crate::domain::{parse_line, Position};
+use crate::ledger::{Ledger, LedgerConfig, Outcome};
+use crate::store::EventStore;
+
+/// One run of `submitters` concurrent submitters.
+#[derive(Clone, Debug, Serialize)]
+pub struct Run {
+    pub submitters: usize,
+    pub commands: usize,
+    pub committed: usize,
+    pub refused: usize,
+    pub events: u64,
+    pub seconds: f64,
+    pub commands_per_s: f64,
+    pub events_per_s: f64,
+    /// Commit latency: from submitting a command to its answer.
+    pub latency: Summary,
+    pub commands_per_fdatasync: f64,
+}
+
+/// Runs the set-up, then the stories with `submitters` concurrent async submitters (each runs one story at a time, in
+/// order), on a fresh ledger in `dir`. Returns the run and the ledger, still open.
+pub fn in_process(
+    dir: &Path,
+    stories: &super::workload::Stories,
+    submitters: usize,
+) -> anyhow::Result<(Run, Arc<Ledger>)> {
+    let mut config = LedgerConfig::new(dir);
+    if let Ok(ms) = std::env::var("PROJ_MS") {
+        config.projection_interval = std::time::Duration::from_millis(ms.parse().unwrap_or(1000));
+    }
+    let ledger = Arc::new(Ledger::open(config)?);
+    let tickets: Vec<_> = stories
+        .setup
+        .iter()
+        .map(|l| parse_line(l).map(|c| ledger.submit(c)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("set-up: {e}"))?;
+    for t in tickets {
+        t.wait();
+    }
+    let before = ledger.stats();
+    let head_before = ledger.store().head().position;
+    let queue: Arc<Mutex<VecDeque<Vec<String>>>> =
+        Arc::new(Mutex::new(stories.stories.iter().cloned().collect()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    if std::env::var("BENCH_MARK").is_ok() {
+        eprintln!("TIMED-START");
+    }
+    let started = Instant::now();
+    let results: Vec<(Latencies, usize, usize)> = runtime.block_on(async {
+        let tasks: Vec<_> = (0..submitters)
+            .map(|_| {
+                let (ledger, queue) = (Arc::clone(&ledger), Arc::clone(&queue));
+                tokio::spawn(async move {
+                    let mut lat = Latencies::default();
+                    let (mut committed, mut refused) = (0, 0);
+                    loop {
+                        let story = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                        let Some(story) = story else { break };
+                        for line in story {
+                            let Ok(cmd) = parse_line(&line) else { continue };
+                            let t = Instant::now();
+                            let outcome = ledger.submit_async(cmd).await.outcome().await;
+                            lat.push(t.elapsed());
+                            match outcome {
+                                Outcome::Committed { .. } => committed += 1,
+                                Outcome::Refused { .. } => refused += 1,
+                                Outcome::Unknown { .. } => {}
+                            }
+                        }
+                    }
+                    (lat, committed, refused)
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            if let Ok(r) = t.await {
+                out.push(r);
+            }
+        }
+        out
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let mut all = Latencies::default();
+    let (mut committed, mut refused) = (0, 0);
+    for (l, c, r) in results {
+        all.extend(l);
+        committed += c;
+        refused += r;
+    }
+    let after = ledger.stats();
+    let events = ledger.store().head().position.0 - head_before.0;
+    let commands = all.len();
+    let fsyncs = after.fdatasyncs - before.fdatasyncs;
+    Ok((
+        Run {
+            submitters,
+            commands,
+            committed,
+            refused,
+            events,
+            seconds,
+            commands_per_s: commands as f64 / seconds,
+            events_per_s: events as f64 / seconds,
+            latency: all.summary(),
+            commands_per_fdatasync: committed as f64 / fsyncs.max(1) as f64,
+        },
+        ledger,
+    ))
+}
+
+/// Raw sled, no ledger: the same envelope bytes written the simplest durable way.
+#[derive(Clone, Debug, Serialize)]
+pub struct Baseline {
+    pub events: usize,
+    /// Batches of 1,000 envelopes, each one `apply_batch` + `flush()` + `fdatasync`.
+    pub batch_events_per_s: f64,
+    /// One envelope per insert + `flush()` + `fdatasync`: the latency of one durable write.
+    pub single: Summary,
+}
+
+/// Writes `envelopes` into a fresh sled database in `dir`: in batches of 1,000, then one at a time (up to 2,000).
+pub fn baseline(dir: &Path, envelopes: &[Vec<u8>]) -> anyhow::Result<Baseline> {
+    let db = sled::Config::new()
+        .path(dir.join("batched"))
+        .cache_capacity(128 * 1024 * 1024)
+        .open()?;
+    let tree = db.open_tree("events")?;
+    let file = std::fs::File::open(dir.join("batched").join("db"))?;
+    let started = Instant::now();
+    for (i, chunk) in envelopes.chunks(1000).enumerate() {
+        let mut b = sled::Batch::default();
+        for (j, e) in chunk.iter().enumerate() {
+            let p = Position((i * 1000 + j + 1) as u64);
+            b.insert(&p.to_key()[..], e.as_slice());
+        }
+        tree.apply_batch(b)?;
+        db.flush()?;
+        file.sync_data()?;
+    }
+    let batch_events_per_s = envelopes.len() as f64 / started.elapsed().as_secs_f64();
+    drop(tree);
+    drop(db);
+    let db = sled::Config::new()
+        .path(dir.join("single"))
+        .cache_capacity(128 * 1024 * 1024)
+        .open()?;
+    let tree = db.open_tree("events")?;
+    let file = std::fs::File::open(dir.join("single").join("db"))?;
+    let mut lat = Latencies::default();
+    for (i, e) in envelopes.iter().take(2000).enumerate() {
+        let t = Instant::now();
+        tree.insert(Position(i as u64 + 1).to_key(), e.as_slice())?;
+        db.flush()?;
+        file.sync_data()?;
+        lat.push(t.elapsed());
+    }
+    Ok(Baseline {
+        events: envelopes.len(),
+        batch_events_per_s,
+        single: lat.summary(),
+    })
+}
+
+/// The stored envelopes of a ledger, oldest first (at most `limit`).
+pub fn envelopes(store: &dyn EventStore, limit: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    for e in store.read(Position(0), None).take(limit) {
+        out.push(e?.raw);
+    }
+    Ok(out)
+}

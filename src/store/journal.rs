@@ -1,0 +1,216 @@
+//! The command journal: which commands were committed, with their fingerprints and positions, for idempotency.
+//!
+//! Each durable batch writes its commands as one record (`j` ‖ sequence → a compact binary list) in the same sled
+//! transaction as its events, so a committed command and its record are never apart after a crash. The record of
+//! every command is also kept in memory, in a map from command id, rebuilt from the journal at open: looking up a
+//! `command_id` costs a hash lookup, not a sled read, and committing costs one sequential key per batch instead of one
+//! random key per command (see docs/performance.md).
+//!
+//! Record layout: the byte `1` (format), then per command 45 bytes: command id (16), a flag byte (1: a fingerprint
+//! follows, 0: none, as for imported commands), the fingerprint (16), the first position (8, big-endian) and the
+//! number of events (4, big-endian). A command's events are always contiguous.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::{CommandRecord, Fingerprint, StoreError};
+use crate::domain::{CommandId, Position};
+
+/// The prefix of journal keys in the `aux` tree.
+pub const PREFIX: u8 = b'j';
+const FORMAT: u8 = 1;
+const ENTRY_LEN: usize = 45;
+/// The most commands one record holds, so a record stays far below sled's ~128 KiB blob threshold (STORAGE.md).
+pub const MAX_PER_RECORD: usize = 1024;
+
+/// One committed command, as the journal keeps it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Committed {
+    pub command_id: CommandId,
+    pub fingerprint: Option<Fingerprint>,
+    /// The first position it appended (for a command without events: the head when it committed).
+    pub first: Position,
+    pub count: u32,
+}
+
+impl Committed {
+    /// The store's view of it.
+    pub fn record(&self) -> CommandRecord {
+        CommandRecord {
+            fingerprint: self.fingerprint,
+            positions: (0..u64::from(self.count))
+                .map(|i| Position(self.first.0 + i))
+                .collect(),
+        }
+    }
+}
+
+/// The key of journal record `seq`.
+pub fn key(seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = PREFIX;
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The sequence number of a journal key.
+pub fn seq_of(key: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = key.get(1..9)?.try_into().ok()?;
+    (key.first() == Some(&PREFIX) && key.len() == 9).then(|| u64::from_be_bytes(bytes))
+}
+
+/// Encodes commands as one record.
+pub fn encode(commands: &[Committed]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(1 + commands.len() * ENTRY_LEN);
+    v.push(FORMAT);
+    for c in commands {
+        v.extend_from_slice(c.command_id.as_bytes());
+        match c.fingerprint {
+            Some(f) => {
+                v.push(1);
+                v.extend_from_slice(&f);
+            }
+            None => {
+                v.push(0);
+                v.extend_from_slice(&[0; 16]);
+            }
+        }
+        v.extend_from_slice(&c.first.0.to_be_bytes());
+        v.extend_from_slice(&c.count.to_be_bytes());
+    }
+    v
+}
+
+/// Decodes a record.
+pub fn decode(bytes: &[u8]) -> Result<Vec<Committed>, StoreError> {
+    let corrupt = |message: &str| StoreError::Corrupt {
+        position: None,
+        message: format!("a command journal record {message}"),
+    };
+    let (format, rest) = bytes.split_first().ok_or_else(|| corrupt("is empty"))?;
+    if *format != FORMAT {
+        return Err(corrupt(&format!("has unknown format {format}")));
+    }
+    if rest.len() % ENTRY_LEN != 0 {
+        return Err(corrupt("is truncated"));
+    }
+    rest.chunks_exact(ENTRY_LEN)
+        .map(|e| {
+            let id: [u8; 16] = e[0..16].try_into().unwrap_or_default();
+            let command_id = CommandId::new(uuid::Uuid::from_bytes(id))
+                .map_err(|_| corrupt("holds a nil command id"))?;
+            let fingerprint = match e[16] {
+                0 => None,
+                1 => Some(e[17..33].try_into().unwrap_or_default()),
+                _ => return Err(corrupt("holds a bad flag")),
+            };
+            let first = u64::from_be_bytes(e[33..41].try_into().unwrap_or_default());
+            let count = u32::from_be_bytes(e[41..45].try_into().unwrap_or_default());
+            Ok(Committed {
+                command_id,
+                fingerprint,
+                first: Position(first),
+                count,
+            })
+        })
+        .collect()
+}
+
+/// What the map keeps of a command: its fingerprint, first position and event count.
+type Entry = (Option<Fingerprint>, u64, u32);
+
+/// Every committed command, by id.
+#[derive(Default)]
+pub struct Commands {
+    map: Mutex<HashMap<CommandId, Entry>>,
+}
+
+impl Commands {
+    /// Remembers committed commands (a later record of the same id, from an import, extends its positions).
+    pub fn add(&self, commands: &[Committed]) {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        m.reserve(commands.len());
+        for c in commands {
+            match m.get_mut(&c.command_id) {
+                Some((_, first, count)) if *count > 0 && c.count > 0 => {
+                    *count =
+                        u32::try_from(c.first.0 + u64::from(c.count) - *first).unwrap_or(u32::MAX);
+                }
+                _ => {
+                    m.insert(c.command_id, (c.fingerprint, c.first.0, c.count));
+                }
+            }
+        }
+    }
+
+    /// The record of a committed command.
+    pub fn get(&self, id: CommandId) -> Option<Committed> {
+        let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&id).map(|(fingerprint, first, count)| Committed {
+            command_id: id,
+            fingerprint: *fingerprint,
+            first: Position(*first),
+            count: *count,
+        })
+    }
+
+    /// How many commands are remembered.
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_damage_is_named() {
+        let c = |n: u8, fp: Option<Fingerprint>, first: u64, count: u32| Committed {
+            command_id: CommandId::new(uuid::Uuid::from_bytes([n; 16])).unwrap(),
+            fingerprint: fp,
+            first: Position(first),
+            count,
+        };
+        let commands = vec![
+            c(1, Some([7; 16]), 1, 2),
+            c(2, None, 3, 0),
+            c(3, Some([9; 16]), 3, 1),
+        ];
+        let bytes = encode(&commands);
+        assert_eq!(bytes.len(), 1 + 3 * ENTRY_LEN);
+        assert_eq!(decode(&bytes).unwrap(), commands);
+        assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+        assert!(decode(&[]).is_err());
+        let mut other = bytes.clone();
+        other[0] = 2;
+        assert!(decode(&other).is_err());
+        assert_eq!(seq_of(&key(42)), Some(42));
+        assert_eq!(seq_of(b"head"), None);
+    }
+
+    #[test]
+    fn the_map_answers_records_and_an_import_extends_positions() {
+        let id = CommandId::new(uuid::Uuid::from_bytes([5; 16])).unwrap();
+        let m = Commands::default();
+        assert!(m.get(id).is_none());
+        let part = |first, count| Committed {
+            command_id: id,
+            fingerprint: None,
+            first: Position(first),
+            count,
+        };
+        m.add(&[part(10, 2)]);
+        m.add(&[part(12, 1)]);
+        assert_eq!(
+            m.get(id).unwrap().record().positions,
+            vec![Position(10), Position(11), Position(12)]
+        );
+        assert_eq!(m.len(), 1);
+    }
+}
