@@ -1,6 +1,7 @@
 //! The benchmark suite (`partner-ledger bench`): every figure of docs/performance.md, each measured beside its own
 //! baseline in the same run, on this machine.
 
+pub mod http;
 pub mod throughput;
 pub mod workload;
 

@@ -185,3 +185,93 @@ pub fn envelopes(store: &dyn EventStore, limit: usize) -> anyhow::Result<Vec<Vec
     }
     Ok(out)
 }
+
+/// Runs the set-up, then the stories with `clients` concurrent HTTP clients (one keep-alive connection each, one
+/// command per request), against a fresh server process on `dir`.
+pub fn over_http(
+    dir: &Path,
+    stories: &super::workload::Stories,
+    clients: usize,
+) -> anyhow::Result<Run> {
+    let server = super::http::Server::start(dir)?;
+    let addr = server.addr;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let queue: Arc<Mutex<VecDeque<Vec<String>>>> =
+        Arc::new(Mutex::new(stories.stories.iter().cloned().collect()));
+    let setup = stories.setup.clone();
+    let (seconds, results) = runtime.block_on(async move {
+        let mut c = super::http::Client::connect(addr).await?;
+        for line in &setup {
+            c.command(line).await?;
+        }
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..clients)
+            .map(|_| {
+                let queue = Arc::clone(&queue);
+                tokio::spawn(async move {
+                    let mut c = super::http::Client::connect(addr).await?;
+                    let mut lat = Latencies::default();
+                    let (mut committed, mut refused) = (0, 0);
+                    loop {
+                        let story = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                        let Some(story) = story else { break };
+                        for line in story {
+                            let t = Instant::now();
+                            let (status, _) = c.command(&line).await?;
+                            lat.push(t.elapsed());
+                            match status {
+                                200 => committed += 1,
+                                422 => refused += 1,
+                                _ => {}
+                            }
+                        }
+                    }
+                    Ok::<_, anyhow::Error>((lat, committed, refused))
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await??);
+        }
+        Ok::<_, anyhow::Error>((started.elapsed().as_secs_f64(), out))
+    })?;
+    let mut all = Latencies::default();
+    let (mut committed, mut refused) = (0, 0);
+    for (l, c, r) in results {
+        all.extend(l);
+        committed += c;
+        refused += r;
+    }
+    let metrics = runtime.block_on(async {
+        let mut c = super::http::Client::connect(addr).await?;
+        c.get("/metrics").await
+    })?;
+    let text = String::from_utf8_lossy(&metrics.1).to_string();
+    let metric = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let events = metric("partner_ledger_head_position ") as u64;
+    let fsyncs = metric("partner_ledger_fdatasyncs_total ");
+    server.stop()?;
+    let commands = all.len();
+    Ok(Run {
+        submitters: clients,
+        commands,
+        committed,
+        refused,
+        events,
+        seconds,
+        commands_per_s: commands as f64 / seconds,
+        events_per_s: events as f64 / seconds,
+        latency: all.summary(),
+        commands_per_fdatasync: committed as f64 / fsyncs.max(1.0),
+    })
+}

@@ -1,10 +1,13 @@
 //! The command journal: which commands were committed, with their fingerprints and positions, for idempotency.
 //!
 //! Each durable batch writes its commands as one record (`j` ‖ sequence → a compact binary list) in the same sled
-//! transaction as its events, so a committed command and its record are never apart after a crash. The record of
-//! every command is also kept in memory, in a map from command id, rebuilt from the journal at open: looking up a
-//! `command_id` costs a hash lookup, not a sled read, and committing costs one sequential key per batch instead of one
-//! random key per command (see docs/performance.md).
+//! transaction as its events, so a committed command and its record are never apart after a crash. Committing costs
+//! one sequential key per batch instead of one random key per command (see docs/performance.md).
+//!
+//! To answer "was this `command_id` committed?" without a sled read, memory holds an index from every command id to
+//! the number of the journal record that holds it: 20 bytes a command, in a sorted array for the commands found at
+//! open and a hash map for those committed since. Only a hit (a re-submission, which is rare) reads that record for
+//! the fingerprint and positions.
 //!
 //! Record layout: the byte `1` (format), then per command 45 bytes: command id (16), a flag byte (1: a fingerprint
 //! follows, 0: none, as for imported commands), the fingerprint (16), the first position (8, big-endian) and the
@@ -22,6 +25,11 @@ const FORMAT: u8 = 1;
 const ENTRY_LEN: usize = 45;
 /// The most commands one record holds, so a record stays far below sled's ~128 KiB blob threshold (STORAGE.md).
 pub const MAX_PER_RECORD: usize = 1024;
+
+/// The record of `id` among the commands of one journal record.
+pub fn find(record: &[Committed], id: CommandId) -> Option<Committed> {
+    record.iter().find(|c| c.command_id == id).copied()
+}
 
 /// One committed command, as the journal keeps it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -116,47 +124,57 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Committed>, StoreError> {
         .collect()
 }
 
-/// What the map keeps of a command: its fingerprint, first position and event count.
-type Entry = (Option<Fingerprint>, u64, u32);
-
-/// Every committed command, by id.
+/// Which journal record holds each committed command.
 #[derive(Default)]
 pub struct Commands {
-    map: Mutex<HashMap<CommandId, Entry>>,
+    inner: Mutex<Located>,
+}
+
+#[derive(Default)]
+struct Located {
+    /// Found at open, sorted by id.
+    sorted: Vec<([u8; 16], u32)>,
+    /// Committed since.
+    recent: HashMap<CommandId, u32>,
 }
 
 impl Commands {
-    /// Remembers committed commands (a later record of the same id, from an import, extends its positions).
-    pub fn add(&self, commands: &[Committed]) {
-        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        m.reserve(commands.len());
+    /// Builds the index of the commands found at open: (command id, journal record number) in any order.
+    pub fn load(&self, mut found: Vec<([u8; 16], u32)>) {
+        found.sort_unstable();
+        // A command appears once; should a damaged or imported journal repeat one, its first record wins.
+        found.dedup_by_key(|(id, _)| *id);
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.sorted = found;
+        inner.recent.clear();
+    }
+
+    /// Remembers commands just committed in journal record `seq`.
+    pub fn add(&self, seq: u32, commands: &[Committed]) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.recent.reserve(commands.len());
         for c in commands {
-            match m.get_mut(&c.command_id) {
-                Some((_, first, count)) if *count > 0 && c.count > 0 => {
-                    *count =
-                        u32::try_from(c.first.0 + u64::from(c.count) - *first).unwrap_or(u32::MAX);
-                }
-                _ => {
-                    m.insert(c.command_id, (c.fingerprint, c.first.0, c.count));
-                }
-            }
+            inner.recent.entry(c.command_id).or_insert(seq);
         }
     }
 
-    /// The record of a committed command.
-    pub fn get(&self, id: CommandId) -> Option<Committed> {
-        let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        m.get(&id).map(|(fingerprint, first, count)| Committed {
-            command_id: id,
-            fingerprint: *fingerprint,
-            first: Position(*first),
-            count: *count,
-        })
+    /// The number of the journal record holding `id`, if it was committed.
+    pub fn record_of(&self, id: CommandId) -> Option<u32> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(seq) = inner.recent.get(&id) {
+            return Some(*seq);
+        }
+        inner
+            .sorted
+            .binary_search_by(|(k, _)| k.cmp(id.as_bytes()))
+            .ok()
+            .map(|i| inner.sorted[i].1)
     }
 
     /// How many commands are remembered.
     pub fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.sorted.len() + inner.recent.len()
     }
 
     /// Whether none is.
@@ -195,22 +213,25 @@ mod tests {
     }
 
     #[test]
-    fn the_map_answers_records_and_an_import_extends_positions() {
-        let id = CommandId::new(uuid::Uuid::from_bytes([5; 16])).unwrap();
+    fn the_index_finds_commands_loaded_at_open_and_committed_since() {
+        let id = |n: u8| CommandId::new(uuid::Uuid::from_bytes([n; 16])).unwrap();
         let m = Commands::default();
-        assert!(m.get(id).is_none());
-        let part = |first, count| Committed {
-            command_id: id,
+        m.load(vec![
+            (*id(9).as_bytes(), 3),
+            (*id(2).as_bytes(), 1),
+            (*id(5).as_bytes(), 2),
+        ]);
+        let committed = |n: u8| Committed {
+            command_id: id(n),
             fingerprint: None,
-            first: Position(first),
-            count,
+            first: Position(1),
+            count: 0,
         };
-        m.add(&[part(10, 2)]);
-        m.add(&[part(12, 1)]);
-        assert_eq!(
-            m.get(id).unwrap().record().positions,
-            vec![Position(10), Position(11), Position(12)]
-        );
-        assert_eq!(m.len(), 1);
+        m.add(4, &[committed(7)]);
+        assert_eq!(m.record_of(id(2)), Some(1));
+        assert_eq!(m.record_of(id(9)), Some(3));
+        assert_eq!(m.record_of(id(7)), Some(4));
+        assert_eq!(m.record_of(id(8)), None);
+        assert_eq!(m.len(), 4);
     }
 }

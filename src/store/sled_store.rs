@@ -193,6 +193,8 @@ impl Drop for SledStore {
 /// A batch written by [`SledStore::write`] and waiting for [`SledStore::sync_written`].
 pub struct Written {
     events: usize,
+    /// The number of its first journal record.
+    first_seq: u64,
     journal: Vec<Committed>,
     index: Vec<(Position, Vec<EntityRef>)>,
     new_head: Head,
@@ -292,6 +294,15 @@ fn stored_hash(raw: &[u8], position: Position) -> Result<String, StoreError> {
             position: Some(position),
             message: format!("the stored event does not decode: {e}"),
         })
+}
+
+/// A journal record number as the in-memory command index keeps it (four billion records, at least one command each,
+/// before it would not fit).
+fn journal_number(seq: u64) -> Result<u32, StoreError> {
+    u32::try_from(seq).map_err(|_| StoreError::Corrupt {
+        position: None,
+        message: format!("journal record {seq} is beyond what the command index holds"),
+    })
 }
 
 /// Writes `ledger.json` with a format version, atomically (a temporary file renamed over it, both synced).
@@ -436,13 +447,20 @@ impl SledStore {
     /// Reads every journal record into the in-memory command map.
     fn load_journal(&self) -> Result<(), StoreError> {
         let mut next = 1;
+        let mut found = Vec::new();
         for item in self.aux.scan_prefix([journal::PREFIX]) {
             let (k, v) = item?;
             if let Some(seq) = journal::seq_of(&k) {
-                self.commands.add(&journal::decode(&v)?);
+                let record = journal_number(seq)?;
+                found.extend(
+                    journal::decode(&v)?
+                        .into_iter()
+                        .map(|c| (*c.command_id.as_bytes(), record)),
+                );
                 next = seq + 1;
             }
         }
+        self.commands.load(found);
         self.journal_seq.store(next, Ordering::SeqCst);
         Ok(())
     }
@@ -914,6 +932,7 @@ impl SledStore {
         *self.written.lock().unwrap_or_else(|e| e.into_inner()) = new_head.clone();
         Ok(Written {
             events: rows.len(),
+            first_seq,
             journal,
             index,
             new_head,
@@ -956,7 +975,9 @@ impl SledStore {
             self.appended.fetch_add(b.events as u64, Ordering::Relaxed);
             self.commands_committed
                 .fetch_add(b.journal.len() as u64, Ordering::Relaxed);
-            self.commands.add(&b.journal);
+            for (chunk, seq) in b.journal.chunks(journal::MAX_PER_RECORD).zip(b.first_seq..) {
+                self.commands.add(journal_number(seq)?, chunk);
+            }
             self.index.add(&b.index);
         }
         if self.index.tail_len() >= self.index_flush_positions {
@@ -1040,7 +1061,18 @@ impl EventStore for SledStore {
     }
 
     fn command(&self, id: CommandId) -> Result<Option<CommandRecord>, StoreError> {
-        Ok(self.commands.get(id).map(|c| c.record()))
+        let Some(seq) = self.commands.record_of(id) else {
+            return Ok(None);
+        };
+        let Some(v) = self.aux.get(journal::key(u64::from(seq)))? else {
+            return Err(StoreError::Corrupt {
+                position: None,
+                message: format!(
+                    "command {id} is indexed in journal record {seq}, which is missing"
+                ),
+            });
+        };
+        Ok(journal::find(&journal::decode(&v)?, id).map(|c| c.record()))
     }
 
     fn get(&self, position: Position) -> Result<Option<StoredEvent>, StoreError> {
