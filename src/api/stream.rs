@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -46,72 +45,112 @@ impl Filter {
     }
 }
 
-/// One item of a stream.
-pub enum Item {
-    Event {
-        position: Position,
-        event_type: String,
-        raw: Vec<u8>,
-    },
-    Heartbeat(Position),
+/// How a stream is framed on the wire.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Framing {
+    /// Server-Sent Events: `id`, `event` (the type) and `data` (the envelope) per event.
+    Sse,
+    /// One envelope per line; heartbeats as `{"heartbeat":{"position":n}}`.
+    Ndjson,
+}
+
+impl Framing {
+    fn event(self, out: &mut Vec<u8>, position: Position, event_type: &str, raw: &[u8]) {
+        match self {
+            Framing::Ndjson => {
+                out.extend_from_slice(raw);
+                out.push(b'\n');
+            }
+            Framing::Sse => {
+                out.extend_from_slice(
+                    format!("id: {position}\nevent: {event_type}\ndata: ").as_bytes(),
+                );
+                out.extend_from_slice(raw);
+                out.extend_from_slice(b"\n\n");
+            }
+        }
+    }
+
+    fn heartbeat(self, position: Position) -> Bytes {
+        Bytes::from(match self {
+            Framing::Ndjson => format!("{{\"heartbeat\":{{\"position\":{position}}}}}\n"),
+            Framing::Sse => {
+                format!("id: {position}\nevent: heartbeat\ndata: {{\"position\":{position}}}\n\n")
+            }
+        })
+    }
 }
 
 #[derive(Deserialize)]
-struct TypeOnly {
-    #[serde(rename = "type")]
-    event_type: String,
+struct TypeOnly<'a> {
+    #[serde(rename = "type", borrow)]
+    event_type: std::borrow::Cow<'a, str>,
 }
 
-/// The matching events after `after` up to and including `upto`.
-fn read_chunk(
+/// The most bytes framed in one piece of a stream: what a stalled client can hold in memory is a few of these.
+const PIECE_BYTES: usize = 256 * 1024;
+
+/// Frames the matching events after `after`, up to and including `upto`, stopping early once [`PIECE_BYTES`] are
+/// framed. Returns the bytes (possibly empty) and the last position scanned.
+fn read_piece(
     store: &dyn EventStore,
     filter: &Filter,
+    framing: Framing,
     after: Position,
     upto: Position,
-) -> Result<Vec<Item>, StoreError> {
+) -> Result<(Vec<u8>, Position), StoreError> {
     let entities = filter.entities();
-    let raws: Vec<(Position, Vec<u8>)> = if entities.is_empty() {
-        store
-            .read(after, Some(upto))
-            .map(|e| e.map(|e| (e.position, e.raw)))
-            .collect::<Result<_, _>>()?
-    } else {
-        let positions = crate::query::positions_about_all(store, &entities, after, Some(upto))?;
-        let mut out = Vec::with_capacity(positions.len());
-        for p in positions {
-            if let Some(e) = store.get(p)? {
-                out.push((p, e.raw));
-            }
+    let mut out = Vec::with_capacity(PIECE_BYTES + 4096);
+    let mut scanned = after;
+    let frame = |position: Position, raw: &[u8], out: &mut Vec<u8>| -> Result<(), StoreError> {
+        if filter.types.is_empty() && framing == Framing::Ndjson {
+            framing.event(out, position, "", raw);
+            return Ok(());
         }
-        out
-    };
-    let mut items = Vec::with_capacity(raws.len());
-    for (position, raw) in raws {
-        let t: TypeOnly = serde_json::from_slice(&raw).map_err(|e| StoreError::Codec {
+        let t: TypeOnly = serde_json::from_slice(raw).map_err(|e| StoreError::Codec {
             position,
             message: e.to_string(),
         })?;
-        if filter.types.is_empty() || filter.types.contains(&t.event_type) {
-            items.push(Item::Event {
-                position,
-                event_type: t.event_type,
-                raw,
-            });
+        if filter.types.is_empty() || filter.types.iter().any(|x| *x == t.event_type) {
+            framing.event(out, position, &t.event_type, raw);
         }
+        Ok(())
+    };
+    if entities.is_empty() {
+        for e in store.read(after, Some(upto)) {
+            let e = e?;
+            frame(e.position, &e.raw, &mut out)?;
+            scanned = e.position;
+            if out.len() >= PIECE_BYTES {
+                break;
+            }
+        }
+    } else {
+        for p in crate::query::positions_about_all(store, &entities, after, Some(upto))? {
+            if let Some(e) = store.get(p)? {
+                frame(p, &e.raw, &mut out)?;
+            }
+            scanned = p;
+            if out.len() >= PIECE_BYTES {
+                return Ok((out, scanned));
+            }
+        }
+        scanned = upto;
     }
-    Ok(items)
+    Ok((out, scanned))
 }
 
 /// Feeds `tx` from position `after` on, forever (until the client goes, the ledger closes or the server stops).
 pub async fn produce(
     ledger: Arc<Ledger>,
     filter: Filter,
+    framing: Framing,
     mut after: Position,
     heartbeat: Duration,
     mut stopping: tokio::sync::watch::Receiver<bool>,
-    tx: mpsc::Sender<Item>,
+    tx: mpsc::Sender<Bytes>,
 ) {
-    const CHUNK: u64 = 2048;
+    const CHUNK: u64 = 8192;
     let mut head_rx = ledger.watch_head();
     let mut last_sent = Instant::now();
     loop {
@@ -122,22 +161,22 @@ pub async fn produce(
         while after < head {
             let upto = Position((after.0 + CHUNK).min(head.0));
             let (l, f) = (Arc::clone(&ledger), filter.clone());
-            let items =
-                match tokio::task::spawn_blocking(move || read_chunk(l.store(), &f, after, upto))
-                    .await
-                {
-                    Ok(Ok(items)) => items,
-                    _ => return,
-                };
-            for item in items {
-                if tx.send(item).await.is_err() {
+            let piece = tokio::task::spawn_blocking(move || {
+                read_piece(l.store(), &f, framing, after, upto)
+            })
+            .await;
+            let Ok(Ok((bytes, scanned))) = piece else {
+                return;
+            };
+            if !bytes.is_empty() {
+                if tx.send(Bytes::from(bytes)).await.is_err() {
                     return;
                 }
                 last_sent = Instant::now();
             }
-            after = upto;
+            after = scanned;
             if last_sent.elapsed() >= heartbeat {
-                if tx.send(Item::Heartbeat(after)).await.is_err() {
+                if tx.send(framing.heartbeat(after)).await.is_err() {
                     return;
                 }
                 last_sent = Instant::now();
@@ -147,7 +186,7 @@ pub async fn produce(
         tokio::select! {
             changed = head_rx.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(wait) => {
-                if tx.send(Item::Heartbeat(after)).await.is_err() {
+                if tx.send(framing.heartbeat(after)).await.is_err() {
                     return;
                 }
                 last_sent = Instant::now();
@@ -166,12 +205,23 @@ impl Drop for Connected {
     }
 }
 
-/// Starts a stream and frames it as SSE or NDJSON (by `Accept`).
+/// Starts a stream and frames it as SSE or NDJSON (by `Accept`). The producer reads and frames pieces of up to
+/// [`PIECE_BYTES`]; at most four wait for the client, so a stalled client holds about a megabyte.
 pub fn respond(s: &AppState, headers: &HeaderMap, filter: Filter, after: Position) -> Response {
-    let (tx, rx) = mpsc::channel::<Item>(256);
+    let ndjson = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/x-ndjson"));
+    let framing = if ndjson {
+        Framing::Ndjson
+    } else {
+        Framing::Sse
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
     tokio::spawn(produce(
         Arc::clone(&s.ledger),
         filter,
+        framing,
         after,
         s.config.heartbeat,
         s.stopping.clone(),
@@ -179,48 +229,22 @@ pub fn respond(s: &AppState, headers: &HeaderMap, filter: Filter, after: Positio
     ));
     s.metrics.streams.fetch_add(1, Ordering::Relaxed);
     let guard = Connected(Arc::clone(&s.metrics));
-    let ndjson = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/x-ndjson"));
-    let items = ReceiverStream::new(rx);
-    if ndjson {
-        let body = items.map(move |item| {
-            let _keep = &guard;
-            let mut line = match item {
-                Item::Event { raw, .. } => raw,
-                Item::Heartbeat(p) => {
-                    format!("{{\"heartbeat\":{{\"position\":{p}}}}}").into_bytes()
-                }
-            };
-            line.push(b'\n');
-            Ok::<Bytes, Infallible>(Bytes::from(line))
-        });
-        (
-            [(header::CONTENT_TYPE, "application/x-ndjson")],
-            Body::from_stream(body),
-        )
-            .into_response()
-    } else {
-        let events = items.map(move |item| {
-            let _keep = &guard;
-            Ok::<SseEvent, Infallible>(match item {
-                Item::Event {
-                    position,
-                    event_type,
-                    raw,
-                } => SseEvent::default()
-                    .id(position.to_string())
-                    .event(event_type)
-                    .data(String::from_utf8_lossy(&raw)),
-                Item::Heartbeat(p) => SseEvent::default()
-                    .id(p.to_string())
-                    .event("heartbeat")
-                    .data(format!("{{\"position\":{p}}}")),
-            })
-        });
-        Sse::new(events).into_response()
-    }
+    let body = ReceiverStream::new(rx).map(move |piece| {
+        let _keep = &guard;
+        Ok::<Bytes, Infallible>(piece)
+    });
+    let content_type = match framing {
+        Framing::Ndjson => "application/x-ndjson",
+        Framing::Sse => "text/event-stream",
+    };
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]

@@ -176,3 +176,10 @@ pub fn memory(pid: u32) -> Option<(u64, u64)> {
     };
     Some((field("VmHWM:")?, field("VmRSS:")?))
 }
+
+/// The log's head position, from `/healthz`.
+pub async fn head(c: &mut Client) -> anyhow::Result<u64> {
+    let (_, body) = c.get("/healthz").await?;
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    v["head"].as_u64().context("/healthz gave no head")
+}

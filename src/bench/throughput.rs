@@ -202,11 +202,12 @@ pub fn over_http(
     let queue: Arc<Mutex<VecDeque<Vec<String>>>> =
         Arc::new(Mutex::new(stories.stories.iter().cloned().collect()));
     let setup = stories.setup.clone();
-    let (seconds, results) = runtime.block_on(async move {
+    let (seconds, results, head_before) = runtime.block_on(async move {
         let mut c = super::http::Client::connect(addr).await?;
         for line in &setup {
             c.command(line).await?;
         }
+        let head_before = super::http::head(&mut c).await?;
         let started = Instant::now();
         let tasks: Vec<_> = (0..clients)
             .map(|_| {
@@ -237,7 +238,7 @@ pub fn over_http(
         for t in tasks {
             out.push(t.await??);
         }
-        Ok::<_, anyhow::Error>((started.elapsed().as_secs_f64(), out))
+        Ok::<_, anyhow::Error>((started.elapsed().as_secs_f64(), out, head_before))
     })?;
     let mut all = Latencies::default();
     let (mut committed, mut refused) = (0, 0);
@@ -246,20 +247,19 @@ pub fn over_http(
         committed += c;
         refused += r;
     }
-    let metrics = runtime.block_on(async {
+    let (head_after, fsyncs) = runtime.block_on(async {
         let mut c = super::http::Client::connect(addr).await?;
-        c.get("/metrics").await
-    })?;
-    let text = String::from_utf8_lossy(&metrics.1).to_string();
-    let metric = |name: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(name))
+        let head = super::http::head(&mut c).await?;
+        let (_, metrics) = c.get("/metrics").await?;
+        let fsyncs: f64 = String::from_utf8_lossy(&metrics)
+            .lines()
+            .find(|l| l.starts_with("partner_ledger_fdatasyncs_total "))
             .and_then(|l| l.split_whitespace().last())
             .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
-    let events = metric("partner_ledger_head_position ") as u64;
-    let fsyncs = metric("partner_ledger_fdatasyncs_total ");
+            .unwrap_or(0.0);
+        Ok::<_, anyhow::Error>((head, fsyncs))
+    })?;
+    let events = head_after - head_before;
     server.stop()?;
     let commands = all.len();
     Ok(Run {

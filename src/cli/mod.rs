@@ -167,6 +167,25 @@ pub enum Command {
         /// The export file.
         file: String,
     },
+    /// Runs the benchmark suite (docs/performance.md): throughput against concurrency in process and over HTTP beside
+    /// raw sled baselines, then a large ledger's rebuild, open time, memory, views, streams and bytes on disk.
+    Bench {
+        /// A smoke run of every part with small sizes, in seconds (its figures mean nothing).
+        #[arg(long)]
+        quick: bool,
+        /// Write the report to this Markdown file, and its plot beside it (`.svg`).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Build the benchmark ledgers under this folder (default: the system's temporary folder).
+        #[arg(long, value_name = "DIR")]
+        work: Option<PathBuf>,
+        /// Commands generated into the large ledger.
+        #[arg(long)]
+        big: Option<usize>,
+        /// Commands per throughput run.
+        #[arg(long)]
+        commands: Option<usize>,
+    },
     /// Prints a realistic, deterministic workload of NDJSON commands (for trials and measurements).
     Generate {
         /// How many commands.
@@ -320,6 +339,32 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             audit::export(&store, Position(from), to.map(Position), format == "csv")
         }
         Command::Import { file } => audit::import(&cli.data, &file),
+        Command::Bench {
+            quick,
+            out,
+            work,
+            big,
+            commands,
+        } => {
+            let mut options = if quick {
+                crate::bench::Options::quick()
+            } else {
+                crate::bench::Options::full()
+            };
+            options.command = std::env::args()
+                .skip(1)
+                .fold("partner-ledger".to_string(), |acc, a| acc + " " + &a);
+            options.out = out;
+            options.work = work;
+            if let Some(b) = big {
+                options.big = b;
+            }
+            if let Some(c) = commands {
+                options.commands = c;
+            }
+            crate::bench::run(&options)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Generate { commands, seed } => {
             let stdout = std::io::stdout();
             let mut w = std::io::BufWriter::new(stdout.lock());
@@ -490,14 +535,24 @@ fn verify(dir: &std::path::Path, against: Option<&str>) -> anyhow::Result<ExitCo
             Some((Position(p), h.to_ascii_lowercase()))
         }
     };
-    let store = SledStore::open(
+    let store = match SledStore::open(
         dir,
         &StoreOptions {
             create: false,
             check_on_open: false,
             ..StoreOptions::default()
         },
-    )?;
+    ) {
+        Ok(s) => s,
+        Err(StoreError::Corrupt { position, message }) => {
+            match position {
+                Some(p) => println!("FAILED at position {p}: {message}"),
+                None => println!("FAILED: {message}"),
+            }
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let total = store.head().position.0;
     let bar = progress_bar(total, "verifying");
     let result = store.verify_all(|p| {

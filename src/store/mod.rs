@@ -3,7 +3,7 @@
 mod envelope;
 mod index;
 pub mod journal;
-mod segment;
+pub mod segment;
 mod sled_store;
 pub mod upcast;
 

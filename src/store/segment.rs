@@ -1,40 +1,106 @@
-//! The event log's layout in sled: envelopes packed a few at a time into segments.
+//! The event log's layout in sled: envelopes packed a few dozen at a time into compressed segments.
 //!
 //! One key per event made sled do most of its work per event: its leaves split every 16 keys and are rewritten and
 //! flushed whole, so a batch of a hundred small envelopes cost a hundred inserts and several node splits (measured in
 //! docs/performance.md). A segment is one sled value holding consecutive envelopes of one batch, each exactly as
 //! canonically stored, separated by a newline (canonical JSON never contains a raw newline: control characters in
-//! strings are escaped). Its key is the big-endian position of its first event, so the log is still ordered by
-//! position and "the segment holding position p" is the last key at or before p.
+//! strings are escaped), so the segment's content is itself NDJSON. Its key is the big-endian position of its first
+//! event, so the log is still ordered by position and "the segment holding position p" is the last key at or before p.
 //!
-//! A segment stays below [`SEGMENT_BYTES`]: sled writes a node as a separate blob file, which our `fdatasync` of
-//! `sled/db` does not cover (STORAGE.md), once the node is larger than a quarter of its 512 KiB log segment, and a
-//! leaf holds up to 17 values before it splits; 17 × 6 KiB stays below 128 KiB. An envelope larger than that still
-//! gets a segment of its own.
+//! The content is stored LZ4-compressed (about 2.5 to 3 times smaller: envelopes repeat their field names and ids),
+//! behind a byte `0x04`; a value that starts with `{` is uncompressed NDJSON, which readers accept too. Compression
+//! changes only how the bytes are kept: what a segment yields are the canonical envelopes the hash chain covers.
+//!
+//! A stored segment stays below [`MAX_STORED`] bytes: sled writes a node as a separate blob file, which our
+//! `fdatasync` of `sled/db` does not cover (STORAGE.md), once the node is larger than a quarter of its 512 KiB log
+//! segment, and a leaf holds up to 17 values before it splits; 17 × 7,000 bytes stays below 128 KiB. Segments are
+//! filled to [`RAW_TARGET`] bytes of envelopes before compression and split in two while they compress to more than
+//! that. An envelope that alone is larger still gets a segment of its own.
 
 use super::StoreError;
 use crate::domain::Position;
 
-/// The most bytes of envelopes one segment holds (unless a single envelope is larger).
-pub const SEGMENT_BYTES: usize = 6 * 1024;
+/// The most bytes of envelopes gathered into one segment before compression.
+pub const RAW_TARGET: usize = 16 * 1024;
+/// The most bytes one stored segment may take (unless a single envelope compresses to more).
+pub const MAX_STORED: usize = 7_000;
+/// The marker of LZ4-compressed content.
+const LZ4: u8 = 0x04;
+/// The largest content a segment may claim to decompress to (a damaged size must not allocate gigabytes).
+const MAX_CONTENT: usize = 64 * 1024 * 1024;
 
-/// Packs consecutive events (position and canonical bytes, ascending and contiguous) into segments.
+/// Compresses envelopes (contiguous, ascending) into one stored segment, or more when they compress to more than
+/// [`MAX_STORED`] bytes.
+fn store(events: &[(Position, Vec<u8>)], out: &mut Vec<([u8; 8], Vec<u8>)>) {
+    let Some((first, _)) = events.first() else {
+        return;
+    };
+    let mut content = Vec::with_capacity(RAW_TARGET + 1024);
+    for (i, (_, raw)) in events.iter().enumerate() {
+        if i > 0 {
+            content.push(b'\n');
+        }
+        content.extend_from_slice(raw);
+    }
+    let compressed = lz4_flex::compress(&content);
+    if 1 + 4 + compressed.len() > MAX_STORED && events.len() > 1 {
+        let (a, b) = events.split_at(events.len() / 2);
+        store(a, out);
+        store(b, out);
+        return;
+    }
+    let mut value = Vec::with_capacity(5 + compressed.len());
+    value.push(LZ4);
+    value.extend_from_slice(
+        &u32::try_from(content.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    value.extend_from_slice(&compressed);
+    out.push((first.to_key(), value));
+}
+
+/// Packs consecutive events (position and canonical bytes, ascending and contiguous) into stored segments.
 pub fn pack(events: &[(Position, Vec<u8>)]) -> Vec<([u8; 8], Vec<u8>)> {
     let mut out: Vec<([u8; 8], Vec<u8>)> = Vec::new();
-    for (position, raw) in events {
-        match out.last_mut() {
-            Some((_, value)) if value.len() + 1 + raw.len() <= SEGMENT_BYTES => {
-                value.push(b'\n');
-                value.extend_from_slice(raw);
-            }
-            _ => {
-                let mut value = Vec::with_capacity(SEGMENT_BYTES.max(raw.len()));
-                value.extend_from_slice(raw);
-                out.push((position.to_key(), value));
-            }
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, (_, raw)) in events.iter().enumerate() {
+        if i > start && bytes + 1 + raw.len() > RAW_TARGET {
+            store(&events[start..i], &mut out);
+            start = i;
+            bytes = 0;
         }
+        bytes += raw.len() + 1;
     }
+    store(&events[start..], &mut out);
     out
+}
+
+/// The NDJSON content of a stored segment: the envelopes, newline-separated.
+pub fn content(value: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, StoreError> {
+    let corrupt = |message: String| StoreError::Corrupt {
+        position: None,
+        message,
+    };
+    match value.first() {
+        Some(b'{') => Ok(std::borrow::Cow::Borrowed(value)),
+        Some(&LZ4) if value.len() >= 5 => {
+            let size = usize::try_from(u32::from_le_bytes(
+                value[1..5].try_into().unwrap_or_default(),
+            ))
+            .unwrap_or(usize::MAX);
+            if size > MAX_CONTENT {
+                return Err(corrupt(format!("a segment claims {size} bytes of content")));
+            }
+            lz4_flex::decompress(&value[5..], size)
+                .map(std::borrow::Cow::Owned)
+                .map_err(|e| corrupt(format!("a segment does not decompress: {e}")))
+        }
+        _ => Err(corrupt(
+            "a segment of the log is neither NDJSON nor compressed".into(),
+        )),
+    }
 }
 
 /// The events of one stored segment: each position with its bytes.
@@ -43,7 +109,14 @@ pub fn unpack(key: &[u8], value: &[u8]) -> Result<Vec<(Position, Vec<u8>)>, Stor
         position: None,
         message: "a key of the log is not a position".into(),
     })?;
-    Ok(value
+    let content = content(value).map_err(|e| match e {
+        StoreError::Corrupt { message, .. } => StoreError::Corrupt {
+            position: Some(first),
+            message,
+        },
+        other => other,
+    })?;
+    Ok(content
         .split(|b| *b == b'\n')
         .enumerate()
         .map(|(i, raw)| (Position(first.0 + i as u64), raw.to_vec()))
@@ -137,20 +210,64 @@ mod tests {
 
     #[test]
     fn packing_keeps_segments_small_and_unpacking_restores_every_event() {
-        let events: Vec<_> = (1..=40).map(|n| ev(n, 700)).collect();
+        let events: Vec<_> = (1..=200).map(|n| ev(n, 700)).collect();
         let segments = pack(&events);
         assert!(segments.len() > 1);
-        assert!(segments.iter().all(|(_, v)| v.len() <= SEGMENT_BYTES));
+        assert!(segments.iter().all(|(_, v)| v.len() <= MAX_STORED));
         let back: Vec<_> = segments
             .iter()
             .flat_map(|(k, v)| unpack(k, v).unwrap())
             .collect();
         assert_eq!(back, events);
-        let big = pack(&[ev(1, 100), ev(2, 10_000), ev(3, 100)]);
+        let big = pack(&[ev(1, 100), ev(2, 20_000), ev(3, 100)]);
         assert_eq!(
             big.len(),
             3,
             "an envelope larger than a segment gets its own"
+        );
+        // Content that does not compress is split until each piece fits.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let noise: Vec<_> = (1..=20u64)
+            .map(|n| {
+                let bytes = (0..700)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        // Anything but a newline, which never occurs inside an envelope.
+                        b'!' + u8::try_from(x % 90).unwrap_or(0)
+                    })
+                    .collect();
+                (Position(n), bytes)
+            })
+            .collect();
+        let pieces = pack(&noise);
+        assert!(pieces.len() > 2);
+        assert!(pieces.iter().all(|(_, v)| v.len() <= MAX_STORED));
+        let back: Vec<_> = pieces
+            .iter()
+            .flat_map(|(k, v)| unpack(k, v).unwrap())
+            .collect();
+        assert_eq!(back, noise);
+    }
+
+    #[test]
+    fn a_damaged_segment_is_reported_not_trusted() {
+        let (k, mut v) = pack(&[ev(1, 700), ev(2, 700)]).remove(0);
+        v[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(
+            unpack(&k, &v).is_err(),
+            "a huge claimed size is refused before allocating"
+        );
+        let (k, mut v) = pack(&[ev(1, 700), ev(2, 700)]).remove(0);
+        let n = v.len();
+        v.truncate(n - 3);
+        assert!(unpack(&k, &v).is_err());
+        assert!(unpack(&k, b"garbage").is_err());
+        assert_eq!(
+            unpack(&k, b"{\"a\":1}\n{\"b\":2}").unwrap().len(),
+            2,
+            "uncompressed NDJSON is read too"
         );
     }
 

@@ -371,10 +371,27 @@ impl SledStore {
                 ),
             });
         }
-        let db = sled::Config::new()
+        let db = match sled::Config::new()
             .path(dir.join(SLED_DIR))
             .cache_capacity(options.cache_bytes)
-            .open()?;
+            .open()
+        {
+            Ok(db) => db,
+            Err(sled::Error::Corruption { .. }) => {
+                let recorded = std::fs::read_to_string(dir.join(HEAD_FILE))
+                    .ok()
+                    .and_then(|t| t.split_whitespace().next().map(str::to_string))
+                    .map(|p| format!("; the HEAD file records {p} events"))
+                    .unwrap_or_default();
+                return Err(StoreError::Corrupt {
+                    position: None,
+                    message: format!(
+                        "sled cannot read its own files (they are damaged){recorded}: restore from a backup (docs/audit.md)"
+                    ),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
         let log = Log {
             tree: db.open_tree("log")?,
         };

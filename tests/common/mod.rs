@@ -69,9 +69,10 @@ pub fn mismatch(expected: &Value, actual: &Value, path: &str) -> Option<String> 
     }
 }
 
-/// Raw access to a stopped ledger's event log, for tests that play an attacker or a damaged disk. The log packs a few
-/// consecutive envelopes per sled key (`src/store/segment.rs`): the key is the first one's big-endian position and the
-/// envelopes are separated by newlines.
+/// Raw access to a stopped ledger's event log, for tests that play an attacker or a damaged disk. The log packs
+/// consecutive envelopes into compressed segments (`src/store/segment.rs`): the key is the first one's big-endian
+/// position and the content is the envelopes separated by newlines. Edited segments are written back uncompressed,
+/// which the ledger reads too.
 pub mod raw_log {
     use std::path::Path;
 
@@ -88,9 +89,10 @@ pub mod raw_log {
             .unwrap()
             .unwrap();
         let first = u64::from_be_bytes(k.as_ref().try_into().unwrap());
+        let content = partner_ledger::store::segment::content(&v).unwrap();
         (
             first,
-            v.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect(),
+            content.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect(),
         )
     }
 
@@ -103,6 +105,12 @@ pub mod raw_log {
         tree.insert(first.to_be_bytes(), events.join(&b'\n'))
             .unwrap();
         db.flush().unwrap();
+    }
+
+    /// The stored bytes of the segment that starts at `first`.
+    pub fn stored_segment(data: &Path, first: u64) -> Vec<u8> {
+        let (_db, tree) = open(data);
+        tree.get(first.to_be_bytes()).unwrap().unwrap().to_vec()
     }
 
     /// The stored envelope at `position`.
