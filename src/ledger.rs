@@ -341,9 +341,8 @@ impl Live {
         {
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
             for (_, at, event) in events {
+                touched.before(&state, event);
                 state.apply(*at, event);
-            }
-            for (_, _, event) in events {
                 touched.add(&state, event);
             }
             // Moved while the state is still locked, so a reader never pairs the new state with the old position.

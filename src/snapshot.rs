@@ -80,27 +80,26 @@ pub enum Unusable {
 
 /// Loads the snapshot if it belongs to `store`'s log: returns the state and the position it reflects.
 pub fn load(dir: &Path, store: &dyn EventStore) -> Result<(State, Position), Unusable> {
+    use std::io::Read;
     let path = dir.join(FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
+    let file = match File::open(&path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Unusable::Missing),
         Err(e) => return Err(Unusable::Rejected(format!("cannot read it: {e}"))),
     };
     let reject = |why: &str| Unusable::Rejected(why.to_string());
-    if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut header = [0u8; HEADER_LEN];
+    reader
+        .read_exact(&mut header)
+        .map_err(|_| reject("it is not a snapshot of this format"))?;
+    if &header[..8] != MAGIC {
         return Err(reject("it is not a snapshot of this format"));
     }
-    let position = Position::from_key(&bytes[8..16]).unwrap_or_default();
-    let hash = std::str::from_utf8(&bytes[16..80]).map_err(|_| reject("its hash is not text"))?;
-    let digest = &bytes[80..112];
-    let len = u64::from_be_bytes(bytes[112..120].try_into().unwrap_or_default());
-    let payload = &bytes[HEADER_LEN..];
-    if payload.len() as u64 != len {
-        return Err(reject("it is truncated"));
-    }
-    if Sha256::digest(payload).as_slice() != digest {
-        return Err(reject("its content does not match its checksum"));
-    }
+    let position = Position::from_key(&header[8..16]).unwrap_or_default();
+    let hash = std::str::from_utf8(&header[16..80]).map_err(|_| reject("its hash is not text"))?;
+    let digest: [u8; 32] = header[80..112].try_into().unwrap_or_default();
+    let len = u64::from_be_bytes(header[112..120].try_into().unwrap_or_default());
     match store.get(position) {
         Ok(Some(event)) => match event.envelope() {
             Ok(env) if env.hash == hash => {}
@@ -126,7 +125,20 @@ pub fn load(dir: &Path, store: &dyn EventStore) -> Result<(State, Position), Unu
             )))
         }
     }
-    let state: State = postcard::from_bytes(payload)
+    // Read whole: decoding from memory is several times faster than through a reader (measured on a 1M-event
+    // ledger's 82 MB snapshot), and the bytes are dropped before the state is cloned for the live model.
+    let mut payload = Vec::with_capacity(usize::try_from(len).unwrap_or(0).min(1 << 30));
+    reader
+        .take(len)
+        .read_to_end(&mut payload)
+        .map_err(|e| Unusable::Rejected(format!("cannot read it: {e}")))?;
+    if payload.len() as u64 != len {
+        return Err(reject("it is truncated"));
+    }
+    if Sha256::digest(&payload).as_slice() != digest {
+        return Err(reject("its content does not match its checksum"));
+    }
+    let state: State = postcard::from_bytes(&payload)
         .map_err(|e| Unusable::Rejected(format!("it does not decode: {e}")))?;
     Ok((state, position))
 }

@@ -27,34 +27,47 @@ pub struct Build {
     pub commands_per_s: f64,
 }
 
-/// Generates `commands` commands (with their business times) and executes them into a new ledger in `dir`.
-/// Returns the build and some customer ids to query.
+/// Generates `commands` commands and executes them into a new ledger in `dir`, then advances its clock to now, so the
+/// ledger is current when a server opens it. Business times are spread over the weeks before now (the generator steps
+/// about ten seconds a command). Returns the build and some customer ids to query.
 pub fn build(dir: &Path, commands: usize, seed: u64) -> anyhow::Result<(Build, Vec<CustomerId>)> {
-    let ledger = Ledger::open(LedgerConfig::new(dir))?;
-    let started = Instant::now();
-    let mut customers = Vec::new();
-    let mut pending = std::collections::VecDeque::new();
-    for line in generate(WorkloadSpec {
+    let ledger = Arc::new(Ledger::open(LedgerConfig::new(dir))?);
+    let now = crate::domain::Timestamp::from_datetime(chrono::Utc::now());
+    let span = i64::try_from(commands).unwrap_or(i64::MAX / 11) * 102 / 10;
+    let spec = WorkloadSpec {
         commands,
         seed,
-        ..WorkloadSpec::default()
-    }) {
-        let cmd = parse_line(&line).map_err(|e| anyhow::anyhow!("generated: {e}"))?;
-        if let crate::domain::command::Body::RegisterCustomer(b) = &cmd.body {
-            if customers.len() < 4096 {
-                customers.push(b.customer);
+        start: now.plus_seconds(-span),
+    };
+    let started = Instant::now();
+    // Generated and parsed on another thread, submitted without waiting, answered in order: what `exec` does.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<crate::ledger::Ticket>(16_384);
+    let submitter = Arc::clone(&ledger);
+    let producer = std::thread::spawn(move || -> anyhow::Result<Vec<CustomerId>> {
+        let mut customers = Vec::new();
+        for line in generate(spec) {
+            let cmd = parse_line(&line).map_err(|e| anyhow::anyhow!("generated: {e}"))?;
+            if let crate::domain::command::Body::RegisterCustomer(b) = &cmd.body {
+                if customers.len() < 4096 {
+                    customers.push(b.customer);
+                }
+            }
+            if tx.send(submitter.submit(cmd)).is_err() {
+                break;
             }
         }
-        pending.push_back(ledger.submit(cmd));
-        if pending.len() >= 16_384 {
-            if let Some(t) = pending.pop_front() {
-                t.wait();
-            }
-        }
-    }
-    for t in pending {
+        Ok(customers)
+    });
+    for t in rx {
         t.wait();
     }
+    let customers = producer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the generator panicked"))??;
+    let op =
+        r#"{"tenant":"00000000-0000-4000-8000-0000000000ff","user":"bench","role":"operator"}"#;
+    let tick = format!(r#"{{"type":"AdvanceClock","actor":{op},"to":"{now}"}}"#);
+    ledger.execute(parse_line(&tick).map_err(|e| anyhow::anyhow!("{e}"))?);
     let events = ledger.store().head().position.0;
     ledger.close();
     let seconds = started.elapsed().as_secs_f64();

@@ -217,19 +217,25 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
             let dir = work.join(format!("tp-{run_no}"));
             let st = if *n == 1 { &single } else { &stories };
             let (run, ledger) = throughput::in_process(&dir, st, *n)?;
+            let envelopes = if *n == 256 {
+                throughput::envelopes(ledger.store(), usize::MAX)?
+            } else {
+                Vec::new()
+            };
+            // The ledger (and sled with it) must be gone before its folder is: sled waits forever to flush into
+            // files that no longer exist.
+            ledger.close();
+            drop(ledger);
+            let _ = std::fs::remove_dir_all(&dir);
             if *n == 256 {
-                let envelopes = throughput::envelopes(ledger.store(), usize::MAX)?;
-                ledger.close();
-                drop(ledger);
                 step(&format!("round {}: raw sled baseline", round + 1));
-                let b = throughput::baseline(&work.join(format!("baseline-{run_no}")), &envelopes)?;
+                let bdir = work.join(format!("baseline-{run_no}"));
+                let b = throughput::baseline(&bdir, &envelopes)?;
+                let _ = std::fs::remove_dir_all(&bdir);
                 baselines.push(b.batch_events_per_s);
                 baseline_runs.push(b);
-            } else {
-                ledger.close();
             }
             by_concurrency[i].push(run);
-            let _ = std::fs::remove_dir_all(&dir);
         }
         for (i, n) in CONCURRENCY.iter().enumerate() {
             step(&format!("round {}: HTTP, {n} client(s)", round + 1));

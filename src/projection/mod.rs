@@ -15,7 +15,7 @@
 //! |---|---|---|
 //! | `customers` | `d` ‖ customer id | the customer's slice: its partners, relationships, admin relationships, subscriptions and plans |
 //! | `partners` | `d` ‖ partner id; `l` ‖ partner id ‖ block | the partner's profile; its customers in involvement order, 256 per block |
-//! | `expiring` | `e` ‖ end time ‖ admin relationship id; `a` ‖ id | an active admin relationship and when it ends; where its entry is |
+//! | `expiring` | `d` ‖ day | the active admin relationships whose recorded end falls on that UTC day, soonest first |
 
 use std::collections::HashSet;
 
@@ -48,10 +48,62 @@ pub struct Touched {
     /// (partner, customer) pairs an event named: the block of the partner's customer list that holds the customer
     /// may have changed.
     pub pairs: HashSet<(PartnerId, CustomerId)>,
-    pub admin: HashSet<AdminRelationshipId>,
+    /// UTC days (since 1970) whose list of ending admin relationships changed.
+    pub days: HashSet<u64>,
+    /// Every day: the expiring projection is rewritten whole (a rebuild, or catching up after a restart, when the
+    /// days the stored lists were written for are not known).
+    pub all_days: bool,
+}
+
+/// The UTC day an instant falls on, as days since 1970.
+fn day_of(t: Timestamp) -> u64 {
+    u64::try_from(t.datetime().timestamp().div_euclid(86_400)).unwrap_or(0)
+}
+
+/// The day an admin relationship is listed under in the expiring projection: its recorded end, while it is active.
+fn listed_day(state: &State, id: &AdminRelationshipId) -> Option<u64> {
+    let a = state.admin.get(id)?;
+    match (a.status, a.ends_at) {
+        (AdminStatus::Active, Some(ends_at)) => Some(day_of(ends_at)),
+        _ => None,
+    }
+}
+
+/// The admin relationship an event is about, if any.
+fn admin_of(event: &Event) -> Option<AdminRelationshipId> {
+    match event {
+        Event::DelegatedAdminRequested {
+            admin_relationship, ..
+        }
+        | Event::DelegatedAdminGranted {
+            admin_relationship, ..
+        }
+        | Event::DelegatedAdminExtended {
+            admin_relationship, ..
+        }
+        | Event::DelegatedAdminExpired {
+            admin_relationship, ..
+        }
+        | Event::DelegatedAdminTerminated {
+            admin_relationship, ..
+        }
+        | Event::DelegatedAdminRequestExpired {
+            admin_relationship, ..
+        } => Some(*admin_relationship),
+        _ => None,
+    }
 }
 
 impl Touched {
+    /// Records what applying `event` to `state` is about to change that only the state before it knows: the day an
+    /// admin relationship was listed under before the event moved or ended it. Call it before `State::apply`, and
+    /// [`Touched::add`] after.
+    pub fn before(&mut self, state: &State, event: &Event) {
+        if let Some(day) = admin_of(event).and_then(|id| listed_day(state, &id)) {
+            self.days.insert(day);
+        }
+    }
+
     /// Records what `event` changes, reading `state` (already including the event) for the cascades: a partner's
     /// name appears in its customers' documents, a customer's name in its expiring entries.
     pub fn add(&mut self, state: &State, event: &Event) {
@@ -75,44 +127,37 @@ impl Touched {
                 EntityRef::Partner(_) | EntityRef::Subscription(_) => {}
                 EntityRef::PartnerProfile(p) => {
                     self.partners.insert(p);
+                    // Its name is in its customers' documents and in its expiring entries.
                     for c in state.partner_customers.get(&p).into_iter().flatten() {
                         self.customers.insert(*c);
                         if let Some(customer) = state.customers.get(c) {
-                            self.admin
-                                .extend(customer.admin_relationships.iter().copied());
+                            self.days.extend(
+                                customer
+                                    .admin_relationships
+                                    .iter()
+                                    .filter(|id| {
+                                        state.admin.get(id).is_some_and(|a| a.partner == p)
+                                    })
+                                    .filter_map(|id| listed_day(state, id)),
+                            );
                         }
                     }
                 }
                 EntityRef::CustomerProfile(c) => {
+                    // Its company name is in its expiring entries.
                     if let Some(customer) = state.customers.get(&c) {
-                        self.admin
-                            .extend(customer.admin_relationships.iter().copied());
+                        self.days.extend(
+                            customer
+                                .admin_relationships
+                                .iter()
+                                .filter_map(|id| listed_day(state, id)),
+                        );
                     }
                 }
             }
         }
-        match event {
-            Event::DelegatedAdminRequested {
-                admin_relationship, ..
-            }
-            | Event::DelegatedAdminGranted {
-                admin_relationship, ..
-            }
-            | Event::DelegatedAdminExtended {
-                admin_relationship, ..
-            }
-            | Event::DelegatedAdminExpired {
-                admin_relationship, ..
-            }
-            | Event::DelegatedAdminTerminated {
-                admin_relationship, ..
-            }
-            | Event::DelegatedAdminRequestExpired {
-                admin_relationship, ..
-            } => {
-                self.admin.insert(*admin_relationship);
-            }
-            _ => {}
+        if let Some(day) = admin_of(event).and_then(|id| listed_day(state, &id)) {
+            self.days.insert(day);
         }
     }
 
@@ -121,7 +166,8 @@ impl Touched {
         self.customers.is_empty()
             && self.partners.is_empty()
             && self.pairs.is_empty()
-            && self.admin.is_empty()
+            && self.days.is_empty()
+            && !self.all_days
     }
 
     /// Every entity of the state, for a rebuild.
@@ -130,7 +176,8 @@ impl Touched {
             customers: state.customers.keys().copied().collect(),
             partners: state.partners.keys().copied().collect(),
             pairs: state.partner_customer_ordinal.keys().copied().collect(),
-            admin: state.admin.keys().copied().collect(),
+            days: HashSet::new(),
+            all_days: true,
         }
     }
 }
@@ -176,19 +223,10 @@ fn block_key(id: &[u8; 16], block: u64) -> Vec<u8> {
     k
 }
 
-fn expiring_key(ends_at: Timestamp, id: AdminRelationshipId) -> Vec<u8> {
-    let secs = u64::try_from(ends_at.datetime().timestamp()).unwrap_or(0);
-    let mut k = Vec::with_capacity(25);
-    k.push(b'e');
-    k.extend_from_slice(&secs.to_be_bytes());
-    k.extend_from_slice(id.as_bytes());
-    k
-}
-
-fn admin_key(id: AdminRelationshipId) -> Vec<u8> {
-    let mut k = Vec::with_capacity(17);
-    k.push(b'a');
-    k.extend_from_slice(id.as_bytes());
+fn day_key(day: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(b'd');
+    k.extend_from_slice(&day.to_be_bytes());
     k
 }
 
@@ -228,10 +266,6 @@ fn encode<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
 fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, StoreError> {
     postcard::from_bytes(bytes)
         .map_err(|e| corrupt(format!("a projection document does not decode: {e}")))
-}
-
-fn json<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).unwrap_or_default()
 }
 
 impl Projections {
@@ -366,19 +400,29 @@ impl Projections {
         touched: &Touched,
         checkpoint: &[u8; 8],
     ) -> Result<(), StoreError> {
-        let mut b = Writes::default();
-        for id in &touched.admin {
-            if let Some(old) = self.expiring.get(admin_key(*id))? {
-                b.remove(old.to_vec());
-                b.remove(admin_key(*id));
-            }
-            let Some(a) = state.admin.get(id) else {
-                continue;
-            };
+        if touched.days.is_empty() && !touched.all_days {
+            return Writes::default().apply(&self.expiring, checkpoint);
+        }
+        // One pass over the admin relationships gathers the lists of the days to write.
+        let mut lists: std::collections::BTreeMap<u64, Vec<ExpiringEntry>> = if touched.all_days {
+            Default::default()
+        } else {
+            touched.days.iter().map(|d| (*d, Vec::new())).collect()
+        };
+        for a in state.admin.values() {
             let (AdminStatus::Active, Some(ends_at)) = (a.status, a.ends_at) else {
                 continue;
             };
-            let entry = ExpiringEntry {
+            let day = day_of(ends_at);
+            let list = if touched.all_days {
+                lists.entry(day).or_default()
+            } else {
+                match lists.get_mut(&day) {
+                    Some(l) => l,
+                    None => continue,
+                }
+            };
+            list.push(ExpiringEntry {
                 admin_relationship: a.id,
                 name: a.name.clone(),
                 partner: a.partner,
@@ -396,10 +440,19 @@ impl Projections {
                 roles: a.roles.clone(),
                 ends_at,
                 auto_extend: a.auto_extend,
-            };
-            let key = expiring_key(ends_at, a.id);
-            b.insert(admin_key(a.id), key.clone());
-            b.insert(key, json(&entry));
+            });
+        }
+        if touched.all_days {
+            self.expiring.clear()?;
+        }
+        let mut b = Writes::default();
+        for (day, mut list) in lists {
+            if list.is_empty() {
+                b.remove(day_key(day));
+            } else {
+                list.sort_by_key(|e| (e.ends_at, e.admin_relationship));
+                b.insert(day_key(day), encode(&list));
+            }
         }
         b.apply(&self.expiring, checkpoint)
     }
@@ -415,7 +468,11 @@ impl Projections {
             self.clear(&NAMES)?;
             return self.update(state, &Touched::everything(state), head);
         }
-        let mut touched = Touched::default();
+        let mut touched = Touched {
+            // Which days the stored lists were written for is not known: rewrite them all (a few hundred keys).
+            all_days: true,
+            ..Touched::default()
+        };
         for item in store.read(from, None) {
             let (_, event) = item?.decode()?;
             touched.add(state, &event);
@@ -514,23 +571,20 @@ impl Projections {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Vec<ExpiringEntry>, StoreError> {
-        let start = expiring_key(
-            from,
-            AdminRelationshipId::new(uuid::Uuid::from_u128(1)).map_err(corrupt)?,
-        );
-        let mut end = expiring_key(
-            to,
-            AdminRelationshipId::new(uuid::Uuid::from_u128(u128::MAX)).map_err(corrupt)?,
-        );
-        end.push(0xff);
         let mut out = Vec::new();
-        for item in self.expiring.range(start..end) {
-            let (_, v) = item?;
-            let entry: ExpiringEntry =
-                serde_json::from_slice(&v).map_err(|e| corrupt(e.to_string()))?;
-            if entry.ends_at >= from && entry.ends_at <= to {
-                out.push(entry);
+        for item in self
+            .expiring
+            .range(day_key(day_of(from))..=day_key(day_of(to)))
+        {
+            let (k, v) = item?;
+            if k.as_ref() == CHECKPOINT {
+                continue;
             }
+            let list: Vec<ExpiringEntry> = decode(&v)?;
+            out.extend(
+                list.into_iter()
+                    .filter(|e| e.ends_at >= from && e.ends_at <= to),
+            );
         }
         Ok(out)
     }

@@ -123,6 +123,24 @@ fn projections_rebuilt_from_scratch_equal_incremental_ones_and_the_write_models_
             prop_assert_eq!(&query::subscription(store, *id, at_head).unwrap().map(|a| a.view), &from_model);
             prop_assert_eq!(&query::subscription_in(&ledger, *id, None).unwrap().map(|a| a.view), &from_model);
         }
+        // The expiring list equals the active admin relationships of the write model, soonest first.
+        let mut active: Vec<_> = state
+            .admin
+            .values()
+            .filter(|a| a.status == crate::domain::state::AdminStatus::Active)
+            .filter_map(|a| a.ends_at.map(|e| (e, a.id)))
+            .collect();
+        active.sort();
+        let listed: Vec<_> = projections
+            .expiring(
+                "2000-01-01T00:00:00Z".parse().unwrap(),
+                "2200-01-01T00:00:00Z".parse().unwrap(),
+            )
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.ends_at, e.admin_relationship))
+            .collect();
+        prop_assert_eq!(listed, active);
         projections.rebuild(store, &NAMES, |_| {}).unwrap();
         let rebuilt: Vec<_> = NAMES.iter().map(|n| projections.dump(n).unwrap()).collect();
         for (i, name) in NAMES.iter().enumerate() {

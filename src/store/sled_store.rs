@@ -70,7 +70,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             create: true,
-            cache_bytes: 128 * 1024 * 1024,
+            cache_bytes: 64 * 1024 * 1024,
             tail_check: 1024,
             check_on_open: true,
             index_flush_positions: 600_000,
