@@ -503,7 +503,7 @@ impl Ledger {
     /// Opens the ledger, rebuilds the write model (from its snapshot and the events after it) and starts the writer.
     pub fn open(config: LedgerConfig) -> Result<Ledger, OpenError> {
         let store = Arc::new(SledStore::open(&config.data_dir, &config.store)?);
-        let (state, _) = load_state(&config.data_dir, store.as_ref(), |_| {})?;
+        let (state, snapshot_at) = load_state(&config.data_dir, store.as_ref(), |_| {})?;
         let head = store.head();
         let projections = Arc::new(Projections::open(&store)?);
         projections.catch_up(store.as_ref(), &state)?;
@@ -530,11 +530,7 @@ impl Ledger {
             interval: config.projection_interval,
             snapshot_every: config.snapshot_every,
             snapshot_at_close: config.snapshot_at_close,
-            since_snapshot: head.position.0.saturating_sub(
-                crate::snapshot::covered(&config.data_dir)
-                    .unwrap_or_default()
-                    .0,
-            ),
+            since_snapshot: head.position.0.saturating_sub(snapshot_at.0),
         };
         let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<Written>(4);
         let committer = Committer {
@@ -898,6 +894,15 @@ struct Written {
     error: Option<String>,
 }
 
+/// Waits for the next item, then takes every other one already queued behind it (group commit). `None` once the
+/// sender is gone and the queue is empty.
+fn take_queued<T>(rx: &std::sync::mpsc::Receiver<T>) -> Option<Vec<T>> {
+    let first = rx.recv().ok()?;
+    let mut all = vec![first];
+    all.extend(rx.try_iter());
+    Some(all)
+}
+
 /// Writes decided batches into sled (one transaction for all that are queued) while the syncer makes the previous
 /// ones durable.
 struct Committer {
@@ -907,11 +912,7 @@ struct Committer {
 
 impl Committer {
     fn run(self, rx: std::sync::mpsc::Receiver<Decided>) {
-        while let Ok(first) = rx.recv() {
-            let mut batches = vec![first];
-            while let Ok(more) = rx.try_recv() {
-                batches.push(more);
-            }
+        while let Some(batches) = take_queued(&rx) {
             let written = self.write(batches);
             if self.sync.send(written).is_err() {
                 return;
@@ -984,11 +985,7 @@ struct Syncer {
 
 impl Syncer {
     fn run(self, rx: std::sync::mpsc::Receiver<Written>) {
-        while let Ok(first) = rx.recv() {
-            let mut groups = vec![first];
-            while let Ok(more) = rx.try_recv() {
-                groups.push(more);
-            }
+        while let Some(groups) = take_queued(&rx) {
             self.sync(groups);
         }
     }
