@@ -35,11 +35,7 @@ pub fn in_process(
     stories: &super::workload::Stories,
     submitters: usize,
 ) -> anyhow::Result<(Run, Arc<Ledger>)> {
-    let mut config = LedgerConfig::new(dir);
-    if let Ok(ms) = std::env::var("PROJ_MS") {
-        config.projection_interval = std::time::Duration::from_millis(ms.parse().unwrap_or(1000));
-    }
-    let ledger = Arc::new(Ledger::open(config)?);
+    let ledger = Arc::new(Ledger::open(LedgerConfig::new(dir))?);
     let tickets: Vec<_> = stories
         .setup
         .iter()
@@ -57,71 +53,84 @@ pub fn in_process(
         .worker_threads(2)
         .enable_all()
         .build()?;
-    if std::env::var("BENCH_MARK").is_ok() {
-        eprintln!("TIMED-START");
-    }
     let started = Instant::now();
-    let results: Vec<(Latencies, usize, usize)> = runtime.block_on(async {
+    let tally = runtime.block_on(async {
         let tasks: Vec<_> = (0..submitters)
             .map(|_| {
                 let (ledger, queue) = (Arc::clone(&ledger), Arc::clone(&queue));
                 tokio::spawn(async move {
-                    let mut lat = Latencies::default();
-                    let (mut committed, mut refused) = (0, 0);
-                    loop {
-                        let story = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-                        let Some(story) = story else { break };
+                    let mut tally = Tally::default();
+                    while let Some(story) = next_story(&queue) {
                         for line in story {
                             let Ok(cmd) = parse_line(&line) else { continue };
                             let t = Instant::now();
                             let outcome = ledger.submit_async(cmd).await.outcome().await;
-                            lat.push(t.elapsed());
-                            match outcome {
-                                Outcome::Committed { .. } => committed += 1,
-                                Outcome::Refused { .. } => refused += 1,
-                                Outcome::Unknown { .. } => {}
-                            }
+                            tally.count(
+                                t.elapsed(),
+                                matches!(outcome, Outcome::Committed { .. }),
+                                matches!(outcome, Outcome::Refused { .. }),
+                            );
                         }
                     }
-                    (lat, committed, refused)
+                    tally
                 })
             })
             .collect();
-        let mut out = Vec::new();
+        let mut all = Tally::default();
         for t in tasks {
-            if let Ok(r) = t.await {
-                out.push(r);
+            if let Ok(t) = t.await {
+                all.merge(t);
             }
         }
-        out
+        all
     });
     let seconds = started.elapsed().as_secs_f64();
-    let mut all = Latencies::default();
-    let (mut committed, mut refused) = (0, 0);
-    for (l, c, r) in results {
-        all.extend(l);
-        committed += c;
-        refused += r;
-    }
-    let after = ledger.stats();
     let events = ledger.store().head().position.0 - head_before.0;
-    let commands = all.len();
-    let fsyncs = after.fdatasyncs - before.fdatasyncs;
-    Ok((
+    let fsyncs = ledger.stats().fdatasyncs - before.fdatasyncs;
+    Ok((tally.run(submitters, events, seconds, fsyncs), ledger))
+}
+
+/// What concurrent submitters saw: each command's latency, and how many were committed or refused.
+#[derive(Default)]
+struct Tally {
+    latencies: Latencies,
+    committed: usize,
+    refused: usize,
+}
+
+impl Tally {
+    fn count(&mut self, latency: std::time::Duration, committed: bool, refused: bool) {
+        self.latencies.push(latency);
+        self.committed += usize::from(committed);
+        self.refused += usize::from(refused);
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.latencies.extend(other.latencies);
+        self.committed += other.committed;
+        self.refused += other.refused;
+    }
+
+    fn run(self, submitters: usize, events: u64, seconds: f64, fsyncs: u64) -> Run {
+        let commands = self.latencies.len();
         Run {
             submitters,
             commands,
-            committed,
-            refused,
+            committed: self.committed,
+            refused: self.refused,
             events,
             seconds,
             commands_per_s: commands as f64 / seconds,
             events_per_s: events as f64 / seconds,
-            latency: all.summary(),
-            commands_per_fdatasync: committed as f64 / fsyncs.max(1) as f64,
-        },
-        ledger,
-    ))
+            latency: self.latencies.summary(),
+            commands_per_fdatasync: self.committed as f64 / fsyncs.max(1) as f64,
+        }
+    }
+}
+
+/// The next customer story for a submitter, in generation order.
+fn next_story(queue: &Mutex<VecDeque<Vec<String>>>) -> Option<Vec<String>> {
+    queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
 }
 
 /// Raw sled, no ledger: the same envelope bytes written the simplest durable way.
@@ -202,7 +211,7 @@ pub fn over_http(
     let queue: Arc<Mutex<VecDeque<Vec<String>>>> =
         Arc::new(Mutex::new(stories.stories.iter().cloned().collect()));
     let setup = stories.setup.clone();
-    let (seconds, results, head_before) = runtime.block_on(async move {
+    let (seconds, tally, head_before) = runtime.block_on(async move {
         let mut c = super::http::Client::connect(addr).await?;
         for line in &setup {
             c.command(line).await?;
@@ -214,64 +223,37 @@ pub fn over_http(
                 let queue = Arc::clone(&queue);
                 tokio::spawn(async move {
                     let mut c = super::http::Client::connect(addr).await?;
-                    let mut lat = Latencies::default();
-                    let (mut committed, mut refused) = (0, 0);
-                    loop {
-                        let story = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-                        let Some(story) = story else { break };
+                    let mut tally = Tally::default();
+                    while let Some(story) = next_story(&queue) {
                         for line in story {
                             let t = Instant::now();
                             let (status, _) = c.command(&line).await?;
-                            lat.push(t.elapsed());
-                            match status {
-                                200 => committed += 1,
-                                422 => refused += 1,
-                                _ => {}
-                            }
+                            tally.count(t.elapsed(), status == 200, status == 422);
                         }
                     }
-                    Ok::<_, anyhow::Error>((lat, committed, refused))
+                    Ok::<_, anyhow::Error>(tally)
                 })
             })
             .collect();
-        let mut out = Vec::new();
+        let mut all = Tally::default();
         for t in tasks {
-            out.push(t.await??);
+            all.merge(t.await??);
         }
-        Ok::<_, anyhow::Error>((started.elapsed().as_secs_f64(), out, head_before))
+        Ok::<_, anyhow::Error>((started.elapsed().as_secs_f64(), all, head_before))
     })?;
-    let mut all = Latencies::default();
-    let (mut committed, mut refused) = (0, 0);
-    for (l, c, r) in results {
-        all.extend(l);
-        committed += c;
-        refused += r;
-    }
     let (head_after, fsyncs) = runtime.block_on(async {
         let mut c = super::http::Client::connect(addr).await?;
         let head = super::http::head(&mut c).await?;
         let (_, metrics) = c.get("/metrics").await?;
-        let fsyncs: f64 = String::from_utf8_lossy(&metrics)
+        let fsyncs: u64 = String::from_utf8_lossy(&metrics)
             .lines()
             .find(|l| l.starts_with("partner_ledger_fdatasyncs_total "))
             .and_then(|l| l.split_whitespace().last())
             .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
+            .unwrap_or(0);
         Ok::<_, anyhow::Error>((head, fsyncs))
     })?;
     let events = head_after - head_before;
     server.stop()?;
-    let commands = all.len();
-    Ok(Run {
-        submitters: clients,
-        commands,
-        committed,
-        refused,
-        events,
-        seconds,
-        commands_per_s: commands as f64 / seconds,
-        events_per_s: events as f64 / seconds,
-        latency: all.summary(),
-        commands_per_fdatasync: committed as f64 / fsyncs.max(1.0),
-    })
+    Ok(tally.run(clients, events, seconds, fsyncs))
 }
