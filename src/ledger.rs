@@ -353,72 +353,22 @@ impl Live {
 }
 
 /// Folds the log after `after` into `state`.
-///
-/// Three threads share the work in a pipeline, in chunks of events: one reads the stored bytes, one decodes them, and
-/// this one applies them in order. Reading and decoding each cost more than applying, so on two cores the fold runs
-/// at about the speed of the slower of them rather than of all three together.
 pub fn replay_onto(
     store: &dyn EventStore,
     mut state: State,
     after: Position,
     mut progress: impl FnMut(Position),
 ) -> Result<State, OpenError> {
-    const CHUNK: usize = 2048;
-    type Raw = Result<Vec<crate::store::StoredEvent>, OpenError>;
-    type Decoded = Result<Vec<(Position, Timestamp, Event)>, OpenError>;
-    std::thread::scope(|scope| {
-        let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<Raw>(4);
-        let (dec_tx, dec_rx) = std::sync::mpsc::sync_channel::<Decoded>(4);
-        scope.spawn(move || {
-            let mut chunk = Vec::with_capacity(CHUNK);
-            for item in store.read(after, None) {
-                match item {
-                    Ok(e) => chunk.push(e),
-                    Err(e) => {
-                        let _ = raw_tx.send(Err(e.into()));
-                        return;
-                    }
-                }
-                if chunk.len() == CHUNK
-                    && raw_tx
-                        .send(Ok(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK))))
-                        .is_err()
-                {
-                    return;
-                }
-            }
-            let _ = raw_tx.send(Ok(chunk));
-        });
-        scope.spawn(move || {
-            for raw in raw_rx {
-                let decoded = raw.and_then(|events| {
-                    events
-                        .into_iter()
-                        .map(|stored| {
-                            stored
-                                .decode()
-                                .map(|(at, event)| (stored.position, at, event))
-                                .map_err(|e| OpenError::Replay {
-                                    position: stored.position,
-                                    message: e.to_string(),
-                                })
-                        })
-                        .collect()
-                });
-                let failed = decoded.is_err();
-                if dec_tx.send(decoded).is_err() || failed {
-                    return;
-                }
-            }
-        });
-        for chunk in dec_rx {
-            for (position, at, event) in chunk? {
-                state.apply(at, &event);
-                progress(position);
-            }
-        }
-        Ok(state)
-    })
+    for item in store.read(after, None) {
+        let stored = item?;
+        let (at, event) = stored.decode().map_err(|e| OpenError::Replay {
+            position: stored.position,
+            message: e.to_string(),
+        })?;
+        state.apply(at, &event);
+        progress(stored.position);
+    }
+    Ok(state)
 }
 
 /// The write model at the head: from the snapshot when it belongs to this log, plus the events after it; otherwise
