@@ -4,6 +4,7 @@
 //! [`ledger`] is the single writer that sequences commands with group commit; [`query`] answers reads from the
 //! log's indexes; [`cli`] is a thin adapter.
 
+pub mod access;
 pub mod api;
 pub mod audit;
 pub mod bench;

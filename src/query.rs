@@ -365,6 +365,19 @@ pub struct HistoryLine {
     pub data: serde_json::Value,
 }
 
+impl From<crate::store::Envelope> for HistoryLine {
+    fn from(env: crate::store::Envelope) -> HistoryLine {
+        HistoryLine {
+            position: env.position,
+            at: env.at,
+            recorded_at: env.recorded_at,
+            actor: env.actor,
+            event_type: env.event_type,
+            data: env.data,
+        }
+    }
+}
+
 /// An entity's events after `from` up to and including `to`, oldest first.
 pub fn history(
     store: &dyn EventStore,
@@ -378,15 +391,7 @@ pub fn history(
             break;
         }
         if let Some(stored) = store.get(p)? {
-            let env = stored.envelope()?;
-            out.push(HistoryLine {
-                position: env.position,
-                at: env.at,
-                recorded_at: env.recorded_at,
-                actor: env.actor,
-                event_type: env.event_type,
-                data: env.data,
-            });
+            out.push(HistoryLine::from(stored.envelope()?));
         }
     }
     Ok(out)

@@ -223,7 +223,7 @@ pub async fn events(
                 Ok(p) => p.max(c.checkpoint),
                 Err(r) => return *r,
             };
-            respond(&s, &headers, c.filter, after)
+            respond(&s, &headers, c.filter, crate::access::Scope::All, after)
         }
         Ok(None) => error(
             StatusCode::NOT_FOUND,

@@ -4,6 +4,7 @@
 //! run the real server on `127.0.0.1:0`. Streams never hold the writer up: they follow the head through a `watch`
 //! channel and read the log themselves, so a slow or stalled client only delays itself.
 
+pub mod auth;
 mod consumers;
 mod openapi;
 mod stream;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -23,8 +24,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use crate::access::Principal;
 use crate::domain::command::MAX_COMMAND_BYTES;
-use crate::domain::{parse_line, CustomerId, EntityRef, PartnerId, SubscriptionId};
+use crate::domain::{parse_line, parse_line_as, CustomerId, EntityRef, PartnerId, SubscriptionId};
 use crate::ledger::{Ledger, Outcome};
 use crate::query::{self, AsOfSpec};
 use crate::store::EventStore;
@@ -75,6 +77,8 @@ pub struct AppState {
     pub config: ServeConfig,
     /// Turns true when the server shuts down, so open streams end and graceful shutdown can finish.
     pub stopping: watch::Receiver<bool>,
+    /// How callers are authenticated (local mode unless [`AppState::with_auth`]).
+    pub auth: Arc<auth::Auth>,
 }
 
 impl AppState {
@@ -90,16 +94,89 @@ impl AppState {
             metrics: Arc::new(ApiMetrics::default()),
             config,
             stopping,
+            auth: Arc::new(auth::Auth::local()),
         })
+    }
+
+    /// The same state, authenticating callers with `auth`.
+    pub fn with_auth(mut self, auth: Arc<auth::Auth>) -> AppState {
+        self.auth = auth;
+        self
+    }
+}
+
+/// Route gate: only principals for whom `allowed` holds pass; the rest get 403 (logged and counted).
+async fn gate(
+    s: AppState,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+    allowed: fn(&Principal, &axum::http::Method) -> bool,
+    what: &'static str,
+) -> Response {
+    let Some(p) = req.extensions().get::<Principal>().cloned() else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "no principal",
+        );
+    };
+    if allowed(&p, req.method()) {
+        return next.run(req).await;
+    }
+    let route = req.uri().path().to_string();
+    s.auth.deny(
+        &p.label(),
+        &route,
+        auth::forbidden("not_allowed", format!("{} may not {what}", p.label())),
+    )
+}
+
+async fn operations_gate(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    gate(
+        s,
+        req,
+        next,
+        operations,
+        "operate the ledger (metrics, consumers)",
+    )
+    .await
+}
+
+/// Operators, `system` and auditors read the ledger's operations (metrics, consumers); only operators and `system`
+/// change consumers.
+fn operations(p: &Principal, method: &axum::http::Method) -> bool {
+    let reads = p.reads_everything();
+    let writes =
+        p.is_operator() || p.kind == crate::access::Kind::Role(crate::domain::Role::System);
+    if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
+        reads
+    } else {
+        writes
     }
 }
 
 /// The routes (docs/api.md).
 pub fn router(state: AppState) -> Router {
+    use axum::middleware::from_fn_with_state;
     let limit = state.config.body_limit;
+    let operations_routes = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/v1/consumers", get(consumers::list))
+        .route(
+            "/v1/consumers/{name}",
+            put(consumers::create)
+                .get(consumers::show)
+                .delete(consumers::remove),
+        )
+        .route("/v1/consumers/{name}/events", get(consumers::events))
+        .route("/v1/consumers/{name}/ack", post(consumers::ack))
+        .route_layer(from_fn_with_state(state.clone(), operations_gate));
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
         .route(
             "/v1/openapi.json",
             get(|| async { Json(openapi::document()) }),
@@ -110,15 +187,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/partners/{id}", get(get_partner))
         .route("/v1/subscriptions/{id}", get(get_subscription))
         .route("/v1/events", get(stream::events))
-        .route("/v1/consumers", get(consumers::list))
-        .route(
-            "/v1/consumers/{name}",
-            put(consumers::create)
-                .get(consumers::show)
-                .delete(consumers::remove),
-        )
-        .route("/v1/consumers/{name}/events", get(consumers::events))
-        .route("/v1/consumers/{name}/ack", post(consumers::ack))
+        .merge(operations_routes)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -188,6 +261,11 @@ async fn healthz(State(s): State<AppState>) -> Json<Value> {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
+    let t = metrics_text(&s);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], t).into_response()
+}
+
+fn metrics_text(s: &AppState) -> String {
     use std::fmt::Write;
     let st = s.ledger.stats();
     let h = s.ledger.histograms();
@@ -229,7 +307,14 @@ async fn metrics(State(s): State<AppState>) -> Response {
     let _ = writeln!(t, "partner_ledger_commit_batch_size_bucket{{le=\"+Inf\"}} {batches}\npartner_ledger_commit_batch_size_sum {}\npartner_ledger_commit_batch_size_count {batches}", st.committed);
     let _ = writeln!(t, "# HELP partner_ledger_stream_consumers Event streams connected.\n# TYPE partner_ledger_stream_consumers gauge\npartner_ledger_stream_consumers {}", s.metrics.streams.load(Ordering::Relaxed));
     let _ = writeln!(t, "# HELP partner_ledger_head_position The last position of the log.\n# TYPE partner_ledger_head_position gauge\npartner_ledger_head_position {}", s.ledger.store().head().position);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], t).into_response()
+    let _ = writeln!(t, "# HELP partner_ledger_denied_requests_total Requests refused by authentication (401) or authorisation (403).\n# TYPE partner_ledger_denied_requests_total counter");
+    for ((status, reason), n) in s.auth.denied_counts() {
+        let _ = writeln!(
+            t,
+            "partner_ledger_denied_requests_total{{status=\"{status}\",reason=\"{reason}\"}} {n}"
+        );
+    }
+    t
 }
 
 fn outcome_response(o: &Outcome) -> Response {
@@ -250,8 +335,98 @@ fn media_type(headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
+/// A command line as read: a command, or why it is not one.
+enum Parsed {
+    Invalid(usize, String),
+    Command(crate::domain::Submitted),
+}
+
+/// Reads the lines of an NDJSON body (numbered from 1; blank and `#` lines skipped).
+fn parse_ndjson(body: &[u8], actor: Option<&crate::domain::Actor>) -> Vec<Parsed> {
+    let mut out = Vec::new();
+    for (i, line) in body.split(|b| *b == b'\n').enumerate() {
+        let n = i + 1;
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.len() > MAX_COMMAND_BYTES {
+            out.push(Parsed::Invalid(
+                n,
+                format!(
+                    "the command is {} bytes; at most {MAX_COMMAND_BYTES} bytes are accepted (R38)",
+                    line.len()
+                ),
+            ));
+            continue;
+        }
+        let Ok(text) = std::str::from_utf8(line) else {
+            out.push(Parsed::Invalid(n, "the line is not valid UTF-8".into()));
+            continue;
+        };
+        let text = text.trim();
+        if text.is_empty() || text.starts_with('#') {
+            continue;
+        }
+        out.push(match parse_line_as(text, actor) {
+            Ok(cmd) => Parsed::Command(cmd),
+            Err(e) => Parsed::Invalid(n, e.0),
+        });
+    }
+    out
+}
+
+/// Authorises every command of a request before any is submitted (docs/security.md): one denied line denies the
+/// whole request, so nothing of it is appended.
+fn authorise(
+    s: &AppState,
+    who: &Principal,
+    commands: &[(usize, &crate::domain::Submitted)],
+) -> Result<(), Rejection> {
+    if commands.is_empty() || who.kind == crate::access::Kind::Local {
+        return Ok(());
+    }
+    let denied = s.ledger.live().read(|st, _| {
+        commands
+            .iter()
+            .find_map(|(n, c)| who.may_submit(st, c).err().map(|e| (*n, e)))
+    });
+    match denied {
+        None => Ok(()),
+        Some((n, reason)) => {
+            let reason_code = if reason.starts_with("the command's actor") {
+                "actor_mismatch"
+            } else if reason.starts_with("auditors") {
+                "read_only"
+            } else {
+                "not_your_tenant"
+            };
+            let message = if commands.len() > 1 || n > 1 {
+                format!("line {n}: {reason}; nothing of this request was submitted")
+            } else {
+                reason
+            };
+            Err(Box::new(s.auth.deny(
+                &who.label(),
+                "/v1/commands",
+                auth::forbidden(reason_code, message),
+            )))
+        }
+    }
+}
+
 /// `POST /v1/commands`: one JSON command, or NDJSON (one outcome line per input line).
-async fn post_commands(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn post_commands(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if who.kind == crate::access::Kind::Auditor {
+        return s.auth.deny(
+            &who.label(),
+            "/v1/commands",
+            auth::forbidden("read_only", "auditors read; they issue no commands"),
+        );
+    }
+    let actor = who.actor();
     match media_type(&headers).as_str() {
         "application/json" => {
             let Ok(text) = std::str::from_utf8(&body) else {
@@ -262,7 +437,7 @@ async fn post_commands(State(s): State<AppState>, headers: HeaderMap, body: Byte
                     "the body is not valid UTF-8",
                 );
             };
-            match parse_line(text.trim()) {
+            match parse_line_as(text.trim(), actor.as_ref()) {
                 Err(e) => {
                     s.metrics.invalid.fetch_add(1, Ordering::Relaxed);
                     (
@@ -271,34 +446,38 @@ async fn post_commands(State(s): State<AppState>, headers: HeaderMap, body: Byte
                     )
                         .into_response()
                 }
-                Ok(cmd) => outcome_response(&s.ledger.submit_async(cmd).await.outcome().await),
+                Ok(cmd) => {
+                    if let Err(r) = authorise(&s, &who, &[(1, &cmd)]) {
+                        return *r;
+                    }
+                    outcome_response(&s.ledger.submit_async(cmd).await.outcome().await)
+                }
             }
         }
         "application/x-ndjson" => {
+            let parsed = parse_ndjson(&body, actor.as_ref());
+            let commands: Vec<(usize, &crate::domain::Submitted)> = parsed
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| match p {
+                    Parsed::Command(c) => Some((i + 1, c)),
+                    Parsed::Invalid(..) => None,
+                })
+                .collect();
+            if let Err(r) = authorise(&s, &who, &commands) {
+                return *r;
+            }
+            drop(commands);
             enum Pending {
                 Invalid(usize, String),
                 Ticket(crate::ledger::Ticket),
             }
-            let mut pending = Vec::new();
-            for (i, line) in body.split(|b| *b == b'\n').enumerate() {
-                let n = i + 1;
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                if line.len() > MAX_COMMAND_BYTES {
-                    pending.push(Pending::Invalid(n, format!("the command is {} bytes; at most {MAX_COMMAND_BYTES} bytes are accepted (R38)", line.len())));
-                    continue;
-                }
-                let Ok(text) = std::str::from_utf8(line) else {
-                    pending.push(Pending::Invalid(n, "the line is not valid UTF-8".into()));
-                    continue;
-                };
-                let text = text.trim();
-                if text.is_empty() || text.starts_with('#') {
-                    continue;
-                }
-                match parse_line(text) {
-                    Ok(cmd) => pending.push(Pending::Ticket(s.ledger.submit_async(cmd).await)),
-                    Err(e) => pending.push(Pending::Invalid(n, e.0)),
-                }
+            let mut pending = Vec::with_capacity(parsed.len());
+            for p in parsed {
+                pending.push(match p {
+                    Parsed::Invalid(n, m) => Pending::Invalid(n, m),
+                    Parsed::Command(cmd) => Pending::Ticket(s.ledger.submit_async(cmd).await),
+                });
             }
             let mut out = Vec::with_capacity(pending.len() * 96);
             for p in pending {
@@ -384,6 +563,7 @@ async fn view<V: serde::Serialize + Send + 'static>(
 
 async fn get_customer(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     Query(q): Query<AsOfParam>,
 ) -> Response {
@@ -391,14 +571,23 @@ async fn get_customer(
         (Ok(i), Ok(a)) => (i, a),
         (Err(r), _) | (_, Err(r)) => return *r,
     };
+    let scope = who.scope();
     view(&s, format!("customer {id}"), move |st| {
-        Ok(query::customer_in(st, id, as_of)?.map(|a| a.view))
+        if !st.live().read(|state, _| scope.sees_customer(state, id)) {
+            return Ok(None);
+        }
+        Ok(query::customer_in(st, id, as_of)?.map(|a| {
+            let mut v = a.view;
+            scope.confine_customer_view(&mut v);
+            v
+        }))
     })
     .await
 }
 
 async fn get_partner(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     Query(q): Query<AsOfParam>,
 ) -> Response {
@@ -406,7 +595,11 @@ async fn get_partner(
         (Ok(i), Ok(a)) => (i, a),
         (Err(r), _) | (_, Err(r)) => return *r,
     };
+    let scope = who.scope();
     view(&s, format!("partner {id}"), move |st| {
+        if !scope.sees_partner(id) {
+            return Ok(None);
+        }
         Ok(query::partner_in(st, id, as_of)?.map(|a| a.view))
     })
     .await
@@ -414,6 +607,7 @@ async fn get_partner(
 
 async fn get_subscription(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     Query(q): Query<AsOfParam>,
 ) -> Response {
@@ -424,7 +618,14 @@ async fn get_subscription(
         (Ok(i), Ok(a)) => (i, a),
         (Err(r), _) | (_, Err(r)) => return *r,
     };
+    let scope = who.scope();
     view(&s, format!("subscription {id}"), move |st| {
+        if !st
+            .live()
+            .read(|state, _| scope.sees_subscription(state, id))
+        {
+            return Ok(None);
+        }
         Ok(query::subscription_in(st, id, as_of)?.map(|a| a.view))
     })
     .await
@@ -438,6 +639,7 @@ struct HistoryParams {
 
 async fn get_customer_history(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     Query(q): Query<HistoryParams>,
 ) -> Response {
@@ -445,16 +647,35 @@ async fn get_customer_history(
         Ok(i) => i,
         Err(r) => return *r,
     };
+    let scope = who.scope();
     view(&s, format!("customer {id}"), move |ledger| {
         let entity = EntityRef::Customer(id);
-        let events = query::history(ledger.store(), entity, crate::domain::Position(0), None)?;
+        if !ledger.live().read(|st, _| scope.sees_customer(st, id)) {
+            return Ok(None);
+        }
+        let mut events = Vec::new();
+        for p in ledger
+            .store()
+            .history(&entity, crate::domain::Position(0))?
+        {
+            let Some(stored) = ledger.store().get(p)? else {
+                continue;
+            };
+            if ledger
+                .live()
+                .read(|st, _| scope.sees_event(st, &stored.raw))
+            {
+                events.push(query::HistoryLine::from(stored.envelope()?));
+            }
+        }
         if events.is_empty() {
             return Ok(None);
         }
         let mut out = json!({"customer": id, "events": events});
         if q.include_refusals {
-            out["refusals"] =
-                serde_json::to_value(ledger.refusals().of(&entity)?).unwrap_or(Value::Null);
+            let mut refusals = ledger.refusals().of(&entity)?;
+            refusals.retain(|r| scope.sees_actor(&r.actor));
+            out["refusals"] = serde_json::to_value(refusals).unwrap_or(Value::Null);
         }
         Ok(Some(out))
     })

@@ -39,7 +39,9 @@ pub fn document() -> Value {
     json!({
         "openapi": "3.0.3",
         "info": {"title": "partner-ledger", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "An event-sourced ledger of CSP partner relationships. See docs/api.md."},
+                 "description": "An event-sourced ledger of CSP partner relationships. See docs/api.md. With a tokens file every request needs a bearer token (401 without one, 403 when not allowed; docs/security.md); in local mode none."},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}, {}],
         "paths": {
             "/healthz": {"get": {"summary": "Liveness and head position", "responses": {"200": {"description": "ok"}}}},
             "/metrics": {"get": {"summary": "Prometheus text metrics", "responses": {"200": {"description": "metrics", "content": {"text/plain": {}}}}}},

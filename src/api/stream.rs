@@ -20,9 +20,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{reject, AppState, Rejection};
+use crate::access::{Principal, Scope};
 use crate::domain::{CustomerId, EntityRef, PartnerId, Position};
 use crate::ledger::Ledger;
 use crate::store::{EventStore, StoreError};
+use axum::Extension;
 
 /// Which events a stream carries.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +36,9 @@ pub struct Filter {
     /// Event types; empty means all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub types: Vec<String>,
+    /// What the caller may see (set per request from its principal; never stored).
+    #[serde(skip)]
+    pub scope: Scope,
 }
 
 impl Filter {
@@ -93,16 +98,21 @@ const PIECE_BYTES: usize = 256 * 1024;
 /// Frames the matching events after `after`, up to and including `upto`, stopping early once [`PIECE_BYTES`] are
 /// framed. Returns the bytes (possibly empty) and the last position scanned.
 fn read_piece(
-    store: &dyn EventStore,
+    ledger: &Ledger,
     filter: &Filter,
     framing: Framing,
     after: Position,
     upto: Position,
 ) -> Result<(Vec<u8>, Position), StoreError> {
+    let store = ledger.store();
+    let scope = filter.scope;
     let entities = filter.entities();
     let mut out = Vec::with_capacity(PIECE_BYTES + 4096);
     let mut scanned = after;
     let frame = |position: Position, raw: &[u8], out: &mut Vec<u8>| -> Result<(), StoreError> {
+        if scope != Scope::All && !ledger.live().read(|st, _| scope.sees_event(st, raw)) {
+            return Ok(());
+        }
         if filter.types.is_empty() && framing == Framing::Ndjson {
             framing.event(out, position, "", raw);
             return Ok(());
@@ -161,10 +171,8 @@ pub async fn produce(
         while after < head {
             let upto = Position((after.0 + CHUNK).min(head.0));
             let (l, f) = (Arc::clone(&ledger), filter.clone());
-            let piece = tokio::task::spawn_blocking(move || {
-                read_piece(l.store(), &f, framing, after, upto)
-            })
-            .await;
+            let piece =
+                tokio::task::spawn_blocking(move || read_piece(&l, &f, framing, after, upto)).await;
             let Ok(Ok((bytes, scanned))) = piece else {
                 return;
             };
@@ -206,8 +214,16 @@ impl Drop for Connected {
 }
 
 /// Starts a stream and frames it as SSE or NDJSON (by `Accept`). The producer reads and frames pieces of up to
-/// [`PIECE_BYTES`]; at most four wait for the client, so a stalled client holds about a megabyte.
-pub fn respond(s: &AppState, headers: &HeaderMap, filter: Filter, after: Position) -> Response {
+/// [`PIECE_BYTES`]; at most four wait for the client, so a stalled client holds about a megabyte. `scope` confines
+/// the stream to what the caller may see (docs/security.md).
+pub fn respond(
+    s: &AppState,
+    headers: &HeaderMap,
+    mut filter: Filter,
+    scope: Scope,
+    after: Position,
+) -> Response {
+    filter.scope = scope;
     let ndjson = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -295,6 +311,7 @@ pub fn filter_of(
             .map(|p| p.parse().map_err(|e| bad("partner", e)))
             .transpose()?,
         types,
+        scope: Scope::All,
     })
 }
 
@@ -323,6 +340,7 @@ pub fn resume_point(headers: &HeaderMap, from: Option<u64>) -> Result<Position, 
 /// `GET /v1/events`.
 pub async fn events(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     headers: HeaderMap,
     Query(p): Query<StreamParams>,
 ) -> Response {
@@ -338,5 +356,5 @@ pub async fn events(
         Ok(a) => a,
         Err(r) => return *r,
     };
-    respond(&s, &headers, filter, after)
+    respond(&s, &headers, filter, who.scope(), after)
 }

@@ -48,6 +48,25 @@ pub enum Command {
         /// Start an empty ledger empty.
         #[arg(long)]
         no_sample_data: bool,
+        /// The tokens file (docs/security.md). Without it (and without PARTNER_LEDGER_OPERATOR_TOKEN) the server runs
+        /// in local mode: loopback only, every caller an operator.
+        #[arg(long, env = "PARTNER_LEDGER_TOKENS")]
+        tokens: Option<PathBuf>,
+    },
+    /// Makes a new random API token and prints the tokens-file entry holding its hash (docs/security.md).
+    Token {
+        /// A name for the principal (logs, audit).
+        #[arg(long)]
+        name: String,
+        /// partner_admin_agent, partner_sales_agent, customer_global_admin, customer_user, operator, system or auditor.
+        #[arg(long)]
+        role: String,
+        /// The principal's tenant (all roles but auditor).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The user (principal name or application id).
+        #[arg(long)]
+        user: String,
     },
     /// Loads the seed story into an empty ledger and shows the customer it produces: a first look.
     Demo,
@@ -206,13 +225,28 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clock_interval,
             heartbeat_ms,
             no_sample_data,
+            tokens,
         } => serve(
             &cli.data,
             &listen,
             clock_interval,
             heartbeat_ms,
             no_sample_data,
+            tokens.as_deref(),
         ),
+        Command::Token {
+            name,
+            role,
+            tenant,
+            user,
+        } => {
+            let (token, entry) =
+                crate::api::auth::new_token(&name, &role, tenant.as_deref(), &user)
+                    .map_err(|e| anyhow::anyhow!(e))?;
+            eprintln!("token (give it to {name}; it is not stored anywhere):\n{token}\n\nentry for the tokens file's `principals` list:");
+            println!("{}", serde_json::to_string_pretty(&entry)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Exec { file } => exec::run(&cli.data, &file),
         Command::Events {
             from,
@@ -612,7 +646,25 @@ fn serve(
     clock_interval: u64,
     heartbeat_ms: u64,
     no_sample_data: bool,
+    tokens: Option<&std::path::Path>,
 ) -> anyhow::Result<ExitCode> {
+    use crate::api::auth::{
+        Auth, DEFAULT_OPERATOR_TENANT, OPERATOR_TENANT_ENV, OPERATOR_TOKEN_ENV,
+    };
+    let env_token = std::env::var(OPERATOR_TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.is_empty());
+    let env_tenant =
+        std::env::var(OPERATOR_TENANT_ENV).unwrap_or_else(|_| DEFAULT_OPERATOR_TENANT.to_string());
+    let auth = std::sync::Arc::new(if tokens.is_none() && env_token.is_none() {
+        Auth::local()
+    } else {
+        Auth::with_tokens(
+            tokens,
+            env_token.as_deref().map(|t| (t, env_tenant.as_str())),
+        )
+        .map_err(|e| anyhow::anyhow!(e))?
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -630,13 +682,39 @@ fn serve(
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
         let addr = listener.local_addr()?;
+        if auth.is_local() && !addr.ip().is_loopback() {
+            anyhow::bail!(
+                "refusing to listen on {addr}: without a tokens file (--tokens, or {OPERATOR_TOKEN_ENV}) the server runs in local mode, where every caller is an operator, so it listens on loopback only (127.0.0.1 or ::1); see docs/security.md"
+            );
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let state = crate::api::AppState::new(std::sync::Arc::clone(&ledger), config, stop_rx)?;
+        let state = crate::api::AppState::new(std::sync::Arc::clone(&ledger), config, stop_rx)?
+            .with_auth(std::sync::Arc::clone(&auth));
+        let mode = if auth.is_local() {
+            "local mode: no tokens file, so every caller is treated as an operator and commands carry their own actor; listening on loopback only (docs/security.md)"
+        } else {
+            "authentication on: every request needs Authorization: Bearer <token> (docs/security.md); SIGHUP reloads the tokens file"
+        };
+        if !auth.is_local() {
+            let reload = std::sync::Arc::clone(&auth);
+            tokio::spawn(async move {
+                let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+                    return;
+                };
+                while hup.recv().await.is_some() {
+                    match reload.reload() {
+                        Ok(n) => tracing::info!(principals = n, "tokens file reloaded"),
+                        Err(e) => tracing::error!(error = %e, "tokens file not reloaded; the previous one stays in force"),
+                    }
+                }
+            });
+        }
         println!(
             "partner-ledger listening on http://{addr} (data: {}, {} events)\n\nTry:\n  curl http://{addr}/v1/customers/{CONTOSO}\n  curl http://{addr}/v1/partners/a0000000-0000-4000-8000-00000000000a\n  curl 'http://{addr}/v1/customers/{CONTOSO}?as_of=2024-02-01T00:00:00Z'\n  curl -N -H 'Accept: application/x-ndjson' 'http://{addr}/v1/events?customer={CONTOSO}'\n  curl -X POST -H 'Content-Type: application/json' http://{addr}/v1/commands -d '{{\"type\":\"CancelSubscription\",\"actor\":{{\"tenant\":\"b0000000-0000-4000-8000-00000000000b\",\"user\":\"you\",\"role\":\"partner_admin_agent\"}},\"subscription\":\"5a000000-0000-4000-8000-000000000001\",\"partner\":\"b0000000-0000-4000-8000-00000000000b\"}}'   # B may not cancel A's subscription: 422, R27\n  curl http://{addr}/metrics\n\nCtrl-C stops the server after answering every command in flight.",
             dir.display(),
             ledger.store().head().position
         );
+        println!("\n{mode}");
         use std::io::Write;
         std::io::stdout().flush().ok();
         crate::api::serve(listener, state, stop_tx, shutdown_signal()).await?;

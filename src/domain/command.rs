@@ -101,7 +101,7 @@ macro_rules! commands {
                     #[serde(default, rename = "type")] _type: Option<serde::de::IgnoredAny>,
                     #[serde(default)] command_id: Option<CommandId>,
                     #[serde(default)] at: Option<Timestamp>,
-                    actor: Actor,
+                    #[serde(default)] actor: Option<Actor>,
                     #[serde(default)] correlation_id: Option<CorrelationId>,
                     $( $(#[$fattr])* $field: $ty ),*
                 }
@@ -121,15 +121,17 @@ macro_rules! commands {
             }
 
             impl Line {
-                pub fn into_submitted(self) -> Submitted {
+                /// The command, its actor filled in from `default` when the line names none (an authenticated caller).
+                pub fn into_submitted(self, default: Option<&Actor>) -> Result<Submitted, InvalidLine> {
                     match self {
-                        $( Line::$name(w) => Submitted {
+                        $( Line::$name(w) => Ok(Submitted {
                             command_id: w.command_id,
                             at: w.at,
-                            actor: w.actor,
+                            actor: w.actor.or_else(|| default.cloned())
+                                .ok_or_else(|| InvalidLine("missing field `actor`".to_string()))?,
                             correlation_id: w.correlation_id,
                             body: Body::$name(body::$name { $( $field: w.$field ),* }),
-                        } ),*
+                        }) ),*
                     }
                 }
             }
@@ -266,6 +268,12 @@ pub struct InvalidLine(pub String);
 
 /// Reads one NDJSON line (or one JSON document) into a command, strictly.
 pub fn parse_line(line: &str) -> Result<Submitted, InvalidLine> {
+    parse_line_as(line, None)
+}
+
+/// [`parse_line`] for an authenticated caller: a line without `actor` is issued as `actor` (the principal). Whether
+/// a given actor matches the principal is the caller's check (`access::Principal::may_submit`).
+pub fn parse_line_as(line: &str, actor: Option<&Actor>) -> Result<Submitted, InvalidLine> {
     if line.len() > MAX_COMMAND_BYTES {
         return Err(InvalidLine(format!(
             "the command is {} bytes; at most {MAX_COMMAND_BYTES} bytes are accepted (R38)",
@@ -281,7 +289,7 @@ pub fn parse_line(line: &str) -> Result<Submitted, InvalidLine> {
     }
     if let Ok(t) = serde_json::from_str::<TypeOnly>(line) {
         if let Some(Ok(parsed)) = wire::read_typed(&t.type_name, line) {
-            return Ok(parsed.into_submitted());
+            return parsed.into_submitted(actor);
         }
     }
     let value: serde_json::Value =
@@ -303,7 +311,7 @@ pub fn parse_line(line: &str) -> Result<Submitted, InvalidLine> {
     // Parse the text itself again, not the `Value`: that way duplicate keys are caught (`Value` keeps the last one).
     let parsed: wire::Line =
         serde_json::from_str(line).map_err(|e| InvalidLine(describe_serde_error(&e)))?;
-    Ok(parsed.into_submitted())
+    parsed.into_submitted(actor)
 }
 
 fn describe_serde_error(e: &serde_json::Error) -> String {

@@ -24,7 +24,8 @@ pub(crate) mod proptests;
 pub(crate) mod testkit;
 
 pub use command::{
-    parse_line, Actor, Body, Cloud, Command, InvalidLine, PartnerKind, Role, Submitted,
+    parse_line, parse_line_as, Actor, Body, Cloud, Command, InvalidLine, PartnerKind, Role,
+    Submitted,
 };
 pub use event::{EntityRef, Event, SCHEMA_VERSION};
 pub use ids::*;

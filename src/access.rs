@@ -1,0 +1,362 @@
+//! Who may see and do what (docs/security.md): principals, their read scope, and the checks made before a command
+//! reaches the rules. Pure: it reads a [`State`] and bytes, does no I/O, and knows nothing of HTTP (the adapter in
+//! `api::auth` authenticates callers and turns a "no" into 401/403/404).
+//!
+//! Confinement follows the program: a partner sees the customers it has (or had) a relationship, admin relationship
+//! or subscription with, and in them only its own subscriptions and delegated admin (R3); a reseller of record sees
+//! the subscriptions it is partner of record of; a customer sees its own tenant; operators, `system` and auditors see
+//! everything, and auditors change nothing.
+
+use serde::Deserialize;
+
+use crate::domain::view::CustomerView;
+use crate::domain::{
+    Actor, AdminRelationshipId, CustomerId, PartnerId, RequestId, Role, State, Submitted,
+    SubscriptionId, TenantId,
+};
+
+/// What a principal is allowed to be.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    /// A WIRE.md actor role: commands are issued as this actor.
+    Role(Role),
+    /// Reads everything, issues nothing.
+    Auditor,
+    /// `serve` without a tokens file, on loopback: every caller is an operator and commands carry their own actor.
+    Local,
+}
+
+/// An authenticated caller.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Principal {
+    /// The name the tokens file gives it (logs and audit).
+    pub name: String,
+    pub kind: Kind,
+    /// Its tenant (absent only for auditors and local callers).
+    pub tenant: Option<TenantId>,
+    /// Its user (principal name or application id).
+    pub user: String,
+}
+
+/// What a principal may read.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum Scope {
+    /// Everything (operators, `system`, auditors, local callers).
+    #[default]
+    All,
+    /// One partner's own share (its admin and sales agents).
+    Partner(PartnerId),
+    /// One customer's own tenant (its Global admin and users).
+    Customer(CustomerId),
+}
+
+impl Principal {
+    /// The caller of a server in local mode.
+    pub fn local() -> Principal {
+        Principal {
+            name: "local".into(),
+            kind: Kind::Local,
+            tenant: None,
+            user: "local".into(),
+        }
+    }
+
+    /// The actor its commands are issued as (`None`: local callers name their own; auditors issue none).
+    pub fn actor(&self) -> Option<Actor> {
+        match (self.kind, self.tenant) {
+            (Kind::Role(role), Some(tenant)) => Some(Actor {
+                tenant,
+                user: self.user.clone(),
+                role,
+            }),
+            _ => None,
+        }
+    }
+
+    /// What it may read.
+    pub fn scope(&self) -> Scope {
+        match (self.kind, self.tenant) {
+            (Kind::Role(Role::PartnerAdminAgent | Role::PartnerSalesAgent), Some(t)) => {
+                Scope::Partner(t.as_partner())
+            }
+            (Kind::Role(Role::CustomerGlobalAdmin | Role::CustomerUser), Some(t)) => {
+                Scope::Customer(t.as_customer())
+            }
+            _ => Scope::All,
+        }
+    }
+
+    /// Operators (and local callers) run the ledger: consumers, metrics.
+    pub fn is_operator(&self) -> bool {
+        matches!(self.kind, Kind::Local | Kind::Role(Role::Operator))
+    }
+
+    /// Sees everything: operators, `system`, auditors and local callers.
+    pub fn reads_everything(&self) -> bool {
+        self.scope() == Scope::All
+    }
+
+    /// A short label for logs and metrics: `name (role)`.
+    pub fn label(&self) -> String {
+        let role = match self.kind {
+            Kind::Role(r) => serde_json::to_value(r)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            Kind::Auditor => "auditor".into(),
+            Kind::Local => "local".into(),
+        };
+        format!("{} ({role})", self.name)
+    }
+
+    /// Whether this principal may submit `cmd`, checked before the rules run. `Err` names why not (403).
+    ///
+    /// The body's actor must be the principal itself; and a scoped principal may act only for its own tenant: a
+    /// partner's agents for that partner (a provider also for its linked reseller's relationship, R32), a customer's
+    /// users for that customer. Which role may issue which command is left to the rules (R7, R8, R21, R27), which now
+    /// see the real role.
+    pub fn may_submit(&self, state: &State, cmd: &Submitted) -> Result<(), String> {
+        if self.kind == Kind::Auditor {
+            return Err("auditors read; they issue no commands".into());
+        }
+        if let Some(actor) = self.actor() {
+            if cmd.actor != actor {
+                return Err(format!(
+                    "the command's actor ({}, {}) is not the authenticated principal ({}, {})",
+                    cmd.actor.tenant, cmd.actor.user, actor.tenant, actor.user
+                ));
+            }
+        }
+        let named = Named::of(cmd);
+        match self.scope() {
+            Scope::All => Ok(()),
+            Scope::Partner(me) => {
+                let acts_for = named
+                    .partner
+                    .or(named.provider)
+                    .or_else(|| {
+                        named
+                            .request
+                            .and_then(|r| state.requests.get(&r))
+                            .map(|r| r.partner)
+                    })
+                    .or_else(|| {
+                        named
+                            .admin_relationship
+                            .and_then(|a| state.admin.get(&a))
+                            .map(|a| a.partner)
+                    });
+                match acts_for {
+                    Some(p) if p == me => Ok(()),
+                    // A provider removes its linked reseller's relationship (R32: actor the provider, partner the
+                    // reseller).
+                    Some(p)
+                        if named.command == "RemoveRelationship"
+                            && state.links.contains(&(me, p)) =>
+                    {
+                        Ok(())
+                    }
+                    Some(p) => Err(format!("acting for partner {p}, which is not {me}")),
+                    None => Ok(()),
+                }
+            }
+            Scope::Customer(me) => {
+                let customer = named.customer.or_else(|| {
+                    named
+                        .admin_relationship
+                        .and_then(|a| state.admin.get(&a))
+                        .map(|a| a.customer)
+                });
+                match customer {
+                    Some(c) if c == me => Ok(()),
+                    Some(c) => Err(format!("acting for customer {c}, which is not {me}")),
+                    None => match named.partner.or(named.provider).or_else(|| {
+                        named
+                            .request
+                            .and_then(|r| state.requests.get(&r))
+                            .map(|r| r.partner)
+                    }) {
+                        Some(p) => Err(format!("acting for partner {p}, as customer {me}")),
+                        None => Ok(()),
+                    },
+                }
+            }
+        }
+    }
+}
+
+/// The ids a command names, read from its wire form.
+#[derive(Deserialize, Default)]
+struct Named {
+    #[serde(rename = "type", default)]
+    command: String,
+    partner: Option<PartnerId>,
+    provider: Option<PartnerId>,
+    customer: Option<CustomerId>,
+    request: Option<RequestId>,
+    admin_relationship: Option<AdminRelationshipId>,
+}
+
+impl Named {
+    fn of(cmd: &Submitted) -> Named {
+        serde_json::to_value(&cmd.body)
+            .ok()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// The parties an event names, read from its envelope's `data`.
+#[derive(Deserialize, Default)]
+struct Parties {
+    subscription: Option<SubscriptionId>,
+    partner: Option<PartnerId>,
+    provider: Option<PartnerId>,
+    reseller: Option<PartnerId>,
+    billing_partner: Option<PartnerId>,
+    partner_of_record: Option<PartnerId>,
+    reseller_of_record: Option<PartnerId>,
+    customer: Option<CustomerId>,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeParties {
+    #[serde(default)]
+    data: Parties,
+}
+
+impl Scope {
+    /// Whether the customer exists for this principal: a partner's if it has (or had) a relationship, an admin
+    /// relationship or a subscription of record with it; a customer's own tenant.
+    pub fn sees_customer(&self, state: &State, customer: CustomerId) -> bool {
+        match *self {
+            Scope::All => true,
+            Scope::Customer(me) => me == customer,
+            Scope::Partner(me) => state.partner_customer_ordinal.contains_key(&(me, customer)),
+        }
+    }
+
+    /// Whether the partner's own view is visible: only to itself (and to everyone who reads everything).
+    pub fn sees_partner(&self, partner: PartnerId) -> bool {
+        match *self {
+            Scope::All => true,
+            Scope::Partner(me) => me == partner,
+            Scope::Customer(_) => false,
+        }
+    }
+
+    /// Whether a subscription is visible: to its billing partner and its partner of record, and to its customer.
+    pub fn sees_subscription(&self, state: &State, id: SubscriptionId) -> bool {
+        match *self {
+            Scope::All => true,
+            _ => state.subscriptions.get(&id).is_some_and(|s| {
+                self.sees_parties(s.customer, &[s.billing_partner, s.partner_of_record])
+            }),
+        }
+    }
+
+    fn sees_parties(&self, customer: CustomerId, partners: &[PartnerId]) -> bool {
+        match *self {
+            Scope::All => true,
+            Scope::Customer(me) => me == customer,
+            Scope::Partner(me) => partners.contains(&me),
+        }
+    }
+
+    /// Cuts a customer view down to what a partner may see of it: its own entry (relationship and delegated admin),
+    /// its own subscriptions (billing or of record) and its own Azure plan, never another partner's (R3).
+    pub fn confine_customer_view(&self, view: &mut CustomerView) {
+        if let Scope::Partner(me) = *self {
+            view.partners.retain(|p| p.partner == me);
+            view.subscriptions
+                .retain(|s| s.billing_partner == me || s.partner_of_record == me);
+            view.azure_plans.retain(|p| p.billing_partner == me);
+        }
+    }
+
+    /// Whether a stored event (its canonical envelope) is visible. A partner sees events that name it (as partner,
+    /// provider, reseller, billing partner or partner of record), events about a subscription it may see, and the
+    /// customer-level events (registration, agreement, corrections) of customers it may see; a customer sees the events
+    /// about itself.
+    pub fn sees_event(&self, state: &State, envelope: &[u8]) -> bool {
+        if *self == Scope::All {
+            return true;
+        }
+        let Ok(EnvelopeParties { data: p }) = serde_json::from_slice::<EnvelopeParties>(envelope)
+        else {
+            return false;
+        };
+        match *self {
+            Scope::All => true,
+            Scope::Customer(me) => p.customer == Some(me),
+            Scope::Partner(me) => {
+                if let Some(s) = p.subscription {
+                    return self.sees_subscription(state, s)
+                        || p.billing_partner == Some(me)
+                        || p.partner_of_record == Some(me);
+                }
+                let named = [
+                    p.partner,
+                    p.provider,
+                    p.reseller,
+                    p.billing_partner,
+                    p.partner_of_record,
+                    p.reseller_of_record,
+                ];
+                if named.iter().any(Option::is_some) {
+                    return named.contains(&Some(me));
+                }
+                p.customer.is_some_and(|c| self.sees_customer(state, c))
+            }
+        }
+    }
+
+    /// Whether an actor's own record (a refused command) is visible: a scoped principal sees its own tenant's only.
+    pub fn sees_actor(&self, actor: &Actor) -> bool {
+        match *self {
+            Scope::All => true,
+            Scope::Partner(me) => actor.tenant == me.tenant(),
+            Scope::Customer(me) => actor.tenant == me.tenant(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::parse_line;
+
+    const P: &str = "a0000000-0000-4000-8000-00000000000a";
+    const R: &str = "e0000000-0000-4000-8000-00000000000e";
+    const C: &str = "c0000000-0000-4000-8000-00000000000c";
+
+    fn agent(tenant: &str) -> Principal {
+        Principal {
+            name: "agent".into(),
+            kind: Kind::Role(Role::PartnerAdminAgent),
+            tenant: Some(tenant.parse().unwrap()),
+            user: "u".into(),
+        }
+    }
+
+    fn remove(partner: &str, actor: &str) -> Submitted {
+        parse_line(&format!(r#"{{"type":"RemoveRelationship","actor":{{"tenant":"{actor}","user":"u","role":"partner_admin_agent"}},"partner":"{partner}","customer":"{C}"}}"#)).unwrap()
+    }
+
+    #[test]
+    fn a_provider_may_remove_its_linked_resellers_relationship_and_no_other() {
+        let mut state = State::new();
+        let provider = agent(P);
+        assert!(provider.may_submit(&state, &remove(P, P)).is_ok());
+        assert!(
+            provider.may_submit(&state, &remove(R, P)).is_err(),
+            "not linked"
+        );
+        state.links.insert((P.parse().unwrap(), R.parse().unwrap()));
+        assert!(provider.may_submit(&state, &remove(R, P)).is_ok(), "R32");
+        // The link gives the reseller nothing over its provider.
+        assert!(agent(R).may_submit(&state, &remove(P, R)).is_err());
+        // And the actor must be the principal, whatever the link.
+        assert!(provider.may_submit(&state, &remove(R, R)).is_err());
+    }
+}

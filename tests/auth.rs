@@ -1,0 +1,914 @@
+//! Authentication and confinement on a real socket (docs/security.md): every endpoint × every principal kind, the seed
+//! story's cross-partner reads, impersonation, commands acting for another tenant, and the denied-request audit.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use partner_ledger::api::auth::{token_hash, Auth};
+use partner_ledger::api::{serve, AppState, ServeConfig};
+use partner_ledger::domain::parse_line;
+use partner_ledger::ledger::{Ledger, LedgerConfig};
+use partner_ledger::store::EventStore;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const CONTOSO: &str = "c0000000-0000-4000-8000-00000000000c";
+const FABRIKAM: &str = "cf000000-0000-4000-8000-00000000000f";
+const A: &str = "a0000000-0000-4000-8000-00000000000a";
+const B: &str = "b0000000-0000-4000-8000-00000000000b";
+/// Enrolled, related to nobody.
+const D: &str = "d0000000-0000-4000-8000-00000000000d";
+const OPS_TENANT: &str = "00000000-0000-4000-8000-0000000000ff";
+const A_O365: &str = "5a000000-0000-4000-8000-000000000001";
+const B_AZURE: &str = "5b000000-0000-4000-8000-000000000002";
+
+/// (name, role, tenant, user)
+const PRINCIPALS: &[(&str, &str, Option<&str>, &str)] = &[
+    ("ops", "operator", Some(OPS_TENANT), "ops@ledger.example"),
+    (
+        "sys",
+        "system",
+        Some("00000000-0000-4000-8000-00000000005c"),
+        "clock",
+    ),
+    ("audit", "auditor", None, "auditor@kpmg.example"),
+    (
+        "a_admin",
+        "partner_admin_agent",
+        Some(A),
+        "admin@adatum.example",
+    ),
+    (
+        "a_sales",
+        "partner_sales_agent",
+        Some(A),
+        "sales@adatum.example",
+    ),
+    (
+        "b_admin",
+        "partner_admin_agent",
+        Some(B),
+        "admin@bellows.example",
+    ),
+    ("d_admin", "partner_admin_agent", Some(D), "admin@d.example"),
+    (
+        "contoso_admin",
+        "customer_global_admin",
+        Some(CONTOSO),
+        "admin@contoso.onmicrosoft.com",
+    ),
+    (
+        "contoso_user",
+        "customer_user",
+        Some(CONTOSO),
+        "user@contoso.onmicrosoft.com",
+    ),
+    (
+        "fab_admin",
+        "customer_global_admin",
+        Some(FABRIKAM),
+        "admin@fabrikam.onmicrosoft.com",
+    ),
+];
+
+fn token(name: &str) -> String {
+    format!("plt_test_token_of_{name}_0123456789")
+}
+
+fn tokens_file(
+    dir: &std::path::Path,
+    principals: &[(&str, &str, Option<&str>, &str)],
+) -> std::path::PathBuf {
+    let list: Vec<Value> = principals
+        .iter()
+        .map(|(name, role, tenant, user)| {
+            let mut v = json!({"name": name, "role": role, "user": user,
+                "token_sha256": hex_of(&token_hash(&token(name)))});
+            if let Some(t) = tenant {
+                v["tenant"] = json!(t);
+            }
+            v
+        })
+        .collect();
+    let path = dir.join("tokens.json");
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&json!({"principals": list})).unwrap(),
+    )
+    .unwrap();
+    path
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+const OP: &str = r#"{"tenant":"00000000-0000-4000-8000-0000000000ff","user":"ops@ledger.example","role":"operator"}"#;
+
+/// The seed story, plus partner D and customer Fabrikam, loaded straight into the ledger.
+fn seed(ledger: &Ledger) {
+    let story =
+        std::fs::read_to_string(common::fixtures().join("seed-story/commands.ndjson")).unwrap();
+    let extra = [
+        format!(
+            r#"{{"type":"EnrollPartner","actor":{OP},"partner":"{D}","partner_id":"4410004","name":"Dunmore","kind":"direct_bill","cloud":"public","country":"NL"}}"#
+        ),
+        format!(
+            r#"{{"type":"RegisterCustomer","actor":{OP},"customer":"{FABRIKAM}","company_name":"Fabrikam","domain":"fabrikam.onmicrosoft.com","country":"NL","cloud":"public"}}"#
+        ),
+    ];
+    for line in story
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with('{'))
+        .map(str::to_string)
+        .chain(extra)
+    {
+        let o = ledger.execute(parse_line(&line).unwrap()).to_json();
+        assert_eq!(o["outcome"], "committed", "{o}");
+    }
+}
+
+struct Server {
+    url: String,
+    ledger: Arc<Ledger>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Arc::new(Ledger::open(LedgerConfig::new(dir.path().join("data"))).unwrap());
+        tokio::task::block_in_place(|| seed(&ledger));
+        let file = tokens_file(dir.path(), PRINCIPALS);
+        let auth = Arc::new(Auth::with_tokens(Some(&file), None).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let config = ServeConfig {
+            heartbeat: Duration::from_millis(50),
+            clock_interval: Duration::from_secs(3600),
+            ..Default::default()
+        };
+        let state = AppState::new(Arc::clone(&ledger), config, stop_rx)
+            .unwrap()
+            .with_auth(auth);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            serve(listener, state, stop_tx, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Server {
+            url,
+            ledger,
+            stop: Some(tx),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    fn head(&self) -> u64 {
+        self.ledger.store().head().position.0
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+        self.ledger.close();
+    }
+}
+
+async fn call(
+    c: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    who: Option<&str>,
+    body: Option<(&str, String)>,
+) -> (StatusCode, Value) {
+    let mut r = c.request(method, url);
+    if let Some(w) = who {
+        r = r.bearer_auth(token(w));
+    }
+    if let Some((ct, b)) = body {
+        r = r.header("content-type", ct).body(b);
+    }
+    let resp = r.send().await.unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn get(c: &reqwest::Client, url: &str, who: Option<&str>) -> (StatusCode, Value) {
+    call(c, reqwest::Method::GET, url, who, None).await
+}
+
+async fn post_json(c: &reqwest::Client, url: &str, who: &str, body: Value) -> (StatusCode, Value) {
+    call(
+        c,
+        reqwest::Method::POST,
+        &format!("{url}/v1/commands"),
+        Some(who),
+        Some(("application/json", body.to_string())),
+    )
+    .await
+}
+
+/// Reads an NDJSON stream from the start until a heartbeat reaches `head`; returns the envelopes.
+async fn stream_all(c: &reqwest::Client, url: &str, who: &str, head: u64) -> Vec<Value> {
+    let resp = c
+        .get(format!("{url}/v1/events"))
+        .bearer_auth(token(who))
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{who}");
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    let mut stream = resp.bytes_stream();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, stream.next()).await {
+        buf.extend_from_slice(&chunk.unwrap());
+        while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            let v: Value = serde_json::from_slice(&line).unwrap();
+            if let Some(p) = v["heartbeat"]["position"].as_u64() {
+                if p >= head {
+                    return out;
+                }
+            } else {
+                let p = v["position"].as_u64().unwrap();
+                out.push(v);
+                if p >= head {
+                    return out;
+                }
+            }
+        }
+    }
+    panic!("the stream of {who} did not reach position {head}");
+}
+
+fn names(v: &Value, list: &str, field: &str) -> Vec<String> {
+    v[list]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e[field].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn mentions(v: &Value, id: &str) -> bool {
+    v.to_string().contains(id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_read_endpoint_answers_each_principal_kind_as_documented() {
+    let server = Server::start().await;
+    let u = server.url.clone();
+    let c = reqwest::Client::new();
+    let everyone: Vec<&str> = PRINCIPALS.iter().map(|p| p.0).collect();
+    let readers_of_all = ["ops", "sys", "audit"];
+
+    // Who gets 200 (the rest: 404 for data they may not see, 403 for operations).
+    let expect: Vec<(String, Vec<&str>, StatusCode)> = vec![
+        ("/healthz".into(), everyone.clone(), StatusCode::FORBIDDEN),
+        (
+            "/v1/openapi.json".into(),
+            everyone.clone(),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "/metrics".into(),
+            readers_of_all.to_vec(),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "/v1/consumers".into(),
+            readers_of_all.to_vec(),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            format!("/v1/customers/{CONTOSO}"),
+            vec![
+                "ops",
+                "sys",
+                "audit",
+                "a_admin",
+                "a_sales",
+                "b_admin",
+                "contoso_admin",
+                "contoso_user",
+            ],
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!("/v1/customers/{CONTOSO}?as_of=2024-01-20T00:00:00Z"),
+            vec![
+                "ops",
+                "sys",
+                "audit",
+                "a_admin",
+                "a_sales",
+                "b_admin",
+                "contoso_admin",
+                "contoso_user",
+            ],
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!("/v1/customers/{CONTOSO}/history"),
+            vec![
+                "ops",
+                "sys",
+                "audit",
+                "a_admin",
+                "a_sales",
+                "b_admin",
+                "contoso_admin",
+                "contoso_user",
+            ],
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!("/v1/customers/{FABRIKAM}"),
+            vec!["ops", "sys", "audit", "fab_admin"],
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!("/v1/partners/{A}"),
+            vec!["ops", "sys", "audit", "a_admin", "a_sales"],
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!("/v1/partners/{B}"),
+            vec!["ops", "sys", "audit", "b_admin"],
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!("/v1/subscriptions/{A_O365}"),
+            vec![
+                "ops",
+                "sys",
+                "audit",
+                "a_admin",
+                "a_sales",
+                "contoso_admin",
+                "contoso_user",
+            ],
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            format!("/v1/subscriptions/{B_AZURE}"),
+            vec![
+                "ops",
+                "sys",
+                "audit",
+                "b_admin",
+                "contoso_admin",
+                "contoso_user",
+            ],
+            StatusCode::NOT_FOUND,
+        ),
+    ];
+    let mut checked = 0;
+    for (path, allowed, otherwise) in &expect {
+        let url = format!("{u}{path}");
+        let (status, body) = get(&c, &url, None).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{path} without a token: {body}"
+        );
+        assert_eq!(body["error"], "unauthorized");
+        for who in &everyone {
+            let (status, body) = get(&c, &url, Some(who)).await;
+            let want = if allowed.contains(who) {
+                StatusCode::OK
+            } else {
+                *otherwise
+            };
+            assert_eq!(status, want, "{path} as {who}: {body}");
+            if want == StatusCode::NOT_FOUND {
+                // Exactly like a missing one.
+                assert_eq!(body["error"], "not_found", "{path} as {who}");
+            }
+            if want == StatusCode::FORBIDDEN {
+                assert_eq!(body["error"], "forbidden", "{path} as {who}");
+                assert!(body["message"].as_str().unwrap().contains(who), "{body}");
+            }
+            checked += 1;
+        }
+    }
+    // A missing customer is answered the same way to a partner: 404 either way.
+    let (s1, b1) = get(&c, &format!("{u}/v1/customers/{D}"), Some("b_admin")).await;
+    let (s2, b2) = get(&c, &format!("{u}/v1/customers/{FABRIKAM}"), Some("b_admin")).await;
+    assert_eq!((s1, s2), (StatusCode::NOT_FOUND, StatusCode::NOT_FOUND));
+    assert_eq!(b1["error"], b2["error"]);
+
+    // A wrong or malformed token is 401 like a missing one.
+    let r = c
+        .get(format!("{u}/healthz"))
+        .bearer_auth("plt_not_a_token_at_all")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let r = c
+        .get(format!("{u}/healthz"))
+        .header("authorization", format!("Basic {}", token("ops")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(checked >= 100, "{checked}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partners_see_their_own_share_of_the_seed_story_and_nothing_of_each_other() {
+    let server = Server::start().await;
+    let u = server.url.clone();
+    let c = reqwest::Client::new();
+    let contoso = format!("{u}/v1/customers/{CONTOSO}");
+
+    // B sees Contoso, its own relationship and Azure subscription, never A's Office 365 subscription (R3).
+    let (_, b) = get(&c, &contoso, Some("b_admin")).await;
+    assert_eq!(names(&b, "partners", "partner"), vec![B]);
+    assert_eq!(names(&b, "subscriptions", "subscription"), vec![B_AZURE]);
+    assert!(!mentions(&b, A_O365) && !mentions(&b, A), "{b}");
+    // A likewise never sees B's Azure subscription.
+    let (_, a) = get(&c, &contoso, Some("a_sales")).await;
+    assert_eq!(names(&a, "partners", "partner"), vec![A]);
+    assert_eq!(names(&a, "subscriptions", "subscription"), vec![A_O365]);
+    assert!(!mentions(&a, B_AZURE) && !mentions(&a, B), "{a}");
+    assert!(a["azure_plans"].as_array().unwrap().is_empty(), "{a}");
+    // The customer, operators and auditors see both.
+    for who in ["contoso_admin", "contoso_user", "ops", "audit"] {
+        let (_, v) = get(&c, &contoso, Some(who)).await;
+        assert_eq!(
+            names(&v, "subscriptions", "subscription"),
+            vec![A_O365, B_AZURE],
+            "{who}"
+        );
+        assert_eq!(names(&v, "partners", "partner"), vec![A, B], "{who}");
+    }
+
+    // History: the same confinement.
+    let (_, h) = get(
+        &c,
+        &format!("{contoso}/history?include_refusals=true"),
+        Some("b_admin"),
+    )
+    .await;
+    let events = h["events"].as_array().unwrap();
+    assert!(!events.is_empty());
+    assert!(
+        events
+            .iter()
+            .all(|e| !mentions(&e["data"], A) && !mentions(&e["data"], A_O365)),
+        "{h}"
+    );
+    assert!(
+        events.iter().any(|e| e["type"] == "CustomerRegistered"),
+        "customer-level events are B's to see too"
+    );
+    let (_, all) = get(&c, &format!("{contoso}/history"), Some("audit")).await;
+    assert!(all["events"].as_array().unwrap().len() > events.len());
+
+    // Streams: the same confinement, over the whole log.
+    let head = server.head();
+    let every = stream_all(&c, &u, "audit", head).await;
+    assert_eq!(every.len() as u64, head, "an auditor reads every event");
+    let bs = stream_all(&c, &u, "b_admin", head).await;
+    assert!(!bs.is_empty());
+    for e in &bs {
+        assert!(
+            !mentions(&e["data"], A) && !mentions(&e["data"], A_O365) && !mentions(&e["data"], D),
+            "{e}"
+        );
+    }
+    let positions: Vec<u64> = bs.iter().map(|e| e["position"].as_u64().unwrap()).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]));
+    let cs = stream_all(&c, &u, "contoso_user", head).await;
+    assert!(
+        cs.iter().all(|e| e["data"]["customer"] == CONTOSO),
+        "a customer's stream is its own"
+    );
+    assert!(cs.iter().any(|e| mentions(e, A_O365)) && cs.iter().any(|e| mentions(e, B_AZURE)));
+    // A partner asking for another partner's events gets none of them.
+    let resp = c
+        .get(format!("{u}/v1/events?partner={A}"))
+        .bearer_auth(token("b_admin"))
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    let mut body = resp.bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let first: Value =
+        serde_json::from_slice(first.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert!(first["heartbeat"].is_object(), "only heartbeats: {first}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_run_as_the_authenticated_principal_and_impersonation_leaves_no_trace() {
+    let server = Server::start().await;
+    let u = server.url.clone();
+    let c = reqwest::Client::new();
+    // Posts `body` as `who` and checks the status and, where given, one field of the answer.
+    let expect = |who: &'static str,
+                  body: Value,
+                  status: StatusCode,
+                  field: Option<(&'static str, &'static str)>| {
+        let (c, u) = (c.clone(), u.clone());
+        async move {
+            let (got, answer) = post_json(&c, &u, who, body).await;
+            assert_eq!(got, status, "as {who}: {answer}");
+            if let Some((k, v)) = field {
+                assert_eq!(answer[k], v, "as {who}: {answer}");
+            }
+            answer
+        }
+    };
+    let forbidden = StatusCode::FORBIDDEN;
+    let refused = StatusCode::UNPROCESSABLE_ENTITY;
+    let b_actor =
+        json!({"tenant": B, "user": "admin@bellows.example", "role": "partner_admin_agent"});
+    let a_actor =
+        json!({"tenant": A, "user": "admin@adatum.example", "role": "partner_admin_agent"});
+    let history = format!("{u}/v1/customers/{CONTOSO}/history?include_refusals=true");
+    let before = server.head();
+    let history_before = get(&c, &history, Some("ops")).await.1;
+
+    // Impersonation: B sends a command with A's actor: 403, nothing appended, nothing filed.
+    let cancel = json!({"type": "CancelSubscription", "command_id": "0bad0000-0000-4000-8000-000000000001",
+        "actor": a_actor, "subscription": A_O365, "partner": A});
+    expect(
+        "b_admin",
+        cancel.clone(),
+        forbidden,
+        Some(("reason", "actor_mismatch")),
+    )
+    .await;
+    // Acting for A with B's own (omitted) actor: 403 as well.
+    let mut for_a = cancel.clone();
+    for_a.as_object_mut().unwrap().remove("actor");
+    expect(
+        "b_admin",
+        for_a,
+        forbidden,
+        Some(("reason", "not_your_tenant")),
+    )
+    .await;
+    // A customer acting for another customer, and an auditor issuing anything: 403.
+    let accept_other = json!({"type": "AcceptCustomerAgreement", "customer": CONTOSO});
+    expect(
+        "fab_admin",
+        accept_other,
+        forbidden,
+        Some(("reason", "not_your_tenant")),
+    )
+    .await;
+    let clock = json!({"type": "AdvanceClock", "to": "2024-03-01T00:00:00Z"});
+    expect("audit", clock, forbidden, Some(("reason", "read_only"))).await;
+    // NDJSON: one denied line denies the whole request.
+    let good = json!({"type": "RequestRelationship", "request": "1d000000-0000-4000-8000-0000000000aa", "partner": D, "customer": FABRIKAM});
+    let bad = json!({"type": "RequestRelationship", "request": "1d000000-0000-4000-8000-0000000000ab", "partner": A, "customer": FABRIKAM});
+    let commands = format!("{u}/v1/commands");
+    let (status, body) = call(
+        &c,
+        reqwest::Method::POST,
+        &commands,
+        Some("d_admin"),
+        Some(("application/x-ndjson", format!("{good}\n{bad}\n"))),
+    )
+    .await;
+    assert_eq!(status, forbidden, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().starts_with("line 2:"),
+        "{body}"
+    );
+    // No token: 401.
+    let (status, _) = call(
+        &c,
+        reqwest::Method::POST,
+        &commands,
+        None,
+        Some(("application/json", good.to_string())),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    assert_eq!(server.head(), before, "no denied command appended anything");
+    let history_after = get(&c, &history, Some("ops")).await.1;
+    assert_eq!(
+        history_before, history_after,
+        "no denied command was filed as a refusal either"
+    );
+    // The impersonated command_id was never used: A itself can still use it.
+    let suspend = json!({"type": "SuspendSubscription", "command_id": "0bad0000-0000-4000-8000-000000000001",
+        "subscription": A_O365, "partner": A});
+    let body = expect("a_admin", suspend, StatusCode::OK, None).await;
+    assert!(body.get("duplicate").is_none(), "{body}");
+
+    // The actor may be omitted (it is filled in) or given equal to the principal.
+    let body = expect("d_admin", good.clone(), StatusCode::OK, None).await;
+    let p = body["positions"][0].as_u64().unwrap();
+    let stored = server
+        .ledger
+        .store()
+        .get(partner_ledger::domain::Position(p))
+        .unwrap()
+        .unwrap()
+        .envelope()
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&stored.actor).unwrap(),
+        json!({"tenant": D, "user": "admin@d.example", "role": "partner_admin_agent"})
+    );
+    let request = json!({"type": "RequestRelationship", "actor": b_actor,
+        "request": "1b000000-0000-4000-8000-0000000000ac", "partner": B, "customer": FABRIKAM});
+    expect("b_admin", request, StatusCode::OK, None).await;
+
+    // The rules see the real role: the Global admin accepts (R8); a sales agent may not ask for GDAP, an admin agent
+    // may; a customer_user may not grant it, the Global admin may.
+    let accept = json!({"type": "AcceptRelationship", "request": "1d000000-0000-4000-8000-0000000000aa", "customer": FABRIKAM});
+    expect("fab_admin", accept, StatusCode::OK, None).await;
+    let gdap = json!({"type": "RequestDelegatedAdmin", "admin_relationship": "ad000000-0000-4000-8000-000000000001",
+        "partner": A, "customer": CONTOSO, "name": "helpdesk", "roles": ["729827e3-9c14-49f7-bb1b-9608f156bbb8"],
+        "duration_days": 30, "auto_extend": false});
+    expect(
+        "a_sales",
+        gdap.clone(),
+        refused,
+        Some(("code", "not_authorized")),
+    )
+    .await;
+    expect("a_admin", gdap, StatusCode::OK, None).await;
+    let grant = json!({"type": "GrantDelegatedAdmin", "admin_relationship": "ad000000-0000-4000-8000-000000000001", "customer": CONTOSO});
+    expect(
+        "contoso_user",
+        grant.clone(),
+        refused,
+        Some(("code", "not_authorized")),
+    )
+    .await;
+    expect("contoso_admin", grant, StatusCode::OK, None).await;
+    // R27: B cancelling A's subscription as itself is the rules' refusal, not a 403 (it acts for B).
+    let cancel_as_b = json!({"type": "CancelSubscription", "subscription": A_O365, "partner": B});
+    expect("b_admin", cancel_as_b, refused, Some(("rule", "R27"))).await;
+    // R21: the customer's Global admin terminates; B may not terminate A's admin relationship.
+    let terminate = json!({"type": "TerminateDelegatedAdmin", "admin_relationship": "ad000000-0000-4000-8000-000000000001"});
+    expect(
+        "b_admin",
+        terminate.clone(),
+        forbidden,
+        Some(("reason", "not_your_tenant")),
+    )
+    .await;
+    expect("contoso_admin", terminate, StatusCode::OK, None).await;
+    // Operator-only commands from a partner: the rules refuse (the table of DOMAIN.md).
+    let update = json!({"type": "UpdatePartner", "partner": A, "name": "Adatum"});
+    expect("a_admin", update, refused, Some(("code", "not_authorized"))).await;
+
+    // Every denial was counted for /metrics, by status and reason.
+    let (_, metrics) = get(&c, &format!("{u}/metrics"), Some("ops")).await;
+    let m = metrics.as_str().unwrap();
+    let count = |label: &str| -> u64 {
+        m.lines()
+            .find(|l| l.starts_with(&format!("partner_ledger_denied_requests_total{{{label}}}")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(count(r#"status="403",reason="actor_mismatch""#), 1, "{m}");
+    assert_eq!(count(r#"status="403",reason="not_your_tenant""#), 4, "{m}");
+    assert_eq!(count(r#"status="403",reason="read_only""#), 1, "{m}");
+    assert_eq!(count(r#"status="401",reason="missing_token""#), 1, "{m}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_are_run_by_operators_and_read_by_auditors() {
+    let server = Server::start().await;
+    let u = server.url.clone();
+    let c = reqwest::Client::new();
+    let mut created = HashMap::new();
+    for (who, ..) in PRINCIPALS {
+        let (status, body) = call(
+            &c,
+            reqwest::Method::PUT,
+            &format!("{u}/v1/consumers/billing-{who}"),
+            Some(who),
+            Some(("application/json", "{}".into())),
+        )
+        .await;
+        created.insert(*who, status);
+        let want = if ["ops", "sys"].contains(who) {
+            StatusCode::CREATED
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        assert_eq!(status, want, "{who}: {body}");
+    }
+    let (status, _) = get(&c, &format!("{u}/v1/consumers/billing-ops"), Some("audit")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(
+        &c,
+        reqwest::Method::POST,
+        &format!("{u}/v1/consumers/billing-ops/ack"),
+        Some("audit"),
+        Some(("application/json", r#"{"position":1}"#.into())),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "auditors change nothing");
+    let (status, _) = call(
+        &c,
+        reqwest::Method::DELETE,
+        &format!("{u}/v1/consumers/billing-ops"),
+        Some("b_admin"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = call(
+        &c,
+        reqwest::Method::DELETE,
+        &format!("{u}/v1/consumers/billing-ops"),
+        Some("ops"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    server.stop().await;
+}
+
+#[test]
+fn a_bad_tokens_file_is_refused_with_the_entry_and_problem_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(Value, &str)] = &[
+        (
+            json!({"principals": [{"name": "x", "role": "partner_admin_agent", "tenant": A, "user": "u", "token_sha256": "abc"}]}),
+            "64 hex digits",
+        ),
+        (
+            json!({"principals": [{"name": "x", "role": "king", "tenant": A, "user": "u", "token_sha256": "0".repeat(64)}]}),
+            "unknown role `king`",
+        ),
+        (
+            json!({"principals": [{"name": "x", "role": "operator", "user": "u", "token_sha256": "0".repeat(64)}]}),
+            "tenant is required",
+        ),
+        (
+            json!({"principals": [{"name": "x", "role": "operator", "tenant": "nope", "user": "u", "token_sha256": "0".repeat(64)}]}),
+            "tenant",
+        ),
+        (
+            json!({"principals": [{"name": "x", "role": "operator", "tenant": A, "user": "u", "token": "plain", "token_sha256": "0".repeat(64)}]}),
+            "unknown field `token`",
+        ),
+        (
+            json!({"principals": [
+            {"name": "x", "role": "auditor", "user": "u", "token_sha256": "0".repeat(64)},
+            {"name": "y", "role": "auditor", "user": "v", "token_sha256": "0".repeat(64)}]}),
+            "same token",
+        ),
+    ];
+    for (i, (file, want)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("t{i}.json"));
+        std::fs::write(&path, file.to_string()).unwrap();
+        let Err(e) = Auth::with_tokens(Some(&path), None) else {
+            panic!("case {i} was accepted");
+        };
+        assert!(
+            e.contains(want) && e.contains(&path.display().to_string()),
+            "case {i}: {e}"
+        );
+    }
+    let Err(e) = Auth::with_tokens(Some(&dir.path().join("missing.json")), None) else {
+        panic!("a missing tokens file was accepted");
+    };
+    assert!(e.contains("cannot read"), "{e}");
+}
+
+/// The real process: local mode refuses a non-loopback address; with a tokens file it listens there, asks every
+/// request for a token, and picks up a new principal on SIGHUP.
+#[test]
+fn serve_is_secure_by_default_and_reloads_tokens_on_sighup() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = std::process::Command::new(common::BIN)
+        .arg("--data")
+        .arg(&data)
+        .args(["serve", "--listen", "0.0.0.0:0", "--no-sample-data"])
+        .env_remove("PARTNER_LEDGER_OPERATOR_TOKEN")
+        .env_remove("PARTNER_LEDGER_TOKENS")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0") && err.contains("loopback"),
+        "{err}"
+    );
+
+    let file = tokens_file(dir.path(), &PRINCIPALS[..1]);
+    let mut child = std::process::Command::new(common::BIN)
+        .arg("--data")
+        .arg(&data)
+        .args([
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--no-sample-data",
+            "--tokens",
+        ])
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let port = first
+        .split("http://0.0.0.0:")
+        .nth(1)
+        .unwrap()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .to_string();
+    let u = format!("http://127.0.0.1:{port}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = reqwest::Client::new();
+        assert_eq!(
+            get(&c, &format!("{u}/healthz"), None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            get(&c, &format!("{u}/healthz"), Some("ops")).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            get(&c, &format!("{u}/healthz"), Some("audit")).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        tokens_file(dir.path(), &PRINCIPALS[..3]);
+        let pid = child.id().to_string();
+        assert!(std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let mut ok = false;
+        for _ in 0..100 {
+            if get(&c, &format!("{u}/healthz"), Some("audit")).await.0 == StatusCode::OK {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            ok,
+            "the auditor added to the tokens file was not accepted after SIGHUP"
+        );
+        // A broken file on reload keeps the previous table.
+        std::fs::write(&file, "{not json").unwrap();
+        assert!(std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            get(&c, &format!("{u}/healthz"), Some("audit")).await.0,
+            StatusCode::OK
+        );
+    });
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(child.wait().unwrap().success());
+}
