@@ -393,6 +393,9 @@ pub fn load_state(
 struct Decided {
     /// The writer's batch number.
     seq: u64,
+    /// The writer's epoch when it decided the batch: a survived write failure starts a new one, and batches of an
+    /// older epoch (decided on top of the failed one) are never written.
+    epoch: u64,
     /// The events to persist (none when every command was refused or a duplicate).
     prepared: Option<Prepared>,
     /// Each command's reply and what to answer once the batch is durable.
@@ -424,6 +427,11 @@ struct Shared {
     failed: AtomicBool,
     /// The last writer batch made durable.
     durable: AtomicU64,
+    /// Bumped by the committer when a write fails without leaving a trace: the writer then goes back to the durable
+    /// state and goes on (a failed write before any sync is survived).
+    epoch: AtomicU64,
+    /// Write failures survived.
+    survived: AtomicU64,
 }
 
 /// An open ledger: a handle to submit commands and read the log. Dropping it (or [`Ledger::close`]) stops the writer
@@ -464,6 +472,8 @@ impl Ledger {
             counters: WriterCounters::default(),
             failed: AtomicBool::new(false),
             durable: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            survived: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let (head_tx, head_rx) = watch::channel(head.position);
@@ -495,6 +505,8 @@ impl Ledger {
         };
         let writer = Writer {
             shared: Arc::clone(&shared),
+            live: Arc::clone(&live),
+            epoch: 0,
             state,
             head,
             clock: Arc::clone(&config.clock),
@@ -627,6 +639,10 @@ impl Drop for Ledger {
 
 struct Writer {
     shared: Arc<Shared>,
+    /// The durable write model, to go back to after a survived write failure.
+    live: Arc<Live>,
+    /// The epoch of the batches this writer decides (see [`Decided::epoch`]).
+    epoch: u64,
     /// The write model including every decided batch, durable or not yet.
     state: State,
     /// The head after the last decided batch.
@@ -649,6 +665,11 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let epoch = self.shared.epoch.load(Ordering::SeqCst);
+            if epoch != self.epoch && !self.shared.failed.load(Ordering::SeqCst) {
+                self.rewind();
+                self.epoch = epoch;
+            }
             if self.shared.failed.load(Ordering::SeqCst) {
                 for j in jobs {
                     let id = j.submitted.command_id.unwrap_or_else(new_command_id);
@@ -665,6 +686,26 @@ impl Writer {
                 return;
             }
         }
+    }
+
+    /// After a survived write failure: waits until every batch written before it is durable and in the live model,
+    /// then continues from there, dropping the speculative state of the batches that were never written.
+    fn rewind(&mut self) {
+        let store = &self.shared.store;
+        loop {
+            if self.shared.failed.load(Ordering::SeqCst) {
+                return;
+            }
+            let head = store.head();
+            if head == store.written_head() && self.live.position() >= head.position {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.state = self.live.read(|s, _| s.clone());
+        self.head = store.head();
+        self.in_flight.clear();
+        tracing::warn!(head = %self.head.position, "a write failed and left nothing behind; writing goes on from the durable head");
     }
 
     fn decide_batch(&mut self, jobs: Vec<Job>) -> Decided {
@@ -707,6 +748,7 @@ impl Writer {
         };
         Decided {
             seq: self.seq,
+            epoch: self.epoch,
             prepared,
             drafts,
             refusals,
@@ -842,6 +884,8 @@ struct Written {
     written: Option<crate::store::Written>,
     /// Why the write failed.
     error: Option<String>,
+    /// Whether the failure stopped writes (else it was survived: the batches are answered unknown, writing goes on).
+    fatal: bool,
 }
 
 /// Waits for the next item, then takes every other one already queued behind it (group commit). `None` once the
@@ -862,8 +906,30 @@ struct Committer {
 
 impl Committer {
     fn run(self, rx: std::sync::mpsc::Receiver<Decided>) {
-        while let Some(batches) = take_queued(&rx) {
-            let written = self.write(batches);
+        while let Some(mut batches) = take_queued(&rx) {
+            // Batches decided on top of a write that failed are never written (they come first: the writer starts
+            // the new epoch only after it rewound).
+            let epoch = self.shared.epoch.load(Ordering::SeqCst);
+            let fresh = batches
+                .iter()
+                .position(|b| b.epoch == epoch)
+                .unwrap_or(batches.len());
+            let rest = batches.split_off(fresh);
+            if !batches.is_empty() {
+                let void = Written {
+                    batches,
+                    written: None,
+                    error: Some("an earlier write in its group commit failed".into()),
+                    fatal: false,
+                };
+                if self.sync.send(void).is_err() {
+                    return;
+                }
+            }
+            if rest.is_empty() {
+                continue;
+            }
+            let written = self.write(rest);
             if self.sync.send(written).is_err() {
                 return;
             }
@@ -876,6 +942,7 @@ impl Committer {
                 batches,
                 written: None,
                 error: Some("writes are stopped after a storage failure".into()),
+                fatal: true,
             };
         }
         let mut merged: Option<Prepared> = None;
@@ -892,6 +959,7 @@ impl Committer {
                             batches,
                             written: None,
                             error: Some("internal error: batches out of order".into()),
+                            fatal: true,
                         };
                     }
                 }
@@ -902,6 +970,7 @@ impl Committer {
                 batches,
                 written: None,
                 error: None,
+                fatal: false,
             };
         };
         match self.shared.store.write(merged) {
@@ -909,7 +978,18 @@ impl Committer {
                 batches,
                 written: Some(w),
                 error: None,
+                fatal: false,
             },
+            Err(e @ StoreError::WriteFailed { .. }) => {
+                self.shared.survived.fetch_add(1, Ordering::SeqCst);
+                self.shared.epoch.fetch_add(1, Ordering::SeqCst);
+                Written {
+                    batches,
+                    written: None,
+                    error: Some(format!("{e}")),
+                    fatal: false,
+                }
+            }
             Err(e) => {
                 self.shared.failed.store(true, Ordering::SeqCst);
                 Written {
@@ -918,6 +998,7 @@ impl Committer {
                     error: Some(format!(
                         "storage failed while this command was in flight ({e})"
                     )),
+                    fatal: true,
                 }
             }
         }
@@ -940,13 +1021,42 @@ impl Syncer {
         }
     }
 
+    /// Syncs and answers the groups in order: runs of written groups share one sync; a failed group is answered
+    /// `unknown` after the groups before it are durable.
     fn sync(&self, groups: Vec<Written>) {
         const RETRY: &str =
             "it may or may not be committed: reopen the ledger and retry with the same command_id";
-        if let Some(error) = groups.iter().find_map(|g| g.error.clone()) {
-            self.shared.failed.store(true, Ordering::SeqCst);
+        const RETRY_NOW: &str = "nothing of it was written; retry with the same command_id";
+        let mut run = Vec::new();
+        for g in groups {
+            match g.error.clone() {
+                None => run.push(g),
+                Some(error) => {
+                    self.sync_run(std::mem::take(&mut run));
+                    if g.fatal || self.shared.failed.load(Ordering::SeqCst) {
+                        self.shared.failed.store(true, Ordering::SeqCst);
+                        self.answer_unknown(g.batches, &format!("{error}; {RETRY}"));
+                    } else {
+                        self.answer_unknown(g.batches, &format!("{error}; {RETRY_NOW}"));
+                    }
+                }
+            }
+        }
+        self.sync_run(run);
+    }
+
+    fn sync_run(&self, groups: Vec<Written>) {
+        const RETRY: &str =
+            "it may or may not be committed: reopen the ledger and retry with the same command_id";
+        if groups.is_empty() {
+            return;
+        }
+        if self.shared.failed.load(Ordering::SeqCst) {
             let batches = groups.into_iter().flat_map(|g| g.batches).collect();
-            return self.answer_unknown(batches, &format!("{error}; {RETRY}"));
+            return self.answer_unknown(
+                batches,
+                &format!("writes are stopped after a storage failure; {RETRY}"),
+            );
         }
         let mut batches = Vec::new();
         let mut written = Vec::new();

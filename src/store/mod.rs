@@ -12,7 +12,7 @@ use std::path::PathBuf;
 pub use envelope::{
     canonical, chain_hash, check, entity_prefix, seal, ChainBreak, Envelope, NewEvent, GENESIS_HASH,
 };
-pub use sled_store::{Fault, Prepared, SledStore, StoreOptions, Written};
+pub use sled_store::{Fault, FaultPlan, Prepared, SledStore, StoreOptions, Written};
 
 use crate::domain::{CommandId, EntityRef, Position};
 
@@ -134,6 +134,9 @@ pub enum StoreError {
     /// No ledger exists at that folder; create one with `exec` or choose the right `--data`.
     #[error("no ledger at {}", .0.display())]
     NoLedger(PathBuf),
+    /// A write transaction failed and left nothing behind: the batch is not in the log, and writes go on.
+    #[error("the write failed and left nothing behind ({message})")]
+    WriteFailed { message: String },
     /// An earlier write or sync failed, so the store refuses writes until it is reopened and re-verified (fail-stop).
     #[error("writes are stopped after an earlier storage failure; reopen the ledger to recover")]
     FailStopped,

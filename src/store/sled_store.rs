@@ -40,13 +40,25 @@ const HEAD_RECORD_LEN: usize = 96;
 /// (tree `events`) and 1 also a record and index keys per command in `aux`. Older folders are upgraded at open.
 const FORMAT_VERSION: u64 = 3;
 
-/// A fault to inject into the next batch, for tests of the failure paths (see `SledStore::inject_fault`).
+/// A fault to inject, for tests of the failure paths (see `SledStore::inject`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Fault {
-    /// The write transaction fails: nothing of the batch reaches sled.
+    /// The write transaction fails: nothing of the batch reaches sled. Survived: the ledger answers the batch (and any
+    /// decided on top of it) `unknown` and goes on from the durable head.
     Write = 1,
-    /// `fdatasync` fails after the batch was written and flushed: its fate on disk is unknown.
+    /// `fdatasync` fails after the batch was written and flushed: its fate on disk is unknown (fail-stop).
     Sync = 2,
+    /// sled's `flush()` fails: the batch may be partly in sled's log (fail-stop).
+    Flush = 3,
+}
+
+/// When an injected fault strikes: after `after` operations of its kind have succeeded, then once (`persistent:
+/// false`: the store recovers) or on every later operation of that kind.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct FaultPlan {
+    pub fault: Fault,
+    pub after: u64,
+    pub persistent: bool,
 }
 
 /// How to open a ledger's store.
@@ -103,8 +115,10 @@ pub struct SledStore {
     journal_seq: AtomicU64,
     flusher: Option<Flusher>,
     failed: AtomicBool,
-    /// A `Fault` to inject into the next batch (0: none).
-    fault: std::sync::atomic::AtomicU8,
+    /// The injected fault, with how many more operations of its kind succeed first.
+    fault: Mutex<Option<(FaultPlan, u64)>>,
+    /// Faults injected so far.
+    faults_struck: AtomicU64,
     batches: AtomicU64,
     flushes: AtomicU64,
     fdatasyncs: AtomicU64,
@@ -423,7 +437,8 @@ impl SledStore {
             journal_seq: AtomicU64::new(1),
             flusher: None,
             failed: AtomicBool::new(false),
-            fault: std::sync::atomic::AtomicU8::new(0),
+            fault: Mutex::new(None),
+            faults_struck: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             fdatasyncs: AtomicU64::new(0),
@@ -807,16 +822,43 @@ impl SledStore {
             .map_err(io("fdatasync of the database file failed"))
     }
 
-    /// Makes the next batch fail as `fault` says. For tests of the failure paths; a real ledger never calls it.
-    #[doc(hidden)]
+    /// Makes the next operation of `fault`'s kind fail, once. For tests of the failure paths; a real ledger never
+    /// calls it.
     pub fn inject_fault(&self, fault: Fault) {
-        self.fault.store(fault as u8, Ordering::SeqCst);
+        self.inject(FaultPlan {
+            fault,
+            after: 0,
+            persistent: false,
+        });
+    }
+
+    /// Arms a [`FaultPlan`] (replacing any armed one). For tests of the failure paths.
+    pub fn inject(&self, plan: FaultPlan) {
+        *self.fault.lock().unwrap_or_else(|e| e.into_inner()) = Some((plan, plan.after));
+    }
+
+    /// How many injected faults have struck.
+    pub fn faults_struck(&self) -> u64 {
+        self.faults_struck.load(Ordering::SeqCst)
     }
 
     fn injected(&self, fault: Fault) -> bool {
-        self.fault
-            .compare_exchange(fault as u8, 0, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
+        let mut armed = self.fault.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((plan, left)) = armed.as_mut() else {
+            return false;
+        };
+        if plan.fault != fault {
+            return false;
+        }
+        if *left > 0 {
+            *left -= 1;
+            return false;
+        }
+        if !plan.persistent {
+            *armed = None;
+        }
+        self.faults_struck.fetch_add(1, Ordering::SeqCst);
+        true
     }
 
     /// Whether an earlier storage failure stopped writes.
@@ -917,9 +959,8 @@ impl SledStore {
             .map(|(chunk, seq)| (journal::key(seq), journal::encode(chunk)))
             .collect();
         if self.injected(Fault::Write) {
-            return self.fail(StoreError::Io {
-                context: "the write transaction failed (injected)".into(),
-                source: std::io::Error::other("injected fault"),
+            return Err(StoreError::WriteFailed {
+                message: "the write transaction failed (injected fault)".into(),
             });
         }
         let segments = segment::pack(&rows);
@@ -942,7 +983,14 @@ impl SledStore {
                     message: "the write transaction aborted".into(),
                 },
             };
-            return self.fail(e);
+            // sled applies a transaction all or nothing. If nothing of this one is visible, the failure is survived:
+            // the caller goes on from the written head. Anything else stops writes.
+            return match self.untouched_since(&written_head, first_seq) {
+                Ok(true) => Err(StoreError::WriteFailed {
+                    message: e.to_string(),
+                }),
+                _ => self.fail(e),
+            };
         }
         self.journal_seq
             .store(first_seq + records.len() as u64, Ordering::SeqCst);
@@ -957,6 +1005,28 @@ impl SledStore {
         })
     }
 
+    /// Whether nothing was written after `head` (no log segment after it, the same head marker, no journal record from
+    /// `journal_seq` on): a failed write transaction left no trace.
+    fn untouched_since(&self, head: &Head, journal_seq: u64) -> Result<bool, StoreError> {
+        let marker = self.aux.get(HEAD_KEY)?;
+        let same_marker = match marker {
+            None => head.position.0 == 0,
+            Some(m) => serde_json::from_slice::<Head>(&m).is_ok_and(|h| h == *head),
+        };
+        let no_segment = self
+            .log
+            .tree
+            .range(head.position.next().to_key()..)
+            .next()
+            .is_none();
+        let no_record = self
+            .aux
+            .range(journal::key(journal_seq)..journal::key(u64::MAX))
+            .next()
+            .is_none();
+        Ok(same_marker && no_segment && no_record)
+    }
+
     /// Makes written batches durable — `flush()`, `fdatasync` of `sled/db`, then the `HEAD` file — and only then
     /// moves the head and shows them to the command map and the index. One sync covers every batch written so far.
     /// Any failure stops further writes (fail-stop).
@@ -967,6 +1037,12 @@ impl SledStore {
         let new_head = last.new_head.clone();
         if self.failed.load(Ordering::SeqCst) {
             return Err(StoreError::FailStopped);
+        }
+        if self.injected(Fault::Flush) {
+            return self.fail(StoreError::Io {
+                context: "flush of sled's log failed".into(),
+                source: std::io::Error::other("injected fault"),
+            });
         }
         if let Err(e) = self.db.flush() {
             return self.fail(StoreError::Sled(e));
@@ -1006,7 +1082,8 @@ impl SledStore {
         Ok(())
     }
 
-    fn written_head(&self) -> Head {
+    /// The head after the last batch written (durable or not yet).
+    pub fn written_head(&self) -> Head {
         self.written
             .lock()
             .unwrap_or_else(|e| e.into_inner())
