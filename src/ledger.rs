@@ -432,6 +432,38 @@ struct Shared {
     epoch: AtomicU64,
     /// Write failures survived.
     survived: AtomicU64,
+    /// Damage found by the background verification: the first bad position and what is wrong. Writes are refused.
+    damage: Mutex<Option<(Option<Position>, String)>>,
+    /// The background verification: how far it has checked the chain, and whether it finished.
+    verified: AtomicU64,
+    verify_done: AtomicBool,
+}
+
+impl Shared {
+    /// Why writes are stopped, for the `unknown` answers.
+    fn stopped_message(&self) -> String {
+        match &*self.damage.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((position, message)) => format!(
+                "writes are refused: the ledger is damaged{} ({message}); see docs/recovery.md",
+                position.map(|p| format!(" at position {p}")).unwrap_or_default()
+            ),
+            None => "writes are stopped after a storage failure; reopen the ledger and retry with the same command_id".into(),
+        }
+    }
+}
+
+/// The background verification's state (see [`Ledger::verify_in_background`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Integrity {
+    /// `verifying`, `verified` or `damaged`.
+    pub status: &'static str,
+    /// The chain is verified from position 1 up to here.
+    pub verified_upto: Position,
+    /// With `damaged`: the first bad position (when known) and what is wrong.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_bad_position: Option<Position>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damage: Option<String>,
 }
 
 /// An open ledger: a handle to submit commands and read the log. Dropping it (or [`Ledger::close`]) stops the writer
@@ -445,6 +477,8 @@ pub struct Ledger {
     tx: Mutex<Option<mpsc::Sender<Job>>>,
     /// The writer, committer, syncer and projector, in the order they stop.
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The background verification, with its stop flag.
+    verifier: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StoreError> {
@@ -474,6 +508,9 @@ impl Ledger {
             durable: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
             survived: AtomicU64::new(0),
+            damage: Mutex::new(None),
+            verified: AtomicU64::new(0),
+            verify_done: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let (head_tx, head_rx) = watch::channel(head.position);
@@ -529,6 +566,7 @@ impl Ledger {
             refusals,
             tx: Mutex::new(Some(tx)),
             threads: Mutex::new(threads),
+            verifier: Mutex::new(None),
         })
     }
 
@@ -620,9 +658,84 @@ impl Ledger {
         }
     }
 
+    /// Verifies the whole chain up to the current head on a background thread (the tail and the head marker were
+    /// checked at open; what is appended from now on is written by this process). On damage it refuses every later
+    /// write, naming the first bad position ([`Ledger::integrity`], `/healthz`); docs/recovery.md says what to do.
+    pub fn verify_in_background(&self) -> Result<(), StoreError> {
+        const CHUNK: u64 = 65_536;
+        let shared = Arc::clone(&self.shared);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let to = self.store().head().position;
+        let thread = spawn("ledger-verify", move || {
+            let mut from = 1;
+            while from <= to.0 && !stopping.load(Ordering::SeqCst) {
+                let upto = (from + CHUNK - 1).min(to.0);
+                match shared
+                    .store
+                    .verify_range(Position(from), Position(upto), |_| {})
+                {
+                    Ok(()) => shared.verified.store(upto, Ordering::SeqCst),
+                    Err(e) => {
+                        let (position, message) = match e {
+                            StoreError::Corrupt { position, message } => (position, message),
+                            other => (None, other.to_string()),
+                        };
+                        tracing::error!(position = ?position, %message, "the background verification found damage: writes are refused (docs/recovery.md)");
+                        *shared.damage.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some((position, message));
+                        shared.failed.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                }
+                from = upto + 1;
+            }
+            if from > to.0 {
+                tracing::info!(events = to.0, "background verification: the chain verifies");
+                shared.verify_done.store(true, Ordering::SeqCst);
+            }
+        })?;
+        *self.verifier.lock().unwrap_or_else(|e| e.into_inner()) = Some((stop, thread));
+        Ok(())
+    }
+
+    /// What the background verification found so far.
+    pub fn integrity(&self) -> Integrity {
+        let s = &self.shared;
+        let damage = s.damage.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let verified_upto = Position(s.verified.load(Ordering::SeqCst));
+        match damage {
+            Some((position, message)) => Integrity {
+                status: "damaged",
+                verified_upto,
+                first_bad_position: position,
+                damage: Some(message),
+            },
+            None => Integrity {
+                status: if s.verify_done.load(Ordering::SeqCst) {
+                    "verified"
+                } else {
+                    "verifying"
+                },
+                verified_upto,
+                first_bad_position: None,
+                damage: None,
+            },
+        }
+    }
+
     /// Stops accepting commands, lets the writer answer every queued one, writes the read models and (when due) a
     /// snapshot, and waits for all of it.
     pub fn close(&self) {
+        if let Some((stop, thread)) = self
+            .verifier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            stop.store(true, Ordering::SeqCst);
+            let _ = thread.join();
+        }
         self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         for t in threads {
@@ -676,7 +789,7 @@ impl Writer {
                     self.shared.counters.unknown.fetch_add(1, Ordering::Relaxed);
                     let _ = j.reply.send(Outcome::Unknown {
                         command_id: id,
-                        message: "writes are stopped after a storage failure; reopen the ledger and retry with the same command_id".into(),
+                        message: self.shared.stopped_message(),
                     });
                 }
                 continue;
@@ -941,7 +1054,7 @@ impl Committer {
             return Written {
                 batches,
                 written: None,
-                error: Some("writes are stopped after a storage failure".into()),
+                error: Some(self.shared.stopped_message()),
                 fatal: true,
             };
         }
@@ -1053,10 +1166,7 @@ impl Syncer {
         }
         if self.shared.failed.load(Ordering::SeqCst) {
             let batches = groups.into_iter().flat_map(|g| g.batches).collect();
-            return self.answer_unknown(
-                batches,
-                &format!("writes are stopped after a storage failure; {RETRY}"),
-            );
+            return self.answer_unknown(batches, &self.shared.stopped_message());
         }
         let mut batches = Vec::new();
         let mut written = Vec::new();

@@ -256,8 +256,18 @@ pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) 
         .into_response()
 }
 
-async fn healthz(State(s): State<AppState>) -> Json<Value> {
-    Json(json!({"status": "ok", "head": s.ledger.store().head().position}))
+/// `GET /healthz`: `200 {"status": "ok", …}`, or `503 {"status": "damaged", …}` once the background verification
+/// found damage (writes are then refused; docs/recovery.md).
+async fn healthz(State(s): State<AppState>) -> Response {
+    let integrity = s.ledger.integrity();
+    let damaged = integrity.first_bad_position.is_some() || integrity.damage.is_some();
+    let body = Json(json!({"status": if damaged { "damaged" } else { "ok" },
+        "head": s.ledger.store().head().position, "integrity": integrity}));
+    if damaged {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    } else {
+        body.into_response()
+    }
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {

@@ -369,7 +369,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Verify { against } => verify(&cli.data, against.as_deref()),
         Command::Export { from, to, format } => {
-            let store = open_existing(&cli.data)?;
+            // Without the open-time checks, so that the good part of a damaged ledger can be exported for recovery
+            // (docs/recovery.md); `import` verifies every event it restores.
+            let store = SledStore::open(
+                &cli.data,
+                &StoreOptions {
+                    create: false,
+                    check_on_open: false,
+                    ..StoreOptions::default()
+                },
+            )?;
             audit::export(&store, Position(from), to.map(Position), format == "csv")
         }
         Command::Import { file } => audit::import(&cli.data, &file),
@@ -672,6 +681,8 @@ fn serve(
     if ledger.store().head().position.0 == 0 && !no_sample_data {
         load_sample_data(&ledger)?;
     }
+    // The tail and the head marker were checked at open; the rest of the chain is verified while the server runs.
+    ledger.verify_in_background()?;
     let config = crate::api::ServeConfig {
         heartbeat: std::time::Duration::from_millis(heartbeat_ms.max(1)),
         clock_interval: std::time::Duration::from_secs(clock_interval.max(1)),

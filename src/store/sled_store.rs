@@ -740,7 +740,7 @@ impl SledStore {
     }
 
     /// Verifies events `from..=to`: contiguous positions, each linked to the previous hash, each hash matching.
-    fn verify_range(
+    pub fn verify_range(
         &self,
         from: Position,
         to: Position,

@@ -102,8 +102,15 @@ pub mod raw_log {
         let (first, mut events) = segment_of(&tree, position);
         let i = usize::try_from(position - first).unwrap();
         events[i] = edit(String::from_utf8(events[i].clone()).unwrap()).into_bytes();
-        tree.insert(first.to_be_bytes(), events.join(&b'\n'))
-            .unwrap();
+        // Stored as the store stores it (compressed), so the value stays as small as before.
+        let rows: Vec<_> = events
+            .into_iter()
+            .zip(first..)
+            .map(|(e, p)| (partner_ledger::domain::Position(p), e))
+            .collect();
+        for (k, v) in partner_ledger::store::segment::pack(&rows) {
+            tree.insert(k, v).unwrap();
+        }
         db.flush().unwrap();
     }
 
@@ -139,5 +146,14 @@ pub mod raw_log {
                 .unwrap();
         }
         db.flush().unwrap();
+    }
+
+    /// Deletes the stored segment holding `position` (a deleted key); returns its first position.
+    pub fn remove_segment(data: &Path, position: u64) -> u64 {
+        let (db, tree) = open(data);
+        let (first, _) = segment_of(&tree, position);
+        tree.remove(first.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+        first
     }
 }
