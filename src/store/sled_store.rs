@@ -14,7 +14,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -76,6 +76,10 @@ pub struct StoreOptions {
     /// `index_interval` and at close).
     pub index_flush_positions: usize,
     pub index_interval: Duration,
+    /// Free space the ledger keeps on its disk: a batch that would leave less is not written (its commands are
+    /// answered `unknown`, writing goes on once space is freed). sled cannot recover files it failed to write for
+    /// want of space (docs/recovery.md), so it must never see a full disk.
+    pub min_free_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -87,6 +91,7 @@ impl Default for StoreOptions {
             check_on_open: true,
             index_flush_positions: 600_000,
             index_interval: Duration::from_secs(10),
+            min_free_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -100,6 +105,9 @@ pub struct SledStore {
     data_file: File,
     /// Held for the life of the store: the advisory lock that keeps a second process out.
     _lock: File,
+    /// The data folder, and the free space kept on its disk.
+    dir: PathBuf,
+    min_free_bytes: u64,
     /// `HEAD`: a copy of the head marker outside sled (see [`SledStore::check_head_file`]).
     head_file: File,
     /// The last durable event: what readers see.
@@ -428,6 +436,8 @@ impl SledStore {
             aux,
             data_file,
             _lock: lock,
+            dir: dir.to_path_buf(),
+            min_free_bytes: options.min_free_bytes,
             head_file,
             head: Mutex::new(Head::genesis()),
             written: Mutex::new(Head::genesis()),
@@ -962,6 +972,21 @@ impl SledStore {
             return Err(StoreError::WriteFailed {
                 message: "the write transaction failed (injected fault)".into(),
             });
+        }
+        let bytes: usize = rows.iter().map(|(_, r)| r.len()).sum();
+        let needed = self.min_free_bytes + 2 * bytes as u64;
+        match fs4::available_space(&self.dir) {
+            Ok(free) if free < needed => {
+                return Err(StoreError::WriteFailed {
+                    message: format!(
+                        "the disk holding {} has {} MiB free, less than the {} MiB the ledger keeps in reserve plus this batch; free some space, then retry",
+                        self.dir.display(),
+                        free / (1024 * 1024),
+                        self.min_free_bytes / (1024 * 1024)
+                    ),
+                })
+            }
+            _ => {}
         }
         let segments = segment::pack(&rows);
         let result: Result<(), TransactionError<()>> =
