@@ -720,20 +720,23 @@ fn serve(
                 }
             });
         }
-        println!(
+        // Written with errors ignored: a server whose stdout was closed (`serve | head -1`) keeps serving.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stdout(),
             "partner-ledger listening on http://{addr} (data: {}, {} events)\n\nTry:\n  curl http://{addr}/v1/customers/{CONTOSO}\n  curl http://{addr}/v1/partners/a0000000-0000-4000-8000-00000000000a\n  curl 'http://{addr}/v1/customers/{CONTOSO}?as_of=2024-02-01T00:00:00Z'\n  curl -N -H 'Accept: application/x-ndjson' 'http://{addr}/v1/events?customer={CONTOSO}'\n  curl -X POST -H 'Content-Type: application/json' http://{addr}/v1/commands -d '{{\"type\":\"CancelSubscription\",\"actor\":{{\"tenant\":\"b0000000-0000-4000-8000-00000000000b\",\"user\":\"you\",\"role\":\"partner_admin_agent\"}},\"subscription\":\"5a000000-0000-4000-8000-000000000001\",\"partner\":\"b0000000-0000-4000-8000-00000000000b\"}}'   # B may not cancel A's subscription: 422, R27\n  curl http://{addr}/metrics\n\nCtrl-C stops the server after answering every command in flight.",
             dir.display(),
             ledger.store().head().position
         );
-        println!("\n{mode}");
-        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "\n{mode}");
         std::io::stdout().flush().ok();
         crate::api::serve(listener, state, stop_tx, shutdown_signal()).await?;
         Ok::<(), anyhow::Error>(())
     });
     ledger.close();
     result?;
-    println!(
+    let _ = writeln!(
+        std::io::stdout(),
         "stopped cleanly at position {}",
         ledger.store().head().position
     );
