@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::time::Duration;
 
@@ -69,37 +68,8 @@ fn verify_says(data: &Path) -> String {
 /// Starts `serve` on the damaged folder; waits until /healthz reports the damage; checks that writes are refused
 /// naming the position; stops the server. Returns the reported first bad position.
 fn served_damage(data: &Path) -> u64 {
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut child = std::process::Command::new(BIN)
-        .arg("--data")
-        .arg(data)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-sample-data",
-            "--clock-interval",
-            "3600",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut child = Killed(child);
-    let mut first = String::new();
-    BufReader::new(&mut stdout).read_line(&mut first).unwrap();
-    let url = first
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("the server did not start: {first}"))
-        .to_string();
+    let mut served = common::serve(data, None);
+    let url = served.url.clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let position = rt.block_on(async {
         let c = reqwest::Client::new();
@@ -133,14 +103,14 @@ fn served_damage(data: &Path) -> u64 {
         assert_eq!(r.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
         position
     });
-    let pid = child.0.id().to_string();
+    let pid = served.child.id().to_string();
     assert!(std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap()
         .success());
     assert!(
-        child.0.wait().unwrap().success(),
+        served.child.wait().unwrap().success(),
         "the damaged server stops cleanly"
     );
     position

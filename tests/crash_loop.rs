@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,37 +20,6 @@ const WRITERS: usize = 8;
 const OP: &str =
     r#"{"tenant":"00000000-0000-4000-8000-0000000000ff","user":"ops","role":"operator"}"#;
 const A: &str = "a0000000-0000-4000-8000-00000000000a";
-
-/// Starts `serve` on `data` (retrying while a previous holder lets go of the lock); returns it and its URL.
-fn start(data: &std::path::Path) -> (std::process::Child, String) {
-    for _ in 0..200 {
-        let mut child = std::process::Command::new(common::BIN)
-            .arg("--data")
-            .arg(data)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--no-sample-data",
-                "--clock-interval",
-                "3600",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::fs::File::create(data.with_extension("stderr")).unwrap())
-            .spawn()
-            .unwrap();
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        if let Some(url) = first.split_whitespace().find(|w| w.starts_with("http://")) {
-            return (child, url.to_string());
-        }
-        let _ = child.wait();
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("the server did not start");
-}
 
 /// A customer registration and partner A's relationship request for it: one NDJSON request of two dependent commands.
 fn pair(round: usize, writer: usize, n: usize) -> (Vec<String>, String) {
@@ -71,7 +39,8 @@ fn pair(round: usize, writer: usize, n: usize) -> (Vec<String>, String) {
 
 /// One round: writers until the kill; returns the acknowledged command ids with their positions.
 fn round(data: &std::path::Path, round: usize, rng: &mut impl Rng) -> HashMap<String, Vec<u64>> {
-    let (mut child, url) = start(data);
+    let mut served = common::serve(data, Some(&data.with_extension("stderr")));
+    let url = served.url.clone();
     let kill_after = 1_000 + rng.random_range(0..1_500);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let acked: Arc<Mutex<HashMap<String, Vec<u64>>>> = Arc::default();
@@ -152,7 +121,7 @@ fn round(data: &std::path::Path, round: usize, rng: &mut impl Rng) -> HashMap<St
         }
         // Kill without warning while the writers are mid-request.
         let in_flight_at_kill = in_flight.load(Ordering::SeqCst);
-        child.kill().unwrap();
+        served.child.kill().unwrap();
         let acked_at_kill = acked.lock().unwrap().len();
         stop.store(true, Ordering::SeqCst);
         for w in writers {
@@ -160,7 +129,7 @@ fn round(data: &std::path::Path, round: usize, rng: &mut impl Rng) -> HashMap<St
         }
         (in_flight_at_kill, acked_at_kill)
     });
-    child.wait().unwrap();
+    served.child.wait().unwrap();
     let (in_flight_at_kill, acked_at_kill) = at_kill;
     assert!(
         acked_at_kill >= 1_000,
@@ -233,11 +202,11 @@ fn check(data: &std::path::Path, round: usize, acked: &HashMap<String, Vec<u64>>
 fn twenty_rounds_of_kill_9_under_concurrent_http_writers_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let seed: u64 = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    eprintln!("crash loop seed {seed}");
+    let seed: u64 = std::env::var("CRASH_LOOP_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("crash loop seed {seed} (CRASH_LOOP_SEED={seed} repeats it)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut all: HashMap<String, Vec<u64>> = HashMap::new();
     let mut head = 0;

@@ -73,6 +73,58 @@ pub fn mismatch(expected: &Value, actual: &Value, path: &str) -> Option<String> 
 /// consecutive envelopes into compressed segments (`src/store/segment.rs`): the key is the first one's big-endian
 /// position and the content is the envelopes separated by newlines. Edited segments are written back uncompressed,
 /// which the ledger reads too.
+/// A `serve` child process on `127.0.0.1:0` with sample data off and the clock scheduler quiet, killed when dropped.
+pub struct Served {
+    pub child: std::process::Child,
+    pub url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `serve` on `data` (retrying while an earlier holder lets go of the folder's lock); its stderr goes to
+/// `stderr` when given.
+pub fn serve(data: &Path, stderr: Option<&Path>) -> Served {
+    use std::io::BufRead;
+    for _ in 0..200 {
+        let mut child = Command::new(BIN)
+            .arg("--data")
+            .arg(data)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-sample-data",
+                "--clock-interval",
+                "3600",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(match stderr {
+                Some(p) => std::process::Stdio::from(std::fs::File::create(p).unwrap()),
+                None => std::process::Stdio::null(),
+            })
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        if let Some(url) = first.split_whitespace().find(|w| w.starts_with("http://")) {
+            return Served {
+                url: url.to_string(),
+                child,
+            };
+        }
+        let _ = child.wait();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("the server did not start on {}", data.display());
+}
+
 pub mod raw_log {
     use std::path::Path;
 
