@@ -68,7 +68,7 @@ fn verify_says(data: &Path) -> String {
 /// Starts `serve` on the damaged folder; waits until /healthz reports the damage; checks that writes are refused
 /// naming the position; stops the server. Returns the reported first bad position.
 fn served_damage(data: &Path) -> u64 {
-    let mut served = common::serve(data, None);
+    let mut served = common::serve(data, None, &[]);
     let url = served.url.clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let position = rt.block_on(async {

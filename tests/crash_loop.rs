@@ -39,7 +39,7 @@ fn pair(round: usize, writer: usize, n: usize) -> (Vec<String>, String) {
 
 /// One round: writers until the kill; returns the acknowledged command ids with their positions.
 fn round(data: &std::path::Path, round: usize, rng: &mut impl Rng) -> HashMap<String, Vec<u64>> {
-    let mut served = common::serve(data, Some(&data.with_extension("stderr")));
+    let mut served = common::serve(data, Some(&data.with_extension("stderr")), &[]);
     let url = served.url.clone();
     let kill_after = 1_000 + rng.random_range(0..1_500);
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -47,6 +47,11 @@ pub struct ServeConfig {
     pub clock_interval: Duration,
     /// The largest request body accepted (larger: 413).
     pub body_limit: usize,
+    /// How long a client may take to send a request's headers; a slower one is disconnected (slow-loris). An idle
+    /// keep-alive connection is closed after this long too.
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request's body (larger: 408, nothing of it submitted).
+    pub body_timeout: Duration,
 }
 
 impl Default for ServeConfig {
@@ -55,6 +60,8 @@ impl Default for ServeConfig {
             heartbeat: Duration::from_secs(15),
             clock_interval: Duration::from_secs(60),
             body_limit: 16 * 1024 * 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -102,6 +109,53 @@ impl AppState {
     pub fn with_auth(mut self, auth: Arc<auth::Auth>) -> AppState {
         self.auth = auth;
         self
+    }
+}
+
+/// Middleware: reads the whole body within [`ServeConfig::body_timeout`] and [`ServeConfig::body_limit`] before any
+/// handler runs, so a slow or oversized body is refused (408, 413) with nothing of it submitted, and holds at most the
+/// limit in memory.
+async fn read_body_in_time(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let limit = s.config.body_limit;
+    match tokio::time::timeout(s.config.body_timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => {
+            next.run(axum::extract::Request::from_parts(
+                parts,
+                axum::body::Body::from(bytes),
+            ))
+            .await
+        }
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|c| c.to_string().contains("length limit"))
+                || e.to_string().contains("length limit");
+            if too_large {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!("the body is larger than this server's limit of {limit} bytes; split it into several requests"),
+                )
+            } else {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    format!("the body could not be read: {e}"),
+                )
+            }
+        }
+        Err(_) => error(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the body did not arrive within {} ms; nothing of it was submitted",
+                s.config.body_timeout.as_millis()
+            ),
+        ),
     }
 }
 
@@ -190,6 +244,10 @@ pub fn router(state: AppState) -> Router {
         .merge(operations_routes)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            read_body_in_time,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             auth::authenticate,
         ))
         .layer(DefaultBodyLimit::max(limit))
@@ -198,6 +256,10 @@ pub fn router(state: AppState) -> Router {
 
 /// Serves `router` on `listener` until `shutdown` completes: then it stops accepting, ends the streams, lets in-flight
 /// requests finish (their commands are acknowledged), and returns; close the ledger afterwards to flush.
+///
+/// Connections are served by hyper directly (not `axum::serve`) so that a client slower than
+/// [`ServeConfig::header_timeout`] to send its headers is disconnected, and a failed `accept` (out of file
+/// descriptors) is logged and retried instead of ending the server.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
@@ -209,15 +271,40 @@ pub async fn serve(
         state.config.clock_interval,
         state.stopping.clone(),
     ));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(state.config.header_timeout);
     let app = router(state);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop.send(true);
-        })
-        .await;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                let conn = graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    graceful.shutdown().await;
     scheduler.abort();
-    result
+    Ok(())
 }
 
 /// Issues `AdvanceClock` at start-up and then every `interval`, so time-driven transitions are recorded on time (R36).

@@ -48,6 +48,12 @@ pub enum Command {
         /// Start an empty ledger empty.
         #[arg(long)]
         no_sample_data: bool,
+        /// Milliseconds a client may take to send a request's headers (slower: disconnected).
+        #[arg(long, default_value_t = 10_000)]
+        header_timeout_ms: u64,
+        /// Milliseconds a client may take to send a request's body (slower: 408).
+        #[arg(long, default_value_t = 30_000)]
+        body_timeout_ms: u64,
         /// The tokens file (docs/security.md). Without it (and without PARTNER_LEDGER_OPERATOR_TOKEN) the server runs
         /// in local mode: loopback only, every caller an operator.
         #[arg(long, env = "PARTNER_LEDGER_TOKENS")]
@@ -225,12 +231,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clock_interval,
             heartbeat_ms,
             no_sample_data,
+            header_timeout_ms,
+            body_timeout_ms,
             tokens,
         } => serve(
             &cli.data,
             &listen,
-            clock_interval,
-            heartbeat_ms,
+            crate::api::ServeConfig {
+                heartbeat: std::time::Duration::from_millis(heartbeat_ms.max(1)),
+                clock_interval: std::time::Duration::from_secs(clock_interval.max(1)),
+                header_timeout: std::time::Duration::from_millis(header_timeout_ms.max(1)),
+                body_timeout: std::time::Duration::from_millis(body_timeout_ms.max(1)),
+                ..Default::default()
+            },
             no_sample_data,
             tokens.as_deref(),
         ),
@@ -652,8 +665,7 @@ fn verify(dir: &std::path::Path, against: Option<&str>) -> anyhow::Result<ExitCo
 fn serve(
     dir: &std::path::Path,
     listen: &str,
-    clock_interval: u64,
-    heartbeat_ms: u64,
+    config: crate::api::ServeConfig,
     no_sample_data: bool,
     tokens: Option<&std::path::Path>,
 ) -> anyhow::Result<ExitCode> {
@@ -683,11 +695,6 @@ fn serve(
     }
     // The tail and the head marker were checked at open; the rest of the chain is verified while the server runs.
     ledger.verify_in_background()?;
-    let config = crate::api::ServeConfig {
-        heartbeat: std::time::Duration::from_millis(heartbeat_ms.max(1)),
-        clock_interval: std::time::Duration::from_secs(clock_interval.max(1)),
-        ..Default::default()
-    };
     let result = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen)
             .await

@@ -79,6 +79,19 @@ pub struct Served {
     pub url: String,
 }
 
+impl Served {
+    /// The server's resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+}
+
 impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -86,9 +99,9 @@ impl Drop for Served {
     }
 }
 
-/// Starts `serve` on `data` (retrying while an earlier holder lets go of the folder's lock); its stderr goes to
-/// `stderr` when given.
-pub fn serve(data: &Path, stderr: Option<&Path>) -> Served {
+/// Starts `serve` on `data` with `extra` arguments (retrying while an earlier holder lets go of the folder's lock);
+/// its stderr goes to `stderr` when given.
+pub fn serve(data: &Path, stderr: Option<&Path>, extra: &[&str]) -> Served {
     use std::io::BufRead;
     for _ in 0..200 {
         let mut child = Command::new(BIN)
@@ -102,6 +115,7 @@ pub fn serve(data: &Path, stderr: Option<&Path>) -> Served {
                 "--clock-interval",
                 "3600",
             ])
+            .args(extra)
             .stdout(std::process::Stdio::piped())
             .stderr(match stderr {
                 Some(p) => std::process::Stdio::from(std::fs::File::create(p).unwrap()),
