@@ -10,6 +10,7 @@ pub mod audit;
 pub mod bench;
 pub mod cli;
 pub mod domain;
+pub mod fuzz;
 pub mod ledger;
 pub mod projection;
 pub mod query;

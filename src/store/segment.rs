@@ -116,11 +116,21 @@ pub fn unpack(key: &[u8], value: &[u8]) -> Result<Vec<(Position, Vec<u8>)>, Stor
         },
         other => other,
     })?;
-    Ok(content
+    content
         .split(|b| *b == b'\n')
         .enumerate()
-        .map(|(i, raw)| (Position(first.0 + i as u64), raw.to_vec()))
-        .collect())
+        .map(|(i, raw)| {
+            // A damaged key near the end of the position space must not wrap around (found by `cargo fuzz`).
+            let position = u64::try_from(i)
+                .ok()
+                .and_then(|i| first.0.checked_add(i))
+                .ok_or_else(|| StoreError::Corrupt {
+                    position: Some(first),
+                    message: "a segment of the log runs past the last possible position".into(),
+                })?;
+            Ok((Position(position), raw.to_vec()))
+        })
+        .collect()
 }
 
 /// Events read from the log, each with its position, or the error that stopped the read.
@@ -206,6 +216,14 @@ mod tests {
 
     fn ev(n: u64, len: usize) -> (Position, Vec<u8>) {
         (Position(n), vec![b'a' + (n % 26) as u8; len])
+    }
+
+    #[test]
+    fn a_segment_key_near_the_end_of_the_position_space_is_damage_not_a_wrap_around() {
+        // Found by `cargo fuzz run stored_record`: this panicked on overflow (and wrapped to position 0 in release).
+        let e = unpack(&[0xff; 8], b"{\"a\":1}\n{\"b\":2}").unwrap_err();
+        assert!(e.to_string().contains("runs past the last possible position"), "{e}");
+        assert_eq!(unpack(&[0xff; 8], b"{\"a\":1}").unwrap()[0].0, Position(u64::MAX));
     }
 
     #[test]

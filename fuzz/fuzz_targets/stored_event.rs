@@ -1,0 +1,8 @@
+#![no_main]
+//! `cargo fuzz run stored_event`: see docs/fuzzing.md.
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    partner_ledger::fuzz::stored_event(data);
+});
