@@ -222,8 +222,15 @@ mod tests {
     fn a_segment_key_near_the_end_of_the_position_space_is_damage_not_a_wrap_around() {
         // Found by `cargo fuzz run stored_record`: this panicked on overflow (and wrapped to position 0 in release).
         let e = unpack(&[0xff; 8], b"{\"a\":1}\n{\"b\":2}").unwrap_err();
-        assert!(e.to_string().contains("runs past the last possible position"), "{e}");
-        assert_eq!(unpack(&[0xff; 8], b"{\"a\":1}").unwrap()[0].0, Position(u64::MAX));
+        assert!(
+            e.to_string()
+                .contains("runs past the last possible position"),
+            "{e}"
+        );
+        assert_eq!(
+            unpack(&[0xff; 8], b"{\"a\":1}").unwrap()[0].0,
+            Position(u64::MAX)
+        );
     }
 
     #[test]
