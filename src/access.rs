@@ -115,16 +115,26 @@ impl Principal {
     /// partner's agents for that partner (a provider also for its linked reseller's relationship, R32), a customer's
     /// users for that customer. Which role may issue which command is left to the rules (R7, R8, R21, R27), which now
     /// see the real role.
-    pub fn may_submit(&self, state: &State, cmd: &Submitted) -> Result<(), String> {
+    pub fn may_submit(&self, state: &State, cmd: &Submitted) -> Result<(), Denial> {
+        let not_yours = |message: String| Denial {
+            reason: "not_your_tenant",
+            message,
+        };
         if self.kind == Kind::Auditor {
-            return Err("auditors read; they issue no commands".into());
+            return Err(Denial {
+                reason: "read_only",
+                message: "auditors read; they issue no commands".into(),
+            });
         }
         if let Some(actor) = self.actor() {
             if cmd.actor != actor {
-                return Err(format!(
-                    "the command's actor ({}, {}) is not the authenticated principal ({}, {})",
-                    cmd.actor.tenant, cmd.actor.user, actor.tenant, actor.user
-                ));
+                return Err(Denial {
+                    reason: "actor_mismatch",
+                    message: format!(
+                        "the command's actor ({}, {}) is not the authenticated principal ({}, {})",
+                        cmd.actor.tenant, cmd.actor.user, actor.tenant, actor.user
+                    ),
+                });
             }
         }
         let named = Named::of(cmd);
@@ -156,7 +166,9 @@ impl Principal {
                     {
                         Ok(())
                     }
-                    Some(p) => Err(format!("acting for partner {p}, which is not {me}")),
+                    Some(p) => Err(not_yours(format!(
+                        "acting for partner {p}, which is not {me}"
+                    ))),
                     None => Ok(()),
                 }
             }
@@ -169,20 +181,32 @@ impl Principal {
                 });
                 match customer {
                     Some(c) if c == me => Ok(()),
-                    Some(c) => Err(format!("acting for customer {c}, which is not {me}")),
+                    Some(c) => Err(not_yours(format!(
+                        "acting for customer {c}, which is not {me}"
+                    ))),
                     None => match named.partner.or(named.provider).or_else(|| {
                         named
                             .request
                             .and_then(|r| state.requests.get(&r))
                             .map(|r| r.partner)
                     }) {
-                        Some(p) => Err(format!("acting for partner {p}, as customer {me}")),
+                        Some(p) => Err(not_yours(format!(
+                            "acting for partner {p}, as customer {me}"
+                        ))),
                         None => Ok(()),
                     },
                 }
             }
         }
     }
+}
+
+/// Why a principal may not submit a command: a stable reason code (for `/metrics` and the 403 body) and a message.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Denial {
+    /// `actor_mismatch`, `not_your_tenant` or `read_only`.
+    pub reason: &'static str,
+    pub message: String,
 }
 
 /// The ids a command names, read from its wire form.
@@ -357,6 +381,19 @@ mod tests {
         // The link gives the reseller nothing over its provider.
         assert!(agent(R).may_submit(&state, &remove(P, R)).is_err());
         // And the actor must be the principal, whatever the link.
-        assert!(provider.may_submit(&state, &remove(R, R)).is_err());
+        assert_eq!(
+            provider
+                .may_submit(&state, &remove(R, R))
+                .unwrap_err()
+                .reason,
+            "actor_mismatch"
+        );
+        assert_eq!(
+            agent(R)
+                .may_submit(&state, &remove(P, R))
+                .unwrap_err()
+                .reason,
+            "not_your_tenant"
+        );
     }
 }

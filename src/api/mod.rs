@@ -487,23 +487,19 @@ fn authorise(
     });
     match denied {
         None => Ok(()),
-        Some((n, reason)) => {
-            let reason_code = if reason.starts_with("the command's actor") {
-                "actor_mismatch"
-            } else if reason.starts_with("auditors") {
-                "read_only"
-            } else {
-                "not_your_tenant"
-            };
+        Some((n, denial)) => {
             let message = if commands.len() > 1 || n > 1 {
-                format!("line {n}: {reason}; nothing of this request was submitted")
+                format!(
+                    "line {n}: {}; nothing of this request was submitted",
+                    denial.message
+                )
             } else {
-                reason
+                denial.message
             };
             Err(Box::new(s.auth.deny(
                 &who.label(),
                 "/v1/commands",
-                auth::forbidden(reason_code, message),
+                auth::forbidden(denial.reason, message),
             )))
         }
     }
