@@ -1314,6 +1314,11 @@ impl Projector {
         if touched.is_empty() {
             return;
         }
+        // Documents are small; a few MiB covers a second's worth, twice over for sled's log.
+        if let Err(why) = self.store.room().check(8 * 1024 * 1024) {
+            tracing::warn!(%why, "read models are not updated; they catch up once there is room, or at the next open");
+            return;
+        }
         let result = self
             .live
             .read(|state, position| self.projections.update(state, touched, position));
@@ -1324,6 +1329,13 @@ impl Projector {
     }
 
     fn snapshot(&mut self) {
+        // The new snapshot is written beside the old one before it replaces it.
+        let previous =
+            std::fs::metadata(self.dir.join(crate::snapshot::FILE)).map_or(0, |m| m.len());
+        if let Err(why) = self.store.room().check(2 * previous.max(16 * 1024 * 1024)) {
+            tracing::warn!(%why, "the write-model snapshot is not written; the next open replays more");
+            return;
+        }
         let result = self.live.read(|state, position| {
             let hash = match self.store.get(position) {
                 Ok(Some(e)) => e.envelope().map(|env| env.hash),

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 pub use envelope::{
     canonical, chain_hash, check, entity_prefix, seal, ChainBreak, Envelope, NewEvent, GENESIS_HASH,
 };
-pub use sled_store::{Fault, FaultPlan, Prepared, SledStore, StoreOptions, Written};
+pub use sled_store::{Fault, FaultPlan, Prepared, Room, SledStore, StoreOptions, Written};
 
 use crate::domain::{CommandId, EntityRef, Position};
 

@@ -61,6 +61,30 @@ pub struct FaultPlan {
     pub persistent: bool,
 }
 
+/// The free space the ledger keeps on its disk (see [`StoreOptions::min_free_bytes`]): every writer asks it before
+/// writing, the background ones included, because sled cannot recover files it failed to write for want of space.
+#[derive(Clone, Debug)]
+pub struct Room {
+    dir: PathBuf,
+    min_free_bytes: u64,
+}
+
+impl Room {
+    /// `Err` (saying how much is free) when writing `bytes` would eat into the reserve. A disk whose free space cannot
+    /// be read is assumed to have room.
+    pub fn check(&self, bytes: u64) -> Result<(), String> {
+        match fs4::available_space(&self.dir) {
+            Ok(free) if free < self.min_free_bytes.saturating_add(bytes) => Err(format!(
+                "the disk holding {} has {} MiB free, less than the {} MiB the ledger keeps in reserve plus this write; free some space, then retry",
+                self.dir.display(),
+                free / (1024 * 1024),
+                self.min_free_bytes / (1024 * 1024)
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// How to open a ledger's store.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -105,9 +129,8 @@ pub struct SledStore {
     data_file: File,
     /// Held for the life of the store: the advisory lock that keeps a second process out.
     _lock: File,
-    /// The data folder, and the free space kept on its disk.
-    dir: PathBuf,
-    min_free_bytes: u64,
+    /// The free space kept on the data folder's disk.
+    room: Room,
     /// `HEAD`: a copy of the head marker outside sled (see [`SledStore::check_head_file`]).
     head_file: File,
     /// The last durable event: what readers see.
@@ -153,7 +176,7 @@ struct FlusherState {
 }
 
 impl Flusher {
-    fn start(index: Arc<Index>, interval: Duration) -> Result<Flusher, StoreError> {
+    fn start(index: Arc<Index>, interval: Duration, room: Room) -> Result<Flusher, StoreError> {
         let signal = Arc::new((Mutex::new(FlusherState::default()), Condvar::new()));
         let theirs = Arc::clone(&signal);
         let thread = std::thread::Builder::new()
@@ -172,7 +195,11 @@ impl Flusher {
                         st.wake = false;
                         st.stop
                     };
-                    if let Err(e) = index.flush() {
+                    // About 8 bytes per position in the tail, twice over for sled's log.
+                    let bytes = 16 * index.tail_len() as u64;
+                    if let Err(why) = room.check(bytes) {
+                        tracing::warn!(%why, "the history index is not flushed; it stays in memory and is retried");
+                    } else if let Err(e) = index.flush() {
                         tracing::warn!(error = %e, "the history index could not be flushed; it stays in memory and is retried");
                     }
                     if stop {
@@ -436,8 +463,10 @@ impl SledStore {
             aux,
             data_file,
             _lock: lock,
-            dir: dir.to_path_buf(),
-            min_free_bytes: options.min_free_bytes,
+            room: Room {
+                dir: dir.to_path_buf(),
+                min_free_bytes: options.min_free_bytes,
+            },
             head_file,
             head: Mutex::new(Head::genesis()),
             written: Mutex::new(Head::genesis()),
@@ -481,6 +510,7 @@ impl SledStore {
             store.flusher = Some(Flusher::start(
                 Arc::clone(&store.index),
                 options.index_interval,
+                store.room.clone(),
             )?);
         }
         Ok(store)
@@ -871,6 +901,11 @@ impl SledStore {
         true
     }
 
+    /// The free space the ledger keeps, for the writers outside the commit path (documents, snapshots).
+    pub fn room(&self) -> &Room {
+        &self.room
+    }
+
     /// Whether an earlier storage failure stopped writes.
     pub fn is_failed(&self) -> bool {
         self.failed.load(Ordering::SeqCst)
@@ -974,19 +1009,8 @@ impl SledStore {
             });
         }
         let bytes: usize = rows.iter().map(|(_, r)| r.len()).sum();
-        let needed = self.min_free_bytes + 2 * bytes as u64;
-        match fs4::available_space(&self.dir) {
-            Ok(free) if free < needed => {
-                return Err(StoreError::WriteFailed {
-                    message: format!(
-                        "the disk holding {} has {} MiB free, less than the {} MiB the ledger keeps in reserve plus this batch; free some space, then retry",
-                        self.dir.display(),
-                        free / (1024 * 1024),
-                        self.min_free_bytes / (1024 * 1024)
-                    ),
-                })
-            }
-            _ => {}
+        if let Err(message) = self.room.check(2 * bytes as u64) {
+            return Err(StoreError::WriteFailed { message });
         }
         let segments = segment::pack(&rows);
         let result: Result<(), TransactionError<()>> =
