@@ -136,3 +136,70 @@ timeout 120 $B --data $M/data verify > {d}/verify2.txt 2>&1; echo $? > {d}/vexit
         free_kib
     );
 }
+
+/// The reserve as the HTTP service shows it, with a reserve larger than any disk: commands are answered `unknown`
+/// ("… MiB free …", retry at once), consumers are not written (507), and the server keeps serving reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_a_disk_without_room_answers_unknown_and_507_and_keeps_serving() {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = partner_ledger::ledger::LedgerConfig::new(dir.path());
+    config.store.min_free_bytes = u64::MAX / 4;
+    let ledger = Arc::new(partner_ledger::ledger::Ledger::open(config).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let state =
+        partner_ledger::api::AppState::new(Arc::clone(&ledger), Default::default(), stop_rx)
+            .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(partner_ledger::api::serve(
+        listener,
+        state,
+        stop_tx,
+        async {
+            let _ = rx.await;
+        },
+    ));
+    let c = reqwest::Client::new();
+    let command = r#"{"type":"RegisterCustomer","command_id":"d15c0000-0000-4000-8000-000000000001","actor":{"tenant":"00000000-0000-4000-8000-0000000000ff","user":"ops","role":"operator"},"customer":"d15c0000-0000-4000-8000-00000000000c","company_name":"Full","domain":"full.example","country":"NL","cloud":"public"}"#;
+    let r = c
+        .post(format!("{url}/v1/commands"))
+        .header("content-type", "application/json")
+        .body(command)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let o: Value = r.json().await.unwrap();
+    assert_eq!(o["outcome"], "unknown");
+    assert!(
+        o["message"]
+            .as_str()
+            .unwrap()
+            .contains("nothing of it was written"),
+        "{o}"
+    );
+    let r = c
+        .put(format!("{url}/v1/consumers/billing"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 507);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["message"].as_str().unwrap().contains("keeps in reserve"),
+        "{e}"
+    );
+    let r = c.get(format!("{url}/healthz")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(
+        !ledger.store().is_failed(),
+        "no fail-stop: writing resumes once there is room"
+    );
+    let _ = tx.send(());
+    server.await.unwrap().unwrap();
+    ledger.close();
+}

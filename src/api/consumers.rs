@@ -56,8 +56,14 @@ impl Consumers {
         }
     }
 
-    /// Writes a consumer and syncs it, so an acknowledged checkpoint survives a crash.
+    /// Writes a consumer and syncs it, so an acknowledged checkpoint survives a crash. Near a full disk it writes
+    /// nothing (507): sled must never run out of space (docs/recovery.md).
     fn put(&self, c: &Consumer) -> Result<(), StoreError> {
+        self.ledger
+            .store()
+            .room()
+            .check(64 * 1024)
+            .map_err(|message| StoreError::WriteFailed { message })?;
         self.tree
             .insert(c.name.as_bytes(), serde_json::to_vec(c).unwrap_or_default())?;
         self.sync()
@@ -100,6 +106,13 @@ fn valid_name(name: &str) -> Result<(), Rejection> {
 }
 
 fn internal(e: StoreError) -> Response {
+    if let StoreError::WriteFailed { message } = &e {
+        return error(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            message.clone(),
+        );
+    }
     tracing::error!(error = %e, "consumer store failed");
     error(
         StatusCode::INTERNAL_SERVER_ERROR,
