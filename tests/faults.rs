@@ -21,6 +21,30 @@ fn id(n: u32) -> String {
     format!("{n:08x}-0000-4000-8000-0000000000aa")
 }
 
+/// The customer registered by `register(n, …)`.
+fn customer(n: u32) -> EntityRef {
+    EntityRef::Customer(
+        format!("c{n:07x}-0000-4000-8000-00000000000c")
+            .parse()
+            .unwrap(),
+    )
+}
+
+/// Every acknowledged command is in the reopened log at the positions it was told.
+fn assert_present<'a>(
+    ledger: &Ledger,
+    committed: impl IntoIterator<Item = (&'a u32, &'a Vec<Position>)>,
+    what: &str,
+) {
+    for (n, positions) in committed {
+        assert_eq!(
+            &ledger.store().history(&customer(*n), Position(0)).unwrap(),
+            positions,
+            "{what}: {n}"
+        );
+    }
+}
+
 fn reopen(dir: &std::path::Path) -> Ledger {
     for _ in 0..100 {
         match Ledger::open(LedgerConfig::new(dir)) {
@@ -219,18 +243,7 @@ fn matrix_case(plan: FaultPlan) -> (u64, usize, usize) {
     }
     assert_eq!(head.position.0, expected - 1);
     // Every acknowledged command is there, at the positions it was told.
-    for (n, positions) in &committed {
-        let customer = EntityRef::Customer(
-            format!("c{n:07x}-0000-4000-8000-00000000000c")
-                .parse()
-                .unwrap(),
-        );
-        assert_eq!(
-            &ledger.store().history(&customer, Position(0)).unwrap(),
-            positions,
-            "{plan:?}: {n}"
-        );
-    }
+    assert_present(&ledger, &committed, &format!("{plan:?}"));
     // Every unknown one is whole or absent, and its retry lands exactly once.
     for n in &unknown {
         let o = ledger.execute(parse_line(&register(*n, &id(*n))).unwrap());
@@ -238,11 +251,7 @@ fn matrix_case(plan: FaultPlan) -> (u64, usize, usize) {
             matches!(o, Outcome::Committed { .. }),
             "{plan:?}: retry of {n}: {o:?}"
         );
-        let customer = EntityRef::Customer(
-            format!("c{n:07x}-0000-4000-8000-00000000000c")
-                .parse()
-                .unwrap(),
-        );
+        let customer = customer(*n);
         assert_eq!(
             ledger
                 .store()
@@ -381,24 +390,9 @@ fn repeated_write_failures_under_concurrent_load_are_survived_without_loss() {
     );
     let ledger = reopen(dir.path());
     ledger.store().verify_all(|_| {}).unwrap();
-    for (n, positions) in &committed {
-        let customer = EntityRef::Customer(
-            format!("c{n:07x}-0000-4000-8000-00000000000c")
-                .parse()
-                .unwrap(),
-        );
-        assert_eq!(
-            &ledger.store().history(&customer, Position(0)).unwrap(),
-            positions,
-            "{n}"
-        );
-    }
+    assert_present(&ledger, committed.iter().map(|(n, p)| (n, p)), "under load");
     for n in &unknown {
-        let customer = EntityRef::Customer(
-            format!("c{n:07x}-0000-4000-8000-00000000000c")
-                .parse()
-                .unwrap(),
-        );
+        let customer = customer(*n);
         assert!(
             ledger
                 .store()
