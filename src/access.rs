@@ -99,12 +99,9 @@ impl Principal {
     /// A short label for logs and metrics: `name (role)`.
     pub fn label(&self) -> String {
         let role = match self.kind {
-            Kind::Role(r) => serde_json::to_value(r)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
-            Kind::Auditor => "auditor".into(),
-            Kind::Local => "local".into(),
+            Kind::Role(r) => crate::domain::role_name(r),
+            Kind::Auditor => "auditor",
+            Kind::Local => "local",
         };
         format!("{} ({role})", self.name)
     }

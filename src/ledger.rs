@@ -1,17 +1,18 @@
 //! The writer: the one place that sequences commands. It decides, appends one batch, flushes once, then acknowledges.
 //!
-//! Three threads share the work, so that deciding, durability and read models overlap instead of taking turns:
+//! Four threads share the work, so that deciding, durability and read models overlap instead of taking turns:
 //! - the **writer** takes every command already queued (up to `max_batch`), decides each against the write model
 //!   (which includes the earlier commands of the same batch, and of batches still being made durable), seals the
 //!   batch's envelopes and hands it to the committer;
-//! - the **committer** takes every batch handed to it so far, persists them in one transaction, one `flush()` and one
-//!   `fdatasync` (group commit), files their refusals, and only then answers every command of those batches;
+//! - the **committer** writes every batch handed to it so far in one sled transaction;
+//! - the **syncer** makes every written batch durable with one `flush()` and one `fdatasync` (group commit), files
+//!   their refusals, and only then answers every command of those batches;
 //! - the **projector** applies each durable batch to its own copy of the write model, the [`Live`] state that "now"
 //!   views read, rewrites the read-model documents of the entities that changed every `projection_interval`, and
 //!   writes a write-model snapshot every `snapshot_every` events and at close.
 //!
-//! A storage failure in the committer stops all writes (fail-stop): that batch and every batch decided after it are
-//! answered `unknown`, since they were decided against a state that may not be on disk.
+//! A failed write that left nothing behind is survived: that batch and every batch decided on top of it are answered
+//! `unknown`, and the writer goes on from the durable state. Any other storage failure stops all writes (fail-stop).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -430,8 +431,6 @@ struct Shared {
     /// Bumped by the committer when a write fails without leaving a trace: the writer then goes back to the durable
     /// state and goes on (a failed write before any sync is survived).
     epoch: AtomicU64,
-    /// Write failures survived.
-    survived: AtomicU64,
     /// Damage found by the background verification: the first bad position and what is wrong. Writes are refused.
     damage: Mutex<Option<(Option<Position>, String)>>,
     /// The background verification: how far it has checked the chain, and whether it finished.
@@ -507,7 +506,6 @@ impl Ledger {
             failed: AtomicBool::new(false),
             durable: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
-            survived: AtomicU64::new(0),
             damage: Mutex::new(None),
             verified: AtomicU64::new(0),
             verify_done: AtomicBool::new(false),
@@ -1094,7 +1092,6 @@ impl Committer {
                 fatal: false,
             },
             Err(e @ StoreError::WriteFailed { .. }) => {
-                self.shared.survived.fetch_add(1, Ordering::SeqCst);
                 self.shared.epoch.fetch_add(1, Ordering::SeqCst);
                 Written {
                     batches,
@@ -1118,6 +1115,10 @@ impl Committer {
     }
 }
 
+/// How an `unknown` answer ends when the batch may have reached the disk.
+const RETRY: &str =
+    "it may or may not be committed: reopen the ledger and retry with the same command_id";
+
 /// Makes written batches durable with one `flush()` + `fdatasync` for all that are queued, files their refusals,
 /// answers their commands in order, and hands their events to the projector.
 struct Syncer {
@@ -1137,8 +1138,6 @@ impl Syncer {
     /// Syncs and answers the groups in order: runs of written groups share one sync; a failed group is answered
     /// `unknown` after the groups before it are durable.
     fn sync(&self, groups: Vec<Written>) {
-        const RETRY: &str =
-            "it may or may not be committed: reopen the ledger and retry with the same command_id";
         const RETRY_NOW: &str = "nothing of it was written; retry with the same command_id";
         let mut run = Vec::new();
         for g in groups {
@@ -1159,8 +1158,6 @@ impl Syncer {
     }
 
     fn sync_run(&self, groups: Vec<Written>) {
-        const RETRY: &str =
-            "it may or may not be committed: reopen the ledger and retry with the same command_id";
         if groups.is_empty() {
             return;
         }

@@ -87,7 +87,7 @@ fn tokens_file(
         .iter()
         .map(|(name, role, tenant, user)| {
             let mut v = json!({"name": name, "role": role, "user": user,
-                "token_sha256": hex_of(&token_hash(&token(name)))});
+                "token_sha256": hex::encode(token_hash(&token(name)))});
             if let Some(t) = tenant {
                 v["tenant"] = json!(t);
             }
@@ -101,10 +101,6 @@ fn tokens_file(
     )
     .unwrap();
     path
-}
-
-fn hex_of(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 const OP: &str = r#"{"tenant":"00000000-0000-4000-8000-0000000000ff","user":"ops@ledger.example","role":"operator"}"#;

@@ -130,24 +130,21 @@ async fn read_body_in_time(
             ))
             .await
         }
-        Ok(Err(e)) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|c| c.to_string().contains("length limit"))
-                || e.to_string().contains("length limit");
-            if too_large {
-                error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
-                    format!("the body is larger than this server's limit of {limit} bytes; split it into several requests"),
-                )
-            } else {
-                error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_body",
-                    format!("the body could not be read: {e}"),
-                )
-            }
+        Ok(Err(e))
+            if std::error::Error::source(&e)
+                .is_some_and(|c| c.is::<http_body_util::LengthLimitError>()) =>
+        {
+            error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the body is larger than this server's limit of {limit} bytes; split it into several requests"),
+        )
         }
+        Ok(Err(e)) => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("the body could not be read: {e}"),
+        ),
         Err(_) => error(
             StatusCode::REQUEST_TIMEOUT,
             "request_timeout",
@@ -159,13 +156,12 @@ async fn read_body_in_time(
     }
 }
 
-/// Route gate: only principals for whom `allowed` holds pass; the rest get 403 (logged and counted).
-async fn gate(
-    s: AppState,
+/// Route gate of the operations routes (metrics, consumers): operators, `system` and auditors read them; only
+/// operators and `system` change consumers. Everyone else gets 403 (logged and counted).
+async fn operations_gate(
+    State(s): State<AppState>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
-    allowed: fn(&Principal, &axum::http::Method) -> bool,
-    what: &'static str,
 ) -> Response {
     let Some(p) = req.extensions().get::<Principal>().cloned() else {
         return error(
@@ -174,43 +170,27 @@ async fn gate(
             "no principal",
         );
     };
-    if allowed(&p, req.method()) {
+    let reads = req.method() == axum::http::Method::GET || req.method() == axum::http::Method::HEAD;
+    let allowed = if reads {
+        p.reads_everything()
+    } else {
+        p.is_operator() || p.kind == crate::access::Kind::Role(crate::domain::Role::System)
+    };
+    if allowed {
         return next.run(req).await;
     }
     let route = req.uri().path().to_string();
     s.auth.deny(
         &p.label(),
         &route,
-        auth::forbidden("not_allowed", format!("{} may not {what}", p.label())),
+        auth::forbidden(
+            "not_allowed",
+            format!(
+                "{} may not operate the ledger (metrics, consumers)",
+                p.label()
+            ),
+        ),
     )
-}
-
-async fn operations_gate(
-    State(s): State<AppState>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    gate(
-        s,
-        req,
-        next,
-        operations,
-        "operate the ledger (metrics, consumers)",
-    )
-    .await
-}
-
-/// Operators, `system` and auditors read the ledger's operations (metrics, consumers); only operators and `system`
-/// change consumers.
-fn operations(p: &Principal, method: &axum::http::Method) -> bool {
-    let reads = p.reads_everything();
-    let writes =
-        p.is_operator() || p.kind == crate::access::Kind::Role(crate::domain::Role::System);
-    if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
-        reads
-    } else {
-        writes
-    }
 }
 
 /// The routes (docs/api.md).
@@ -347,7 +327,7 @@ pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) 
 /// found damage (writes are then refused; docs/recovery.md).
 async fn healthz(State(s): State<AppState>) -> Response {
     let integrity = s.ledger.integrity();
-    let damaged = integrity.first_bad_position.is_some() || integrity.damage.is_some();
+    let damaged = integrity.status == "damaged";
     let body = Json(json!({"status": if damaged { "damaged" } else { "ok" },
         "head": s.ledger.store().head().position, "integrity": integrity}));
     if damaged {
