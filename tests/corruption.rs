@@ -68,8 +68,8 @@ fn verify_says(data: &Path) -> String {
 /// Starts `serve` on the damaged folder; waits until /healthz reports the damage; checks that writes are refused
 /// naming the position; stops the server. Returns the reported first bad position.
 fn served_damage(data: &Path) -> u64 {
-    let mut served = common::serve(data, None, &[]);
-    let url = served.url.clone();
+    let served = common::serve(data, None, &[]);
+    let url = served.url();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let position = rt.block_on(async {
         let c = reqwest::Client::new();
@@ -103,14 +103,8 @@ fn served_damage(data: &Path) -> u64 {
         assert_eq!(r.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
         position
     });
-    let pid = served.child.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
     assert!(
-        served.child.wait().unwrap().success(),
+        served.stop().unwrap().success(),
         "the damaged server stops cleanly"
     );
     position

@@ -40,7 +40,7 @@ fn pair(round: usize, writer: usize, n: usize) -> (Vec<String>, String) {
 /// One round: writers until the kill; returns the acknowledged command ids with their positions.
 fn round(data: &std::path::Path, round: usize, rng: &mut impl Rng) -> HashMap<String, Vec<u64>> {
     let mut served = common::serve(data, Some(&data.with_extension("stderr")), &[]);
-    let url = served.url.clone();
+    let url = served.url();
     let kill_after = 1_000 + rng.random_range(0..1_500);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let acked: Arc<Mutex<HashMap<String, Vec<u64>>>> = Arc::default();
@@ -121,7 +121,7 @@ fn round(data: &std::path::Path, round: usize, rng: &mut impl Rng) -> HashMap<St
         }
         // Kill without warning while the writers are mid-request.
         let in_flight_at_kill = in_flight.load(Ordering::SeqCst);
-        served.child.kill().unwrap();
+        served.kill().unwrap();
         let acked_at_kill = acked.lock().unwrap().len();
         stop.store(true, Ordering::SeqCst);
         for w in writers {
@@ -129,7 +129,6 @@ fn round(data: &std::path::Path, round: usize, rng: &mut impl Rng) -> HashMap<St
         }
         (in_flight_at_kill, acked_at_kill)
     });
-    served.child.wait().unwrap();
     let (in_flight_at_kill, acked_at_kill) = at_kill;
     assert!(
         acked_at_kill >= 1_000,

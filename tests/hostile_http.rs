@@ -21,7 +21,7 @@ fn register(customer: &str, extra: &str) -> String {
 }
 
 /// A server with the seed story, short client time limits, and a client.
-async fn setup(dir: &std::path::Path) -> (common::Served, reqwest::Client) {
+async fn setup(dir: &std::path::Path) -> (common::Server, reqwest::Client) {
     let data = dir.join("data");
     let seed = common::fixtures().join("seed-story/commands.ndjson");
     assert!(common::run(&data, &["exec", seed.to_str().unwrap()], None)
@@ -74,7 +74,7 @@ async fn head(c: &reqwest::Client, url: &str) -> u64 {
 async fn malformed_commands_get_a_precise_400_and_out_of_range_values_their_rule() {
     let dir = tempfile::tempdir().unwrap();
     let (served, c) = setup(dir.path()).await;
-    let u = served.url.clone();
+    let u = served.url();
     let before = head(&c, &u).await;
     let nested = format!("{}{}", "[".repeat(5_000), "]".repeat(5_000));
     let invalid: Vec<(Vec<u8>, &str)> = vec![
@@ -198,8 +198,8 @@ async fn malformed_commands_get_a_precise_400_and_out_of_range_values_their_rule
 async fn huge_bodies_are_bounded_and_100000_lines_are_answered_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let (served, c) = setup(dir.path()).await;
-    let u = served.url.clone();
-    let rss_start = served.rss_kib();
+    let u = served.url();
+    let rss_start = common::rss_kib(&served);
 
     // 50 MB of NDJSON: refused at the 16 MiB limit, nothing submitted.
     let line = register(NEW, "");
@@ -237,7 +237,7 @@ async fn huge_bodies_are_bounded_and_100000_lines_are_answered_in_order() {
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     assert!(text.contains("split it into several requests"), "{text}");
     assert_eq!(head(&c, &u).await, before);
-    let rss_50mb = served.rss_kib();
+    let rss_50mb = common::rss_kib(&served);
 
     // 100,000 commands in one request (14 MB): one outcome per line, in order.
     let clock = format!(r#"{{"type":"AdvanceClock","to":"2024-03-01T00:00:00Z","actor":{OP}}}"#);
@@ -270,7 +270,7 @@ async fn huge_bodies_are_bounded_and_100000_lines_are_answered_in_order() {
             assert_eq!(o["outcome"], "committed", "{o}");
         }
     }
-    let rss_100k = served.rss_kib();
+    let rss_100k = common::rss_kib(&served);
     assert_eq!(
         c.get(format!("{u}/healthz")).send().await.unwrap().status(),
         200,
@@ -293,7 +293,7 @@ async fn huge_bodies_are_bounded_and_100000_lines_are_answered_in_order() {
 async fn slow_loris_clients_are_cut_off_while_others_are_served() {
     let dir = tempfile::tempdir().unwrap();
     let (served, c) = setup(dir.path()).await;
-    let u = served.url.clone();
+    let u = served.url();
     let addr = u.strip_prefix("http://").unwrap().to_string();
 
     // Headers dribbled a byte every 100 ms: disconnected after the 500 ms header limit.
@@ -363,10 +363,10 @@ async fn slow_loris_clients_are_cut_off_while_others_are_served() {
 async fn a_thousand_idle_stream_connections_are_held_cheaply_and_others_are_served() {
     let dir = tempfile::tempdir().unwrap();
     let (served, c) = setup(dir.path()).await;
-    let u = served.url.clone();
+    let u = served.url();
     let addr = u.strip_prefix("http://").unwrap().to_string();
     let h = head(&c, &u).await;
-    let rss_start = served.rss_kib();
+    let rss_start = common::rss_kib(&served);
     let mut streams = Vec::new();
     for _ in 0..1_000 {
         let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
@@ -396,7 +396,7 @@ async fn a_thousand_idle_stream_connections_are_held_cheaply_and_others_are_serv
         metrics.contains("partner_ledger_stream_consumers 1000"),
         "{metrics}"
     );
-    let rss_held = served.rss_kib();
+    let rss_held = common::rss_kib(&served);
     // Others are still served, and a commit reaches the streams.
     let t = Instant::now();
     let (status, _) = post(&c, &u, "application/json", register(NEW, "")).await;

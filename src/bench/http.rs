@@ -25,7 +25,22 @@ impl Server {
     /// Starts `partner-ledger serve` on an ephemeral loopback port, without sample data or clock ticks.
     pub fn start(data: &Path) -> anyhow::Result<Server> {
         let exe = std::env::current_exe().context("cannot find the partner-ledger binary")?;
+        Server::launch(&exe, data, &[], None)
+    }
+
+    /// Starts the server binary `exe` as [`Server::start`] does, with `extra` arguments to `serve`, its standard
+    /// error written to `stderr` (else discarded). The tests start the real binary with it.
+    pub fn launch(
+        exe: &Path,
+        data: &Path,
+        extra: &[&str],
+        stderr: Option<&Path>,
+    ) -> anyhow::Result<Server> {
         let started = Instant::now();
+        let stderr = match stderr {
+            Some(p) => Stdio::from(std::fs::File::create(p)?),
+            None => Stdio::null(),
+        };
         let mut child = Command::new(exe)
             .arg("--data")
             .arg(data)
@@ -37,14 +52,16 @@ impl Server {
                 "--clock-interval",
                 "86400",
             ])
+            .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .context("cannot start the server")?;
         let stdout = child.stdout.take().context("no server output")?;
         let mut lines = std::io::BufReader::new(stdout).lines();
         let addr = loop {
             let Some(line) = lines.next() else {
+                let _ = child.wait();
                 anyhow::bail!("the server stopped before listening");
             };
             let line = line?;
@@ -62,19 +79,29 @@ impl Server {
         })
     }
 
+    /// Its base URL, `http://127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Kills it without warning (`kill -9`) and waits for it.
+    pub fn kill(&mut self) -> std::io::Result<()> {
+        self.child.kill()?;
+        self.child.wait().map(|_| ())
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// Stops the server gracefully (SIGTERM) and waits for it.
-    pub fn stop(mut self) -> anyhow::Result<()> {
+    /// Stops the server gracefully (SIGTERM) and waits for it; its exit status.
+    pub fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
-        self.child.wait()?;
-        Ok(())
+        Ok(self.child.wait()?)
     }
 }
 

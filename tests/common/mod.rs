@@ -73,70 +73,25 @@ pub fn mismatch(expected: &Value, actual: &Value, path: &str) -> Option<String> 
 /// consecutive envelopes into compressed segments (`src/store/segment.rs`): the key is the first one's big-endian
 /// position and the content is the envelopes separated by newlines. Edited segments are written back uncompressed,
 /// which the ledger reads too.
-/// A `serve` child process on `127.0.0.1:0` with sample data off and the clock scheduler quiet, killed when dropped.
-pub struct Served {
-    pub child: std::process::Child,
-    pub url: String,
-}
+pub use partner_ledger::bench::http::Server;
 
-impl Served {
-    /// The server's resident memory in KiB, from /proc.
-    pub fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `serve` on `data` with `extra` arguments (retrying while an earlier holder lets go of the folder's lock);
-/// its stderr goes to `stderr` when given.
-pub fn serve(data: &Path, stderr: Option<&Path>, extra: &[&str]) -> Served {
-    use std::io::BufRead;
+/// Starts `serve` on `data` with `extra` arguments (`partner_ledger::bench::http::Server`, killed when dropped),
+/// retrying while an earlier holder lets go of the folder's lock; its stderr goes to `stderr` when given.
+pub fn serve(data: &Path, stderr: Option<&Path>, extra: &[&str]) -> Server {
+    let mut last = None;
     for _ in 0..200 {
-        let mut child = Command::new(BIN)
-            .arg("--data")
-            .arg(data)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--no-sample-data",
-                "--clock-interval",
-                "3600",
-            ])
-            .args(extra)
-            .stdout(std::process::Stdio::piped())
-            .stderr(match stderr {
-                Some(p) => std::process::Stdio::from(std::fs::File::create(p).unwrap()),
-                None => std::process::Stdio::null(),
-            })
-            .spawn()
-            .unwrap();
-        let mut first = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        if let Some(url) = first.split_whitespace().find(|w| w.starts_with("http://")) {
-            return Served {
-                url: url.to_string(),
-                child,
-            };
+        match Server::launch(Path::new(BIN), data, extra, stderr) {
+            Ok(s) => return s,
+            Err(e) => last = Some(e),
         }
-        let _ = child.wait();
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    panic!("the server did not start on {}", data.display());
+    panic!("the server did not start on {}: {last:?}", data.display());
+}
+
+/// A process's resident memory in KiB, from /proc.
+pub fn rss_kib(server: &Server) -> u64 {
+    partner_ledger::bench::http::memory(server.pid()).unwrap().1 / 1024
 }
 
 pub mod raw_log {
