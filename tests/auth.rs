@@ -585,6 +585,23 @@ async fn commands_run_as_the_authenticated_principal_and_impersonation_leaves_no
         body["message"].as_str().unwrap().starts_with("line 2:"),
         "{body}"
     );
+    // The line named is the line of the body, counting blank and comment lines.
+    let (status, body) = call(
+        &c,
+        reqwest::Method::POST,
+        &commands,
+        Some("d_admin"),
+        Some((
+            "application/x-ndjson",
+            format!("# first a comment\n\n{good}\n{bad}\n"),
+        )),
+    )
+    .await;
+    assert_eq!(status, forbidden, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().starts_with("line 4:"),
+        "{body}"
+    );
     // No token: 401.
     let (status, _) = call(
         &c,
@@ -679,7 +696,7 @@ async fn commands_run_as_the_authenticated_principal_and_impersonation_leaves_no
             .unwrap_or(0)
     };
     assert_eq!(count(r#"status="403",reason="actor_mismatch""#), 1, "{m}");
-    assert_eq!(count(r#"status="403",reason="not_your_tenant""#), 4, "{m}");
+    assert_eq!(count(r#"status="403",reason="not_your_tenant""#), 5, "{m}");
     assert_eq!(count(r#"status="403",reason="read_only""#), 1, "{m}");
     assert_eq!(count(r#"status="401",reason="missing_token""#), 1, "{m}");
     server.stop().await;

@@ -412,42 +412,44 @@ fn media_type(headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
-/// A command line as read: a command, or why it is not one.
+/// A command line as read, with its line number: a command, or why it is not one.
 enum Parsed {
     Invalid(usize, String),
-    Command(crate::domain::Submitted),
+    Command(usize, crate::domain::Submitted),
 }
 
-/// Reads the lines of an NDJSON body (numbered from 1; blank and `#` lines skipped).
-fn parse_ndjson(body: &[u8], actor: Option<&crate::domain::Actor>) -> Vec<Parsed> {
-    let mut out = Vec::new();
-    for (i, line) in body.split(|b| *b == b'\n').enumerate() {
-        let n = i + 1;
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.len() > MAX_COMMAND_BYTES {
-            out.push(Parsed::Invalid(
-                n,
-                format!(
-                    "the command is {} bytes; at most {MAX_COMMAND_BYTES} bytes are accepted (R38)",
-                    line.len()
-                ),
-            ));
-            continue;
-        }
-        let Ok(text) = std::str::from_utf8(line) else {
-            out.push(Parsed::Invalid(n, "the line is not valid UTF-8".into()));
-            continue;
-        };
-        let text = text.trim();
-        if text.is_empty() || text.starts_with('#') {
-            continue;
-        }
-        out.push(match parse_line_as(text, actor) {
-            Ok(cmd) => Parsed::Command(cmd),
-            Err(e) => Parsed::Invalid(n, e.0),
-        });
-    }
-    out
+/// Reads the lines of an NDJSON body (numbered from 1; blank and `#` lines skipped), lazily, so that a caller that
+/// needs no authorisation can submit each command as soon as it is read.
+fn parse_ndjson<'a>(
+    body: &'a [u8],
+    actor: Option<&'a crate::domain::Actor>,
+) -> impl Iterator<Item = Parsed> + 'a {
+    body.split(|b| *b == b'\n')
+        .enumerate()
+        .filter_map(move |(i, line)| {
+            let n = i + 1;
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.len() > MAX_COMMAND_BYTES {
+                return Some(Parsed::Invalid(
+                    n,
+                    format!(
+                        "the command is {} bytes; at most {MAX_COMMAND_BYTES} bytes are accepted (R38)",
+                        line.len()
+                    ),
+                ));
+            }
+            let Ok(text) = std::str::from_utf8(line) else {
+                return Some(Parsed::Invalid(n, "the line is not valid UTF-8".into()));
+            };
+            let text = text.trim();
+            if text.is_empty() || text.starts_with('#') {
+                return None;
+            }
+            Some(match parse_line_as(text, actor) {
+                Ok(cmd) => Parsed::Command(n, cmd),
+                Err(e) => Parsed::Invalid(n, e.0),
+            })
+        })
 }
 
 /// Authorises every command of a request before any is submitted (docs/security.md): one denied line denies the
@@ -528,29 +530,39 @@ async fn post_commands(
             }
         }
         "application/x-ndjson" => {
-            let parsed = parse_ndjson(&body, actor.as_ref());
-            let commands: Vec<(usize, &crate::domain::Submitted)> = parsed
-                .iter()
-                .enumerate()
-                .filter_map(|(i, p)| match p {
-                    Parsed::Command(c) => Some((i + 1, c)),
-                    Parsed::Invalid(..) => None,
-                })
-                .collect();
-            if let Err(r) = authorise(&s, &who, &commands) {
-                return *r;
-            }
-            drop(commands);
             enum Pending {
                 Invalid(usize, String),
                 Ticket(crate::ledger::Ticket),
             }
-            let mut pending = Vec::with_capacity(parsed.len());
-            for p in parsed {
-                pending.push(match p {
+            async fn submit(s: &AppState, p: Parsed) -> Pending {
+                match p {
                     Parsed::Invalid(n, m) => Pending::Invalid(n, m),
-                    Parsed::Command(cmd) => Pending::Ticket(s.ledger.submit_async(cmd).await),
-                });
+                    Parsed::Command(_, cmd) => Pending::Ticket(s.ledger.submit_async(cmd).await),
+                }
+            }
+            let lines = parse_ndjson(&body, actor.as_ref());
+            let mut pending = Vec::new();
+            if who.kind == crate::access::Kind::Local {
+                // Nothing to authorise: each command goes to the writer as soon as it is read.
+                for p in lines {
+                    pending.push(submit(&s, p).await);
+                }
+            } else {
+                // Every line is authorised before any is submitted.
+                let parsed: Vec<Parsed> = lines.collect();
+                let commands: Vec<(usize, &crate::domain::Submitted)> = parsed
+                    .iter()
+                    .filter_map(|p| match p {
+                        Parsed::Command(n, c) => Some((*n, c)),
+                        Parsed::Invalid(..) => None,
+                    })
+                    .collect();
+                if let Err(r) = authorise(&s, &who, &commands) {
+                    return *r;
+                }
+                for p in parsed {
+                    pending.push(submit(&s, p).await);
+                }
             }
             let mut out = Vec::with_capacity(pending.len() * 96);
             for p in pending {
