@@ -56,6 +56,17 @@ impl RefusalRecord {
     }
 }
 
+/// The entity a label of [`RefusalRecord::entities`] names (the inverse of `entity_label`).
+fn entity_of_label(label: &str) -> Option<EntityRef> {
+    let (kind, id) = label.split_once(':')?;
+    match kind {
+        "customer" => id.parse().ok().map(EntityRef::Customer),
+        "partner" => id.parse().ok().map(EntityRef::Partner),
+        "subscription" => id.parse().ok().map(EntityRef::Subscription),
+        _ => None,
+    }
+}
+
 fn entity_label(e: &EntityRef) -> String {
     match e {
         EntityRef::Customer(c) | EntityRef::CustomerProfile(c) => format!("customer:{c}"),
@@ -114,6 +125,35 @@ impl RefusalLog {
         Ok(())
     }
 
+    /// Every refusal, oldest first (for backups).
+    pub fn all(&self) -> impl Iterator<Item = Result<RefusalRecord, StoreError>> + '_ {
+        self.tree.scan_prefix(b"r").map(|item| {
+            let (_, v) = item?;
+            decode(&v)
+        })
+    }
+
+    /// Whether no refusal was ever filed.
+    pub fn is_empty(&self) -> bool {
+        self.tree.scan_prefix(b"r").next().is_none()
+    }
+
+    /// Files records restored from a backup, in their order, indexed under the entities they name.
+    pub fn restore(&self, records: &[RefusalRecord]) -> Result<(), StoreError> {
+        let with_entities: Vec<(RefusalRecord, Vec<EntityRef>)> = records
+            .iter()
+            .map(|r| {
+                let entities = r
+                    .entities
+                    .iter()
+                    .filter_map(|l| entity_of_label(l))
+                    .collect();
+                (r.clone(), entities)
+            })
+            .collect();
+        self.append(&with_entities)
+    }
+
     /// The refusals filed under an entity, oldest first.
     pub fn of(&self, entity: &EntityRef) -> Result<Vec<RefusalRecord>, StoreError> {
         let prefix = crate::store::entity_prefix(entity);
@@ -122,12 +162,16 @@ impl RefusalLog {
             let (k, _) = item?;
             let seq: [u8; 8] = k[prefix.len()..].try_into().unwrap_or([0; 8]);
             if let Some(v) = self.tree.get(record_key(u64::from_be_bytes(seq)))? {
-                out.push(serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
-                    position: None,
-                    message: format!("a refusal record does not decode: {e}"),
-                })?);
+                out.push(decode(&v)?);
             }
         }
         Ok(out)
     }
+}
+
+fn decode(bytes: &[u8]) -> Result<RefusalRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        position: None,
+        message: format!("a refusal record does not decode: {e}"),
+    })
 }

@@ -228,7 +228,10 @@ struct Job {
 }
 
 impl Job {
-    fn new(submitted: Submitted, reply: oneshot::Sender<Outcome>) -> Job {
+    /// A queued command; one without a `command_id` gets its id here, so every answer, `unknown` ones included, names
+    /// the id to retry with.
+    fn new(mut submitted: Submitted, reply: oneshot::Sender<Outcome>) -> Job {
+        submitted.command_id.get_or_insert_with(new_command_id);
         let full = submitted.fingerprint();
         let mut fingerprint = [0u8; 16];
         fingerprint.copy_from_slice(&full[..16]);
@@ -237,6 +240,10 @@ impl Job {
             fingerprint,
             reply,
         }
+    }
+
+    fn command_id(&self) -> CommandId {
+        self.submitted.command_id.unwrap_or_else(unreachable_id)
     }
 }
 
@@ -255,27 +262,36 @@ pub enum OpenError {
     Replay { position: Position, message: String },
 }
 
-/// A pending answer.
-pub struct Ticket(oneshot::Receiver<Outcome>);
+/// A pending answer to a command, which already has its `command_id`.
+pub struct Ticket {
+    rx: oneshot::Receiver<Outcome>,
+    command_id: CommandId,
+}
 
 impl Ticket {
     /// Waits for the outcome on this thread.
     pub fn wait(self) -> Outcome {
-        self.0.blocking_recv().unwrap_or_else(|_| writer_gone())
+        let id = self.command_id;
+        self.rx.blocking_recv().unwrap_or_else(|_| writer_gone(id))
     }
     /// The outcome if it is already there.
     pub fn try_now(&mut self) -> Option<Outcome> {
-        self.0.try_recv().ok()
+        self.rx.try_recv().ok()
     }
     /// Waits for the outcome asynchronously.
     pub async fn outcome(self) -> Outcome {
-        self.0.await.unwrap_or_else(|_| writer_gone())
+        let id = self.command_id;
+        self.rx.await.unwrap_or_else(|_| writer_gone(id))
+    }
+    /// The command's id (given by the client, or assigned when it was submitted).
+    pub fn command_id(&self) -> CommandId {
+        self.command_id
     }
 }
 
-fn writer_gone() -> Outcome {
+fn writer_gone(command_id: CommandId) -> Outcome {
     Outcome::Unknown {
-        command_id: CommandId::new(uuid::Uuid::new_v4()).unwrap_or_else(|_| unreachable_id()),
+        command_id,
         message: "the ledger writer stopped before answering; retry with the same command_id"
             .into(),
     }
@@ -575,19 +591,23 @@ impl Ledger {
     /// Queues a command from synchronous code (blocks while the queue is full). Must not be called from async code.
     pub fn submit(&self, submitted: Submitted) -> Ticket {
         let (reply, rx) = oneshot::channel();
+        let job = Job::new(submitted, reply);
+        let command_id = job.command_id();
         if let Some(tx) = self.sender() {
-            let _ = tx.blocking_send(Job::new(submitted, reply));
+            let _ = tx.blocking_send(job);
         }
-        Ticket(rx)
+        Ticket { rx, command_id }
     }
 
     /// Queues a command from async code.
     pub async fn submit_async(&self, submitted: Submitted) -> Ticket {
         let (reply, rx) = oneshot::channel();
+        let job = Job::new(submitted, reply);
+        let command_id = job.command_id();
         if let Some(tx) = self.sender() {
-            let _ = tx.send(Job::new(submitted, reply)).await;
+            let _ = tx.send(job).await;
         }
-        Ticket(rx)
+        Ticket { rx, command_id }
     }
 
     /// Submits and waits.

@@ -7,6 +7,7 @@
 pub mod access;
 pub mod api;
 pub mod audit;
+pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod domain;

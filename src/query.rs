@@ -40,6 +40,21 @@ impl FromStr for AsOfSpec {
     }
 }
 
+/// Refuses an "as of" position after the log's head, naming the head: it is a typo or a clock from another ledger,
+/// and answering at the head instead would present today's state as that position's. (An instant after the last
+/// business time is fine: it answers the head, with statuses derived at that instant; docs/audit.md.)
+pub fn beyond_head(store: &dyn EventStore, spec: Option<AsOfSpec>) -> Result<(), String> {
+    if let Some(AsOfSpec::Position(p)) = spec {
+        let head = store.head().position;
+        if p > head {
+            return Err(format!(
+                "as of position {p}: the log's head is {head}, so there is no such position yet"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A view and how many events were read to build it (0 when it came from a projection).
 #[derive(Clone, Debug)]
 pub struct Answer<V> {

@@ -812,7 +812,7 @@ fn sigterm_stops_the_server_gracefully() {
     let mut child = std::process::Command::new(common::BIN)
         .arg("--data")
         .arg(dir.path())
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--sample-data"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -838,7 +838,7 @@ fn sigterm_stops_the_server_gracefully() {
     });
     assert!(
         head_before > 5_000,
-        "sample data was loaded into the empty ledger"
+        "sample data was loaded into the empty ledger, as asked"
     );
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -28,14 +28,18 @@ pub struct Consumer {
 pub struct Consumers {
     tree: sled::Tree,
     ledger: Arc<crate::ledger::Ledger>,
+    /// Held across every read-modify-write (create, ack, delete), so concurrent acks form an atomic maximum and an
+    /// ack racing a delete never brings the consumer back.
+    changing: std::sync::Mutex<()>,
 }
 
 impl Consumers {
     /// Opens the consumers' tree of the ledger.
     pub fn open(ledger: Arc<crate::ledger::Ledger>) -> Result<Consumers, StoreError> {
         Ok(Consumers {
-            tree: ledger.store().tree("api.consumers")?,
+            tree: ledger.store().tree(crate::backup::CONSUMERS_TREE)?,
             ledger,
+            changing: std::sync::Mutex::new(()),
         })
     }
 
@@ -69,10 +73,18 @@ impl Consumers {
         self.sync()
     }
 
-    /// Removes a consumer, durably.
-    fn delete(&self, name: &str) -> Result<(), StoreError> {
-        self.tree.remove(name.as_bytes())?;
-        self.sync()
+    /// Removes a consumer, durably; whether it existed.
+    fn delete(&self, name: &str) -> Result<bool, StoreError> {
+        let _changing = self.lock();
+        let existed = self.tree.remove(name.as_bytes())?.is_some();
+        if existed {
+            self.sync()?;
+        }
+        Ok(existed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.changing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn all(&self) -> Result<Vec<Consumer>, StoreError> {
@@ -162,7 +174,12 @@ pub async fn create(
         Err(r) => return *r,
     };
     let head = s.ledger.store().head().position;
-    match s.consumers.get(&name) {
+    if body.from > head.0 {
+        return beyond_head("from", body.from, head);
+    }
+    let consumers = Arc::clone(&s.consumers);
+    let _changing = consumers.lock();
+    match consumers.get(&name) {
         Err(e) => internal(e),
         Ok(Some(existing)) if existing.filter == filter => {
             (StatusCode::OK, Json(with_lag(&existing, head))).into_response()
@@ -176,9 +193,9 @@ pub async fn create(
             let c = Consumer {
                 name,
                 filter,
-                checkpoint: Position(body.from.min(head.0)),
+                checkpoint: Position(body.from),
             };
-            match s.consumers.put(&c) {
+            match consumers.put(&c) {
                 Ok(()) => (StatusCode::CREATED, Json(with_lag(&c, head))).into_response(),
                 Err(e) => internal(e),
             }
@@ -210,18 +227,36 @@ pub async fn show(State(s): State<AppState>, Path(name): Path<String>) -> Respon
 
 /// `DELETE /v1/consumers/{name}`.
 pub async fn remove(State(s): State<AppState>, Path(name): Path<String>) -> Response {
-    match s.consumers.get(&name) {
-        Ok(Some(_)) => match s.consumers.delete(&name) {
-            Ok(()) => StatusCode::NO_CONTENT.into_response(),
-            Err(e) => internal(e),
-        },
-        Ok(None) => error(
+    let consumers = Arc::clone(&s.consumers);
+    let n = name.clone();
+    match tokio::task::spawn_blocking(move || consumers.delete(&n)).await {
+        Ok(Ok(true)) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Ok(false)) => error(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no consumer {name}"),
         ),
-        Err(e) => internal(e),
+        Ok(Err(e)) => internal(e),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the deletion failed",
+        ),
     }
+}
+
+/// A resume point or starting point after the log's head: 400, naming the head (the positions in between do not
+/// exist yet, and accepting it would skip them once they do).
+pub(super) fn beyond_head(what: &str, asked: u64, head: Position) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({
+            "error": "beyond_head",
+            "message": format!("{what} {asked} is after the log's head {head}; resume at or before the head"),
+            "head": head,
+        })),
+    )
+        .into_response()
 }
 
 /// `GET /v1/consumers/{name}/events`: the consumer's filter, from its checkpoint (or a later `Last-Event-ID`).
@@ -232,7 +267,8 @@ pub async fn events(
 ) -> Response {
     match s.consumers.get(&name) {
         Ok(Some(c)) => {
-            let after = match super::stream::resume_point(&headers, Some(c.checkpoint.0)) {
+            let head = s.ledger.store().head().position;
+            let after = match super::stream::resume_point(&headers, Some(c.checkpoint.0), head) {
                 Ok(p) => p.max(c.checkpoint),
                 Err(r) => return *r,
             };
@@ -263,6 +299,7 @@ pub async fn ack(
     let head = s.ledger.store().head().position;
     let result =
         tokio::task::spawn_blocking(move || -> Result<Result<Consumer, Rejection>, StoreError> {
+            let _changing = consumers.lock();
             let Some(mut c) = consumers.get(&name)? else {
                 return Ok(Err(reject(
                     StatusCode::NOT_FOUND,
@@ -282,10 +319,14 @@ pub async fn ack(
                 )));
             }
             if p > head {
-                return Ok(Err(reject(
-                    StatusCode::BAD_REQUEST,
-                    "ack_beyond_head",
-                    format!("position {p} is after the log's head {head}"),
+                return Ok(Err(Box::new(
+                    (
+                        StatusCode::BAD_REQUEST,
+                        Json(json!({"error": "ack_beyond_head",
+                            "message": format!("position {p} is after the log's head {head}"),
+                            "head": head})),
+                    )
+                        .into_response(),
                 )));
             }
             c.checkpoint = p;

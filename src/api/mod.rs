@@ -5,6 +5,7 @@
 //! channel and read the log themselves, so a slow or stalled client only delays itself.
 
 pub mod auth;
+mod backup;
 mod consumers;
 mod openapi;
 mod stream;
@@ -52,6 +53,9 @@ pub struct ServeConfig {
     pub header_timeout: Duration,
     /// How long a client may take to send a request's body (larger: 408, nothing of it submitted).
     pub body_timeout: Duration,
+    /// How long shutdown waits for requests in flight (commands are answered, streams end) before it closes the
+    /// connections that remain, such as a stream whose client stopped reading.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServeConfig {
@@ -62,6 +66,7 @@ impl Default for ServeConfig {
             body_limit: 16 * 1024 * 1024,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }
@@ -186,7 +191,7 @@ async fn operations_gate(
         auth::forbidden(
             "not_allowed",
             format!(
-                "{} may not operate the ledger (metrics, consumers)",
+                "{} may not operate the ledger (metrics, consumers, backups)",
                 p.label()
             ),
         ),
@@ -208,6 +213,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/consumers/{name}/events", get(consumers::events))
         .route("/v1/consumers/{name}/ack", post(consumers::ack))
+        .route("/v1/backup", get(backup::backup))
+        .route("/v1/checkpoint", get(backup::checkpoint))
+        .route("/v1/verify", get(backup::verify))
         .route_layer(from_fn_with_state(state.clone(), operations_gate));
     Router::new()
         .route("/healthz", get(healthz))
@@ -235,7 +243,8 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves `router` on `listener` until `shutdown` completes: then it stops accepting, ends the streams, lets in-flight
-/// requests finish (their commands are acknowledged), and returns; close the ledger afterwards to flush.
+/// requests finish (their commands are acknowledged) for up to [`ServeConfig::shutdown_grace`], and returns; the
+/// connections still open then are closed. Close the ledger afterwards to flush.
 ///
 /// Connections are served by hyper directly (not `axum::serve`) so that a client slower than
 /// [`ServeConfig::header_timeout`] to send its headers is disconnected, and a failed `accept` (out of file
@@ -254,8 +263,10 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(state.config.header_timeout);
+    let grace = state.config.shutdown_grace;
     let app = router(state);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -271,18 +282,30 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 let service = hyper_util::service::TowerToHyperService::new(app.clone());
                 let conn = graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "connection ended");
                     }
                 });
             }
+            // Finished connections are reaped as they end, so the set holds only open ones.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             _ = &mut shutdown => break,
         }
     }
     drop(listener);
     let _ = stop.send(true);
-    graceful.shutdown().await;
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            grace_ms = grace.as_millis(),
+            "connections still open after the shutdown grace period are closed"
+        );
+    }
+    connections.abort_all();
     scheduler.abort();
     Ok(())
 }
@@ -593,14 +616,26 @@ struct AsOfParam {
     as_of: Option<String>,
 }
 
-fn parse_as_of(p: &AsOfParam) -> Result<Option<AsOfSpec>, Rejection> {
-    match &p.as_of {
-        None => Ok(None),
-        Some(s) => s
-            .parse()
-            .map(Some)
-            .map_err(|e: String| reject(StatusCode::BAD_REQUEST, "invalid_as_of", e)),
+/// Reads `as_of`; a position after the head is 400 `as_of_beyond_head`, with the head in the body.
+fn parse_as_of(p: &AsOfParam, ledger: &Ledger) -> Result<Option<AsOfSpec>, Rejection> {
+    let spec = match &p.as_of {
+        None => None,
+        Some(s) => Some(
+            s.parse()
+                .map_err(|e: String| reject(StatusCode::BAD_REQUEST, "invalid_as_of", e))?,
+        ),
+    };
+    if let Err(message) = query::beyond_head(ledger.store(), spec) {
+        return Err(Box::new(
+            (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": "as_of_beyond_head", "message": message,
+                    "head": ledger.store().head().position})),
+            )
+                .into_response(),
+        ));
     }
+    Ok(spec)
 }
 
 fn parse_id<T: std::str::FromStr<Err = String>>(kind: &str, s: &str) -> Result<T, Rejection> {
@@ -652,7 +687,10 @@ async fn get_customer(
     Path(id): Path<String>,
     Query(q): Query<AsOfParam>,
 ) -> Response {
-    let (id, as_of) = match (parse_id::<CustomerId>("customer", &id), parse_as_of(&q)) {
+    let (id, as_of) = match (
+        parse_id::<CustomerId>("customer", &id),
+        parse_as_of(&q, &s.ledger),
+    ) {
         (Ok(i), Ok(a)) => (i, a),
         (Err(r), _) | (_, Err(r)) => return *r,
     };
@@ -676,7 +714,10 @@ async fn get_partner(
     Path(id): Path<String>,
     Query(q): Query<AsOfParam>,
 ) -> Response {
-    let (id, as_of) = match (parse_id::<PartnerId>("partner", &id), parse_as_of(&q)) {
+    let (id, as_of) = match (
+        parse_id::<PartnerId>("partner", &id),
+        parse_as_of(&q, &s.ledger),
+    ) {
         (Ok(i), Ok(a)) => (i, a),
         (Err(r), _) | (_, Err(r)) => return *r,
     };
@@ -698,7 +739,7 @@ async fn get_subscription(
 ) -> Response {
     let (id, as_of) = match (
         parse_id::<SubscriptionId>("subscription", &id),
-        parse_as_of(&q),
+        parse_as_of(&q, &s.ledger),
     ) {
         (Ok(i), Ok(a)) => (i, a),
         (Err(r), _) | (_, Err(r)) => return *r,

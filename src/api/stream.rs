@@ -150,6 +150,21 @@ fn read_piece(
     Ok((out, scanned))
 }
 
+/// Sends a piece to the client unless the server stops first; `false` when the stream should end.
+async fn send(
+    tx: &mpsc::Sender<Bytes>,
+    piece: Bytes,
+    stopping: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    if *stopping.borrow() {
+        return false;
+    }
+    tokio::select! {
+        sent = tx.send(piece) => sent.is_ok(),
+        _ = stopping.changed() => false,
+    }
+}
+
 /// Feeds `tx` from position `after` on, forever (until the client goes, the ledger closes or the server stops).
 pub async fn produce(
     ledger: Arc<Ledger>,
@@ -177,14 +192,14 @@ pub async fn produce(
                 return;
             };
             if !bytes.is_empty() {
-                if tx.send(Bytes::from(bytes)).await.is_err() {
+                if !send(&tx, Bytes::from(bytes), &mut stopping).await {
                     return;
                 }
                 last_sent = Instant::now();
             }
             after = scanned;
             if last_sent.elapsed() >= heartbeat {
-                if tx.send(framing.heartbeat(after)).await.is_err() {
+                if !send(&tx, framing.heartbeat(after), &mut stopping).await {
                     return;
                 }
                 last_sent = Instant::now();
@@ -194,7 +209,7 @@ pub async fn produce(
         tokio::select! {
             changed = head_rx.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(wait) => {
-                if tx.send(framing.heartbeat(after)).await.is_err() {
+                if !send(&tx, framing.heartbeat(after), &mut stopping).await {
                     return;
                 }
                 last_sent = Instant::now();
@@ -315,8 +330,26 @@ pub fn filter_of(
     })
 }
 
-/// The position a client resumes after: `Last-Event-ID` (set by SSE clients on reconnect) wins over `from`.
-pub fn resume_point(headers: &HeaderMap, from: Option<u64>) -> Result<Position, Rejection> {
+/// The position a client resumes after: `Last-Event-ID` (set by SSE clients on reconnect) wins over `from`. A point
+/// after `head` is refused (400, naming the head): those positions do not exist yet.
+pub fn resume_point(
+    headers: &HeaderMap,
+    from: Option<u64>,
+    head: Position,
+) -> Result<Position, Rejection> {
+    let point = requested_point(headers, from)?;
+    if point > head {
+        let what = if headers.contains_key("last-event-id") {
+            "Last-Event-ID"
+        } else {
+            "from"
+        };
+        return Err(Box::new(super::consumers::beyond_head(what, point.0, head)));
+    }
+    Ok(point)
+}
+
+fn requested_point(headers: &HeaderMap, from: Option<u64>) -> Result<Position, Rejection> {
     match headers
         .get("last-event-id")
         .map(|v| v.to_str().map(str::trim))
@@ -352,7 +385,7 @@ pub async fn events(
         Ok(f) => f,
         Err(r) => return *r,
     };
-    let after = match resume_point(&headers, p.from) {
+    let after = match resume_point(&headers, p.from, s.ledger.store().head().position) {
         Ok(a) => a,
         Err(r) => return *r,
     };

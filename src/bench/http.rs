@@ -22,7 +22,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `partner-ledger serve` on an ephemeral loopback port, without sample data or clock ticks.
+    /// Starts `partner-ledger serve` on an ephemeral loopback port, without clock ticks (and, as always unless asked, without
+    /// sample data).
     pub fn start(data: &Path) -> anyhow::Result<Server> {
         let exe = std::env::current_exe().context("cannot find the partner-ledger binary")?;
         Server::launch(&exe, data, &[], None)
@@ -48,7 +49,6 @@ impl Server {
                 "serve",
                 "--listen",
                 "127.0.0.1:0",
-                "--no-sample-data",
                 "--clock-interval",
                 "86400",
             ])

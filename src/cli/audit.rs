@@ -1,6 +1,6 @@
 //! Audit commands: history, diff, checkpoint, export and import.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -9,7 +9,7 @@ use anyhow::Context;
 use crate::audit::{RefusalLog, RefusalRecord};
 use crate::domain::{EntityRef, Event, Position};
 use crate::query::{self, AsOfSpec, HistoryLine};
-use crate::store::{check, Envelope, EventStore, SledStore, StoreOptions, GENESIS_HASH};
+use crate::store::{EventStore, SledStore};
 
 use super::render;
 
@@ -113,7 +113,7 @@ pub fn diff(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `export`: envelopes as NDJSON (exactly as stored) or CSV.
+/// `export`: a complete backup as NDJSON (`crate::backup`), or the events as CSV.
 pub fn export(
     store: &SledStore,
     from: Position,
@@ -122,38 +122,43 @@ pub fn export(
 ) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut w = std::io::BufWriter::new(stdout.lock());
-    if csv {
-        super::out(
-            &mut w,
-            b"position,at,recorded_at,type,schema_version,command_id,correlation_id,actor_tenant,actor_user,actor_role,event_id,data,prev_hash,hash",
-        )?;
+    if !csv {
+        let refusals = RefusalLog::open(store)?;
+        return match crate::backup::write(store, &refusals, from, to, &mut w, |_| {}) {
+            Ok(_) => Ok(ExitCode::SUCCESS),
+            Err(crate::backup::BackupError::Io(e))
+                if e.kind() == std::io::ErrorKind::BrokenPipe =>
+            {
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Err(e.into()),
+        };
     }
+    super::out(
+        &mut w,
+        b"position,at,recorded_at,type,schema_version,command_id,correlation_id,actor_tenant,actor_user,actor_role,event_id,data,prev_hash,hash",
+    )?;
     for item in store.read(from, to) {
         let stored = item?;
-        let ok = if csv {
-            let e = stored.envelope()?;
-            let row = [
-                e.position.to_string(),
-                e.at.to_string(),
-                e.recorded_at.to_string(),
-                e.event_type.clone(),
-                e.schema_version.to_string(),
-                e.command_id.to_string(),
-                e.correlation_id.map(|c| c.to_string()).unwrap_or_default(),
-                e.actor.tenant.to_string(),
-                e.actor.user.clone(),
-                crate::domain::role_name(e.actor.role).to_string(),
-                e.event_id.to_string(),
-                serde_json::to_string(&e.data)?,
-                e.prev_hash.clone(),
-                e.hash.clone(),
-            ];
-            let line: Vec<String> = row.iter().map(|f| csv_field(f)).collect();
-            super::out(&mut w, line.join(",").as_bytes())?
-        } else {
-            super::out(&mut w, &stored.raw)?
-        };
-        if !ok {
+        let e = stored.envelope()?;
+        let row = [
+            e.position.to_string(),
+            e.at.to_string(),
+            e.recorded_at.to_string(),
+            e.event_type.clone(),
+            e.schema_version.to_string(),
+            e.command_id.to_string(),
+            e.correlation_id.map(|c| c.to_string()).unwrap_or_default(),
+            e.actor.tenant.to_string(),
+            e.actor.user.clone(),
+            crate::domain::role_name(e.actor.role).to_string(),
+            e.event_id.to_string(),
+            serde_json::to_string(&e.data)?,
+            e.prev_hash.clone(),
+            e.hash.clone(),
+        ];
+        let line: Vec<String> = row.iter().map(|f| csv_field(f)).collect();
+        if !super::out(&mut w, line.join(",").as_bytes())? {
             return Ok(ExitCode::SUCCESS);
         }
     }
@@ -170,78 +175,41 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// `import FILE`: restores an export into an empty ledger, identical chain, or writes nothing.
+/// `import FILE`: restores a backup (or bare envelopes) into an empty ledger, identical chain, or writes nothing.
 pub fn import(data: &Path, file: &str) -> anyhow::Result<ExitCode> {
-    let open_file = || -> anyhow::Result<BufReader<std::fs::File>> {
-        Ok(BufReader::new(std::fs::File::open(file).with_context(
-            || format!("cannot open the export file {file}"),
-        )?))
+    use crate::backup::BackupError;
+    let path = Path::new(file);
+    // Checked whole before anything is written (and before the data folder is created).
+    let total = match crate::backup::check_file(path) {
+        Ok(c) => c,
+        Err(BackupError::Invalid { line, message }) => {
+            println!("import refused at line {line} of {file}: {message}; nothing was written");
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot read {file}"))),
     };
-    // Pass 1: the whole file must be a chain from position 1 before anything is written.
-    let mut prev = GENESIS_HASH.to_string();
-    let mut count = 0u64;
-    for (i, line) in open_file()?.lines().enumerate() {
-        let line = line.with_context(|| format!("cannot read {file}"))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let expected = Position(count + 1);
-        match check(line.as_bytes(), expected, &prev) {
-            Ok(env) => {
-                prev = env.hash;
-                count += 1;
-            }
-            Err(b) => {
-                println!(
-                    "import refused at position {} (line {} of {file}): {}; nothing was written",
-                    b.position,
-                    i + 1,
-                    b.reason
-                );
-                return Ok(ExitCode::from(1));
-            }
-        }
-    }
-    let store = SledStore::open(data, &StoreOptions::default())?;
-    if store.head().position.0 != 0 {
-        anyhow::bail!(
-            "import needs an empty ledger; {} already holds {} events",
-            data.display(),
-            store.head().position
-        );
-    }
-    // Pass 2: write in batches that end at command boundaries.
-    let bar = super::progress_bar(count, "importing");
-    let mut batch: Vec<Envelope> = Vec::with_capacity(4096);
-    for line in open_file()?.lines() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let env: Envelope = serde_json::from_str(&line)?;
-        if batch.len() >= 4096
-            && batch
-                .last()
-                .is_some_and(|l: &Envelope| l.command_id != env.command_id)
-        {
-            store.import(&batch)?;
-            bar.inc(batch.len() as u64);
-            batch.clear();
-        }
-        batch.push(env);
-    }
-    if !batch.is_empty() {
-        store.import(&batch)?;
-        bar.inc(batch.len() as u64);
-    }
+    let bar = super::progress_bar(total.events, "importing");
+    let restored = crate::backup::restore(data, path, |n| bar.set_position(n))
+        .with_context(|| format!("restoring {file} into {}", data.display()))?;
     bar.finish_and_clear();
-    let head = store.head();
-    drop(store);
     // Build the read models for the restored log.
     crate::ledger::Ledger::open(crate::ledger::LedgerConfig::new(data))?.close();
-    println!(
-        "imported {} events; head {}:{}",
-        head.position, head.position, head.hash
-    );
+    let c = restored.counts;
+    if restored.was_backup {
+        println!(
+            "imported {} events, {} commands, {} refusals, {} consumers; head {}:{}",
+            c.events,
+            c.commands,
+            c.refusals,
+            c.consumers,
+            restored.head.position,
+            restored.head.hash
+        );
+    } else {
+        println!(
+            "imported {} events (bare envelopes: no journal fingerprints, refusals or consumers); head {}:{}",
+            c.events, restored.head.position, restored.head.hash
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

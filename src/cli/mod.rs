@@ -33,8 +33,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Runs the HTTP service (docs/api.md). On an empty ledger it first loads sample data: the seed story and a
-    /// generated workload.
+    /// Runs the HTTP service (docs/api.md). With --sample-data an empty ledger first gets sample data: the seed story
+    /// and a generated workload.
     Serve {
         /// The address to listen on.
         #[arg(long, default_value = "127.0.0.1:7070")]
@@ -45,9 +45,18 @@ pub enum Command {
         /// Milliseconds between heartbeats on idle or filtered streams.
         #[arg(long, default_value_t = 15_000)]
         heartbeat_ms: u64,
-        /// Start an empty ledger empty.
+        /// Load sample data (the seed story of Contoso with partners Adatum and Bellows, then a generated workload of
+        /// 5,000 commands) when the ledger is empty. Without it nothing is written that nobody asked for: an
+        /// append-only ledger cannot take sample data back.
         #[arg(long)]
+        sample_data: bool,
+        /// Accepted for older scripts; an empty ledger stays empty unless --sample-data is given.
+        #[arg(long, hide = true, conflicts_with = "sample_data")]
         no_sample_data: bool,
+        /// Milliseconds shutdown (SIGTERM, Ctrl-C) waits for requests in flight before closing the connections left,
+        /// such as a stream whose client stopped reading.
+        #[arg(long, default_value_t = 5_000)]
+        shutdown_grace_ms: u64,
         /// Milliseconds a client may take to send a request's headers (slower: disconnected).
         #[arg(long, default_value_t = 10_000)]
         header_timeout_ms: u64,
@@ -183,13 +192,16 @@ pub enum Command {
         /// Only events up to and including this position.
         #[arg(long)]
         to: Option<u64>,
-        /// ndjson (restorable) or csv.
+        /// ndjson: a complete, restorable backup (events, command journal, refusals, consumers; docs/audit.md);
+        /// csv: one row per event, for spreadsheets.
         #[arg(long, default_value = "ndjson", value_parser = ["ndjson", "csv"])]
         format: String,
     },
-    /// Restores an NDJSON export into an empty ledger, reproducing the identical chain, or writes nothing.
+    /// Restores a backup (`export`, or GET /v1/backup from a running server) into an empty ledger: the identical
+    /// chain, command journal, refusals and consumers. Checks the whole file first and writes nothing if any line is
+    /// wrong. A file of bare envelopes (`events`) restores too, without journal fingerprints, refusals or consumers.
     Import {
-        /// The export file.
+        /// The backup file.
         file: String,
     },
     /// Runs the benchmark suite (docs/performance.md): throughput against concurrency in process and over HTTP beside
@@ -230,7 +242,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             clock_interval,
             heartbeat_ms,
-            no_sample_data,
+            sample_data,
+            no_sample_data: _,
+            shutdown_grace_ms,
             header_timeout_ms,
             body_timeout_ms,
             tokens,
@@ -242,9 +256,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 clock_interval: std::time::Duration::from_secs(clock_interval.max(1)),
                 header_timeout: std::time::Duration::from_millis(header_timeout_ms.max(1)),
                 body_timeout: std::time::Duration::from_millis(body_timeout_ms.max(1)),
+                shutdown_grace: std::time::Duration::from_millis(shutdown_grace_ms),
                 ..Default::default()
             },
-            no_sample_data,
+            sample_data,
             tokens.as_deref(),
         ),
         Command::Token {
@@ -282,6 +297,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             diff,
         } => {
             let store = open_existing(&cli.data)?;
+            for spec in diff.iter().flatten().copied().chain(as_of) {
+                query::beyond_head(&store, Some(spec)).map_err(|e| anyhow::anyhow!(e))?;
+            }
             match diff.as_deref() {
                 Some([from, to]) => audit::diff(&store, id, *from, *to, json),
                 _ => customer(&store, id, json, as_of),
@@ -289,6 +307,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Partner { id, json, as_of } => {
             let store = open_existing(&cli.data)?;
+            query::beyond_head(&store, as_of).map_err(|e| anyhow::anyhow!(e))?;
             match query::partner(&store, id, as_of)? {
                 None => not_found("partner", &id.to_string()),
                 Some(a) if json => print_json(&a.view),
@@ -300,6 +319,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Subscription { id, json, as_of } => {
             let store = open_existing(&cli.data)?;
+            query::beyond_head(&store, as_of).map_err(|e| anyhow::anyhow!(e))?;
             match query::subscription(&store, id, as_of)? {
                 None => not_found("subscription", &id.to_string()),
                 Some(a) if json => print_json(&a.view),
@@ -666,12 +686,15 @@ fn serve(
     dir: &std::path::Path,
     listen: &str,
     config: crate::api::ServeConfig,
-    no_sample_data: bool,
+    sample_data: bool,
     tokens: Option<&std::path::Path>,
 ) -> anyhow::Result<ExitCode> {
     use crate::api::auth::{
         Auth, DEFAULT_OPERATOR_TENANT, OPERATOR_TENANT_ENV, OPERATOR_TOKEN_ENV,
     };
+    use std::io::Write;
+    // Everything that can be checked is checked, and the listener bound, before the data folder is created or
+    // written: a failed start leaves no trace.
     let env_token = std::env::var(OPERATOR_TOKEN_ENV)
         .ok()
         .filter(|t| !t.is_empty());
@@ -689,13 +712,7 @@ fn serve(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let ledger = std::sync::Arc::new(Ledger::open(LedgerConfig::new(dir))?);
-    if ledger.store().head().position.0 == 0 && !no_sample_data {
-        load_sample_data(&ledger)?;
-    }
-    // The tail and the head marker were checked at open; the rest of the chain is verified while the server runs.
-    ledger.verify_in_background()?;
-    let result = runtime.block_on(async {
+    let listener = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
@@ -705,14 +722,22 @@ fn serve(
                 "refusing to listen on {addr}: without a tokens file (--tokens, or {OPERATOR_TOKEN_ENV}) the server runs in local mode, where every caller is an operator, so it listens on loopback only (127.0.0.1 or ::1); see docs/security.md"
             );
         }
+        Ok::<_, anyhow::Error>(listener)
+    })?;
+    let addr = listener.local_addr()?;
+    let ledger = std::sync::Arc::new(Ledger::open(LedgerConfig::new(dir))?);
+    let loaded = if sample_data && ledger.store().head().position.0 == 0 {
+        load_sample_data(&ledger)?;
+        Some(ledger.store().head().position)
+    } else {
+        None
+    };
+    // The tail and the head marker were checked at open; the rest of the chain is verified while the server runs.
+    ledger.verify_in_background()?;
+    let result = runtime.block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let state = crate::api::AppState::new(std::sync::Arc::clone(&ledger), config, stop_rx)?
             .with_auth(std::sync::Arc::clone(&auth));
-        let mode = if auth.is_local() {
-            "local mode: no tokens file, so every caller is treated as an operator and commands carry their own actor; listening on loopback only (docs/security.md)"
-        } else {
-            "authentication on: every request needs Authorization: Bearer <token> (docs/security.md); SIGHUP reloads the tokens file"
-        };
         if !auth.is_local() {
             let reload = std::sync::Arc::clone(&auth);
             tokio::spawn(async move {
@@ -728,19 +753,18 @@ fn serve(
             });
         }
         // Written with errors ignored: a server whose stdout was closed (`serve | head -1`) keeps serving.
-        use std::io::Write;
         let _ = writeln!(
             std::io::stdout(),
-            "partner-ledger listening on http://{addr} (data: {}, {} events)\n\nTry:\n  curl http://{addr}/v1/customers/{CONTOSO}\n  curl http://{addr}/v1/partners/a0000000-0000-4000-8000-00000000000a\n  curl 'http://{addr}/v1/customers/{CONTOSO}?as_of=2024-02-01T00:00:00Z'\n  curl -N -H 'Accept: application/x-ndjson' 'http://{addr}/v1/events?customer={CONTOSO}'\n  curl -X POST -H 'Content-Type: application/json' http://{addr}/v1/commands -d '{{\"type\":\"CancelSubscription\",\"actor\":{{\"tenant\":\"b0000000-0000-4000-8000-00000000000b\",\"user\":\"you\",\"role\":\"partner_admin_agent\"}},\"subscription\":\"5a000000-0000-4000-8000-000000000001\",\"partner\":\"b0000000-0000-4000-8000-00000000000b\"}}'   # B may not cancel A's subscription: 422, R27\n  curl http://{addr}/metrics\n\nCtrl-C stops the server after answering every command in flight.",
-            dir.display(),
-            ledger.store().head().position
+            "{}",
+            banner(&ledger, dir, addr, loaded, sample_data, auth.is_local())
         );
-        let _ = writeln!(std::io::stdout(), "\n{mode}");
         std::io::stdout().flush().ok();
         crate::api::serve(listener, state, stop_tx, shutdown_signal()).await?;
         Ok::<(), anyhow::Error>(())
     });
     ledger.close();
+    // Tasks still running (a connection closed at the end of the grace period) are given a moment, not forever.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     result?;
     let _ = writeln!(
         std::io::stdout(),
@@ -748,6 +772,59 @@ fn serve(
         ledger.store().head().position
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `serve` prints when it is ready: where it listens, what the ledger holds and how it got it, examples that
+/// work in the mode it runs in, and the mode.
+fn banner(
+    ledger: &Ledger,
+    dir: &std::path::Path,
+    addr: std::net::SocketAddr,
+    loaded: Option<Position>,
+    asked_for_sample: bool,
+    local: bool,
+) -> String {
+    let head = ledger.store().head().position;
+    let mut t = format!(
+        "partner-ledger listening on http://{addr} (data: {}, {head} events)\n",
+        dir.display()
+    );
+    match loaded {
+        Some(n) => t.push_str(&format!(
+            "\nSample data loaded because --sample-data was given: {n} events (the seed story of Contoso with partners Adatum and Bellows, then a generated workload). They are part of this ledger's history for good; use another --data folder for real data.\n"
+        )),
+        None if asked_for_sample => t.push_str(&format!(
+            "\nSample data not loaded: the ledger already holds {head} events.\n"
+        )),
+        None if head.0 == 0 => t.push_str(
+            "\nThe ledger is empty. Send commands to POST /v1/commands (docs/commands.md), or restart with --sample-data on a new --data folder to explore sample data.\n",
+        ),
+        None => {}
+    }
+    let auth = if local {
+        String::new()
+    } else {
+        "-H \"Authorization: Bearer $TOKEN\" ".to_string()
+    };
+    let contoso: Option<CustomerId> = CONTOSO.parse().ok();
+    let has_contoso =
+        contoso.is_some_and(|c| ledger.live().read(|st, _| st.customers.contains_key(&c)));
+    t.push_str("\nTry:\n");
+    if has_contoso {
+        t.push_str(&format!("  curl {auth}http://{addr}/v1/customers/{CONTOSO}\n  curl {auth}http://{addr}/v1/partners/a0000000-0000-4000-8000-00000000000a\n  curl {auth}\"http://{addr}/v1/customers/{CONTOSO}?as_of=2024-02-01T00:00:00Z\"\n  curl -N {auth}-H \"Accept: application/x-ndjson\" \"http://{addr}/v1/events?customer={CONTOSO}\"\n"));
+        if local {
+            t.push_str(&format!("  # Partner B may not cancel partner A's subscription (422, R27):\n  curl -X POST -H \"Content-Type: application/json\" http://{addr}/v1/commands -d '{{\"type\":\"CancelSubscription\",\"actor\":{{\"tenant\":\"b0000000-0000-4000-8000-00000000000b\",\"user\":\"you\",\"role\":\"partner_admin_agent\"}},\"subscription\":\"5a000000-0000-4000-8000-000000000001\",\"partner\":\"b0000000-0000-4000-8000-00000000000b\"}}'\n"));
+        }
+    } else {
+        t.push_str(&format!("  curl {auth}http://{addr}/healthz\n  curl -N {auth}-H \"Accept: application/x-ndjson\" http://{addr}/v1/events\n  curl {auth}http://{addr}/v1/openapi.json\n"));
+    }
+    t.push_str(&format!("  curl {auth}http://{addr}/metrics\n\nCtrl-C stops the server after answering every command in flight.\n\n"));
+    t.push_str(if local {
+        "local mode: no tokens file, so every caller is treated as an operator and commands carry their own actor; listening on loopback only (docs/security.md)"
+    } else {
+        "authentication on: every request needs Authorization: Bearer <token> (docs/security.md); SIGHUP reloads the tokens file"
+    });
+    t
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -124,6 +124,24 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Committed>, StoreError> {
         .collect()
 }
 
+/// Journal entries without fingerprints for events restored from an export that carried no journal: each run of
+/// consecutive events with one command id is one command.
+pub fn group(events: impl Iterator<Item = (Position, CommandId)>) -> Vec<Committed> {
+    let mut out: Vec<Committed> = Vec::new();
+    for (position, command_id) in events {
+        match out.last_mut() {
+            Some(c) if c.command_id == command_id => c.count += 1,
+            _ => out.push(Committed {
+                command_id,
+                fingerprint: None,
+                first: position,
+                count: 1,
+            }),
+        }
+    }
+    out
+}
+
 /// Which journal record holds each committed command.
 #[derive(Default)]
 pub struct Commands {

@@ -125,8 +125,8 @@ pub enum StoreError {
         position: Option<Position>,
         message: String,
     },
-    /// Another process holds the ledger; wait for it or stop it.
-    #[error("the ledger at {} is locked by {}", .path.display(), .pid.map(|p| format!("process {p}")).unwrap_or_else(|| "another process".into()))]
+    /// Another process holds the ledger; wait for it or stop it, or (a running server) ask it over HTTP.
+    #[error("the ledger at {} is locked by {}; if that is a running server, take backups, checkpoints and verifications from it without stopping it (GET /v1/backup, /v1/checkpoint, /v1/verify; docs/audit.md), or stop it first", .path.display(), .pid.map(|p| format!("process {p}")).unwrap_or_else(|| "another process".into()))]
     Locked { path: PathBuf, pid: Option<u32> },
     /// The folder holds something else than a ledger; choose another folder.
     #[error("{} is not a partner-ledger data folder (it is not empty and has no ledger.json)", .0.display())]

@@ -1139,16 +1139,41 @@ impl SledStore {
             .clone()
     }
 
-    /// Appends already sealed envelopes (a restore): each must be the next position and link to the head, and is
-    /// stored in canonical form; each command gets a journal entry without a fingerprint. Durable on return, like
-    /// `commit`.
+    /// Every committed command in commit order, as the command journal keeps it (for backups).
+    pub fn journal(&self) -> impl Iterator<Item = Result<Committed, StoreError>> + '_ {
+        self.aux
+            .scan_prefix([journal::PREFIX])
+            .filter_map(|item| match item {
+                Err(e) => Some(vec![Err(StoreError::Sled(e))]),
+                Ok((k, v)) => journal::seq_of(&k).map(|_| match journal::decode(&v) {
+                    Ok(commands) => commands.into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e)],
+                }),
+            })
+            .flatten()
+    }
+
+    /// Appends already sealed envelopes (a restore of an export without journal): each must be the next position and
+    /// link to the head, and is stored in canonical form; each run of events with one `command_id` gets a journal
+    /// entry without a fingerprint. Durable on return, like `commit`.
     pub fn import(&self, envelopes: &[super::Envelope]) -> Result<(), StoreError> {
+        let journal = journal::group(envelopes.iter().map(|e| (e.position, e.command_id)));
+        self.import_with(envelopes, journal)
+    }
+
+    /// Appends already sealed envelopes with their commands' journal entries as a backup recorded them
+    /// (fingerprints, and commands that appended nothing), so a restored ledger answers re-submissions as the
+    /// original did. Durable on return, like `commit`.
+    pub fn import_with(
+        &self,
+        envelopes: &[super::Envelope],
+        journal: Vec<Committed>,
+    ) -> Result<(), StoreError> {
         let head = self.head();
         let mut prev = head.hash.clone();
         let mut expected = head.position;
         let mut rows: Vec<Row> = Vec::with_capacity(envelopes.len());
         let mut index = Vec::with_capacity(envelopes.len());
-        let mut journal: Vec<Committed> = Vec::new();
         for env in envelopes {
             expected = expected.next();
             let value = serde_json::to_value(env).map_err(|e| StoreError::Codec {
@@ -1167,15 +1192,16 @@ impl SledStore {
             })?;
             index.push((expected, event.entities()));
             rows.push((expected, raw));
-            match journal.last_mut() {
-                Some(c) if c.command_id == env.command_id => c.count += 1,
-                _ => journal.push(Committed {
-                    command_id: env.command_id,
-                    fingerprint: None,
-                    first: expected,
-                    count: 1,
-                }),
-            }
+        }
+        let covered: u64 = journal.iter().map(|c| u64::from(c.count)).sum();
+        if covered != envelopes.len() as u64 {
+            return Err(StoreError::Corrupt {
+                position: Some(head.position.next()),
+                message: format!(
+                    "the restored journal entries cover {covered} events, but {} were given",
+                    envelopes.len()
+                ),
+            });
         }
         let positions = journal.iter().map(|c| c.record().positions).collect();
         self.persist(Prepared {
