@@ -134,6 +134,14 @@ impl Principal {
                 });
             }
         }
+        // Business time is the ledger clock for partners and customers: an explicit `at` up to R37's five minutes
+        // ahead would hold back everyone's clock advances and explicit times. Operators and `system` keep it.
+        if self.scope() != Scope::All && cmd.at.is_some() {
+            return Err(Denial {
+                reason: "explicit_time_not_allowed",
+                message: "partners and customers act at the ledger clock; leave out `at` (only operators and system set business time)".into(),
+            });
+        }
         let named = Named::of(cmd);
         match self.scope() {
             Scope::All => Ok(()),
@@ -201,7 +209,7 @@ impl Principal {
 /// Why a principal may not submit a command: a stable reason code (for `/metrics` and the 403 body) and a message.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Denial {
-    /// `actor_mismatch`, `not_your_tenant` or `read_only`.
+    /// `actor_mismatch`, `not_your_tenant`, `explicit_time_not_allowed` or `read_only`.
     pub reason: &'static str,
     pub message: String,
 }
@@ -242,6 +250,8 @@ struct Parties {
 
 #[derive(Deserialize)]
 struct EnvelopeParties {
+    #[serde(default)]
+    position: u64,
     #[serde(default)]
     data: Parties,
 }
@@ -296,14 +306,29 @@ impl Scope {
     }
 
     /// Whether a stored event (its canonical envelope) is visible. A partner sees events that name it (as partner,
-    /// provider, reseller, billing partner or partner of record), events about a subscription it may see, and the
-    /// customer-level events (registration, agreement, corrections) of customers it may see; a customer sees the events
-    /// about itself.
+    /// provider, reseller, billing partner or partner of record), events about a subscription it bills or is partner
+    /// of record of, and the customer-level events (registration, agreement, corrections) of a customer it was
+    /// already involved with at that event's position; a customer sees the events about itself.
+    ///
+    /// The answer depends on the log up to the event alone, never on what happened after it, provided `state`
+    /// reflects at least the event's position (streams wait for that): so a live stream, a replay from 0 and a resume
+    /// from any checkpoint carry the same events (docs/security.md).
     pub fn sees_event(&self, state: &State, envelope: &[u8]) -> bool {
+        self.sees_event_as(state, envelope, true)
+    }
+
+    /// Like [`Scope::sees_event`] for a customer's history, which follows the views' rule instead of the streams':
+    /// a partner that has or had the customer sees its customer-level events from before its involvement too.
+    pub fn sees_event_in_history(&self, state: &State, envelope: &[u8]) -> bool {
+        self.sees_event_as(state, envelope, false)
+    }
+
+    fn sees_event_as(&self, state: &State, envelope: &[u8], at_its_position: bool) -> bool {
         if *self == Scope::All {
             return true;
         }
-        let Ok(EnvelopeParties { data: p }) = serde_json::from_slice::<EnvelopeParties>(envelope)
+        let Ok(EnvelopeParties { position, data: p }) =
+            serde_json::from_slice::<EnvelopeParties>(envelope)
         else {
             return false;
         };
@@ -327,7 +352,13 @@ impl Scope {
                 if named.iter().any(Option::is_some) {
                     return named.contains(&Some(me));
                 }
-                p.customer.is_some_and(|c| self.sees_customer(state, c))
+                // Involvement starts at an event that names the partner and never ends.
+                p.customer.is_some_and(|c| {
+                    state
+                        .involved_at
+                        .get(&(me, c))
+                        .is_some_and(|since| !at_its_position || *since <= position)
+                })
             }
         }
     }

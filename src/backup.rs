@@ -101,7 +101,12 @@ pub enum BackupError {
     Io(#[from] std::io::Error),
     /// The file is not a whole, valid backup; nothing was written. Use another copy.
     #[error("line {line}: {message}; nothing was written")]
-    Invalid { line: u64, message: String },
+    Invalid {
+        line: u64,
+        /// The first bad position, when the problem is in the events.
+        position: Option<Position>,
+        message: String,
+    },
     /// The target ledger is not empty; restore into a new folder.
     #[error("{0}")]
     NotEmpty(String),
@@ -242,7 +247,11 @@ impl Reader {
     }
 
     fn read(&mut self, text: &str, n: u64) -> Result<Option<Item>, BackupError> {
-        let bad = |message: String| BackupError::Invalid { line: n, message };
+        let bad = |message: String| BackupError::Invalid {
+            line: n,
+            position: None,
+            message,
+        };
         let text = text.trim();
         if text.is_empty() {
             return Ok(None);
@@ -371,10 +380,11 @@ impl Reader {
         }
         self.section = Section::Events;
         let env = check(text.as_bytes(), self.expected, &self.prev).map_err(|b| {
-            bad(format!(
-                "the chain breaks at position {}: {}",
-                b.position, b.reason
-            ))
+            BackupError::Invalid {
+                line: n,
+                position: Some(b.position),
+                message: b.reason,
+            }
         })?;
         self.prev = env.hash.clone();
         self.expected = self.expected.next();
@@ -416,6 +426,7 @@ impl Reader {
         if self.backup.is_some() && self.section != Section::Ended {
             return Err(BackupError::Invalid {
                 line: n,
+                position: None,
                 message: "the backup ends without its end line: it is truncated".into(),
             });
         }
@@ -468,7 +479,7 @@ pub fn restore(
     let consumers = store.tree(CONSUMERS_TREE)?;
     if store.head().position.0 != 0 || !refusals.is_empty() || !consumers.is_empty() {
         return Err(BackupError::NotEmpty(format!(
-            "a restore needs an empty ledger; {} already holds {} events{}",
+            "import needs an empty ledger; {} already holds {} events{}",
             data.display(),
             store.head().position,
             if refusals.is_empty() {

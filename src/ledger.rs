@@ -318,7 +318,12 @@ pub struct Live {
     /// The position `state` reflects, with a condition variable for readers waiting to see their own writes.
     position: Mutex<Position>,
     moved: Condvar,
+    /// Held by [`Ledger::pause_projector`] (tests): the projector takes it before applying a batch.
+    paused: Mutex<()>,
 }
+
+/// How long a read waits for the live model to reach the head before it answers from what it has.
+pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Live {
     fn new(state: State, position: Position) -> Live {
@@ -326,6 +331,7 @@ impl Live {
             state: RwLock::new(state),
             position: Mutex::new(position),
             moved: Condvar::new(),
+            paused: Mutex::new(()),
         }
     }
 
@@ -355,6 +361,7 @@ impl Live {
         let Some(last) = events.last().map(|e| e.0) else {
             return;
         };
+        let _running = self.paused.lock().unwrap_or_else(|e| e.into_inner());
         {
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
             for (_, at, event) in events {
@@ -628,6 +635,21 @@ impl Ledger {
     /// The write model as of the last durable batch, for "now" views.
     pub fn live(&self) -> &Live {
         &self.live
+    }
+
+    /// Waits (up to [`CATCH_UP_TIMEOUT`]) until the live model reflects every event that was durable when it was
+    /// called, so a read reflects every command answered before it began (read-your-writes); returns the position
+    /// the live model reflects. The head moves before the projector applies a batch, so without this wait a read
+    /// right after an answer could judge against the state before that answer's events.
+    pub fn live_caught_up(&self) -> Position {
+        let head = self.store().head().position;
+        self.live.wait_for(head, CATCH_UP_TIMEOUT)
+    }
+
+    /// Holds the projector back while the guard lives, so the live model lags the head: a test hook that forces the
+    /// races a reader must survive (a stream or a view right after a commit). Nothing but tests calls it.
+    pub fn pause_projector(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.live.paused.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Follows the log's head: it changes after every durable batch. Readers of the log wait on it; it never makes the

@@ -23,7 +23,7 @@ use crate::store::{EventStore, StoreError};
 
 /// The snapshot's file name in the data folder.
 pub const FILE: &str = "snapshot";
-const MAGIC: &[u8; 8] = b"PLSNAP01";
+const MAGIC: &[u8; 8] = b"PLSNAP02";
 const HEADER_LEN: usize = 8 + 8 + 64 + 32 + 8;
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> StoreError {

@@ -908,3 +908,200 @@ fn serve_is_secure_by_default_and_reloads_tokens_on_sighup() {
         .success());
     assert!(child.wait().unwrap().success());
 }
+
+/// Reads an NDJSON stream after `from` until a heartbeat or an event reaches `head`; returns the positions.
+async fn positions_from(
+    c: &reqwest::Client,
+    url: &str,
+    who: &str,
+    from: u64,
+    head: u64,
+) -> Vec<u64> {
+    let resp = c
+        .get(format!("{url}/v1/events?from={from}"))
+        .bearer_auth(token(who))
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{who}");
+    read_positions(resp, head, who).await
+}
+
+async fn read_positions(resp: reqwest::Response, head: u64, who: &str) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    let mut stream = resp.bytes_stream();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, stream.next()).await {
+        buf.extend_from_slice(&chunk.unwrap());
+        while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            let v: Value = serde_json::from_slice(&line).unwrap();
+            let p = v["heartbeat"]["position"].as_u64().unwrap_or_else(|| {
+                let p = v["position"].as_u64().unwrap();
+                out.push(p);
+                p
+            });
+            if p >= head {
+                return out;
+            }
+        }
+    }
+    panic!("the stream of {who} did not reach position {head}");
+}
+
+// The projector is held back on purpose while requests are awaited: that is the race under test.
+#[allow(clippy::await_holding_lock)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_confined_live_stream_carries_what_a_replay_carries_even_when_the_projector_lags() {
+    let server = Server::start().await;
+    let u = server.url.clone();
+    let c = reqwest::Client::new();
+    // B asks Fabrikam for a relationship: from here on B is about to be involved with Fabrikam.
+    let request = json!({"type": "RequestRelationship", "request": "1b000000-0000-4000-8000-0000000000f1",
+        "partner": B, "customer": FABRIKAM});
+    let (s, o) = post_json(&c, &u, "b_admin", request).await;
+    assert_eq!(s, StatusCode::OK, "{o}");
+    let start = server.head();
+    // B's and Fabrikam's live streams are open, waiting after `start`.
+    let live = |who: &'static str| {
+        let c = c.clone();
+        let u = u.clone();
+        async move {
+            c.get(format!("{u}/v1/events?from={start}"))
+                .bearer_auth(token(who))
+                .header("accept", "application/x-ndjson")
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let b_live = live("b_admin").await;
+    let fab_live = live("fab_admin").await;
+    // The projector is held back while Fabrikam accepts and then accepts the customer agreement: the head moves
+    // past both events while the live model still knows nothing of B's involvement.
+    let pause = server.ledger.pause_projector();
+    let both = [
+        json!({"type": "AcceptRelationship", "request": "1b000000-0000-4000-8000-0000000000f1", "customer": FABRIKAM}),
+        json!({"type": "AcceptCustomerAgreement", "customer": FABRIKAM}),
+    ]
+    .iter()
+    .map(Value::to_string)
+    .collect::<Vec<_>>()
+    .join("\n");
+    let (s, o) = call(
+        &c,
+        reqwest::Method::POST,
+        &format!("{u}/v1/commands"),
+        Some("fab_admin"),
+        Some(("application/x-ndjson", both)),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{o}");
+    let head = server.head();
+    assert_eq!(head, start + 2, "{o}");
+    // Right after the acceptance was answered, B reads the customer: it must not be told Fabrikam does not exist.
+    let view = tokio::spawn({
+        let c = c.clone();
+        let url = format!("{u}/v1/customers/{FABRIKAM}");
+        async move { get(&c, &url, Some("b_admin")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(pause);
+    let (s, v) = view.await.unwrap();
+    assert_eq!(s, StatusCode::OK, "read-your-writes: {v}");
+    assert_eq!(names(&v, "partners", "partner"), vec![B]);
+    // What the live streams carried equals a replay of the same stream, position by position.
+    let b_got = read_positions(b_live, head, "b_admin").await;
+    let fab_got = read_positions(fab_live, head, "fab_admin").await;
+    assert_eq!(b_got, vec![start + 1, start + 2], "B's live stream");
+    assert_eq!(b_got, positions_from(&c, &u, "b_admin", start, head).await);
+    assert_eq!(
+        fab_got,
+        vec![start + 1, start + 2],
+        "Fabrikam's live stream"
+    );
+    assert_eq!(
+        fab_got,
+        positions_from(&c, &u, "fab_admin", start, head).await
+    );
+    // Fabrikam's registration came before B's involvement: no stream of B's carries it, live or replayed.
+    let b_all = positions_from(&c, &u, "b_admin", 0, head).await;
+    let registered = stream_all(&c, &u, "ops", head)
+        .await
+        .into_iter()
+        .find(|e| e["type"] == "CustomerRegistered" && e["data"]["customer"] == FABRIKAM)
+        .unwrap();
+    assert!(!b_all.contains(&registered["position"].as_u64().unwrap()));
+    assert!(b_all.ends_with(&[start, start + 1, start + 2]), "{b_all:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partners_and_customers_cannot_set_business_time_and_so_cannot_hold_the_clock() {
+    let server = Server::start().await;
+    let u = server.url.clone();
+    let c = reqwest::Client::new();
+    let head = server.head();
+    // Four minutes ahead of the ledger clock is within R37, but a partner does not choose business time.
+    let ahead = (chrono::Utc::now() + chrono::Duration::minutes(4))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let request = json!({"type": "RequestRelationship", "request": "1b000000-0000-4000-8000-0000000000f2",
+        "partner": B, "customer": FABRIKAM, "at": ahead});
+    let (s, v) = post_json(&c, &u, "b_admin", request.clone()).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert_eq!(v["reason"], "explicit_time_not_allowed");
+    let (s, v) = post_json(
+        &c,
+        &u,
+        "fab_admin",
+        json!({"type": "AcceptCustomerAgreement", "customer": FABRIKAM, "at": ahead}),
+    )
+    .await;
+    assert_eq!(
+        (s, &v["reason"]),
+        (StatusCode::FORBIDDEN, &json!("explicit_time_not_allowed"))
+    );
+    assert_eq!(server.head(), head, "nothing was appended");
+    // Without `at` the same command runs at the ledger clock.
+    let mut plain = request;
+    plain.as_object_mut().unwrap().remove("at");
+    let (s, v) = post_json(&c, &u, "b_admin", plain).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    server.stop().await;
+}
+
+#[test]
+fn a_newline_in_a_user_name_cannot_forge_a_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = tokens_file(dir.path(), PRINCIPALS);
+    let log = dir.path().join("stderr.log");
+    let server = common::serve(
+        &dir.path().join("data"),
+        Some(&log),
+        &["--tokens", file.to_str().unwrap()],
+    );
+    let u = server.url();
+    let forged = "x\n2026-01-01T00:00:00.000000Z  WARN partner_ledger::api::auth: request denied principal=\"ops (operator)\"";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = reqwest::Client::new();
+        let body = json!({"type": "RequestRelationship", "request": "1b000000-0000-4000-8000-0000000000f3",
+            "partner": B, "customer": FABRIKAM,
+            "actor": {"tenant": B, "user": forged, "role": "partner_admin_agent"}});
+        let (s, v) = post_json(&c, &u, "b_admin", body).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+        assert_eq!(v["reason"], "actor_mismatch");
+    });
+    drop(server);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("request denied"), "{text}");
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("2026-01-01T00:00:00.000000Z")),
+        "a user-supplied newline started a log line of its own:\n{text}"
+    );
+}

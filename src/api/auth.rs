@@ -254,7 +254,7 @@ impl Auth {
 
     /// Logs a denied request and counts it for `/metrics`, then answers it.
     pub fn deny(&self, who: &str, route: &str, d: Denied) -> Response {
-        tracing::warn!(principal = who, route, status = d.status.as_u16(), reason = d.reason, message = %d.message, "request denied");
+        tracing::warn!(principal = who, route, status = d.status.as_u16(), reason = d.reason, message = ?d.message, "request denied");
         *self
             .denied
             .lock()

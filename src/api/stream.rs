@@ -106,6 +106,17 @@ fn read_piece(
 ) -> Result<(Vec<u8>, Position), StoreError> {
     let store = ledger.store();
     let scope = filter.scope;
+    // A confined stream judges each event against a live model that reflects at least that event's position: the
+    // head moves before the projector applies a batch, and an older model could hide an event for good.
+    let upto = if scope == Scope::All {
+        upto
+    } else {
+        upto.min(
+            ledger
+                .live()
+                .wait_for(upto, crate::ledger::CATCH_UP_TIMEOUT),
+        )
+    };
     let entities = filter.entities();
     let mut out = Vec::with_capacity(PIECE_BYTES + 4096);
     let mut scanned = after;

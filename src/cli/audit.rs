@@ -182,8 +182,19 @@ pub fn import(data: &Path, file: &str) -> anyhow::Result<ExitCode> {
     // Checked whole before anything is written (and before the data folder is created).
     let total = match crate::backup::check_file(path) {
         Ok(c) => c,
-        Err(BackupError::Invalid { line, message }) => {
-            println!("import refused at line {line} of {file}: {message}; nothing was written");
+        Err(BackupError::Invalid {
+            line,
+            position,
+            message,
+        }) => {
+            match position {
+                Some(p) => println!(
+                    "import refused at position {p} (line {line} of {file}): {message}; nothing was written"
+                ),
+                None => println!(
+                    "import refused at line {line} of {file}: {message}; nothing was written"
+                ),
+            }
             return Ok(ExitCode::from(1));
         }
         Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot read {file}"))),

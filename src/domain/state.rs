@@ -257,6 +257,11 @@ pub struct State {
     pub partner_customers: HashMap<PartnerId, Vec<CustomerId>>,
     /// The index of each customer in its partner's `partner_customers` list (stable: the list only grows).
     pub partner_customer_ordinal: HashMap<(PartnerId, CustomerId), u64>,
+    /// How many events were folded into this state: for a fold of the whole log, the position of the last one.
+    pub folded: u64,
+    /// For a fold of the whole log: the position of the event that first involved each partner with each customer
+    /// (what a partner's stream may carry of a customer's own events starts there; docs/security.md).
+    pub involved_at: HashMap<(PartnerId, CustomerId), u64>,
 }
 
 impl State {
@@ -284,12 +289,14 @@ impl State {
                 self.partner_customer_ordinal
                     .insert((partner, customer), list.len() as u64);
                 list.push(customer);
+                self.involved_at.insert((partner, customer), self.folded);
             }
         }
     }
 
     /// Folds one event recorded at business time `at`.
     pub fn apply(&mut self, at: Timestamp, event: &Event) {
+        self.folded += 1;
         if self.clock.is_none_or(|c| c < at) {
             self.clock = Some(at);
         }
