@@ -73,7 +73,13 @@ pub fn document() -> Value {
                 "delete": {"summary": "Remove a consumer", "responses": {"204": {"description": "removed"}, "404": {"description": "none"}}}},
             "/v1/consumers/{name}/events": {"get": {"summary": "The consumer's stream from its checkpoint", "responses": {"200": {"description": "a stream"}}}},
             "/v1/consumers/{name}/ack": {"post": {"summary": "Move the checkpoint: {\"position\": n}", "responses": {
-                "200": {"description": "moved"}, "409": {"description": "backwards"}, "400": {"description": "beyond the head"}}}}
+                "200": {"description": "moved"}, "409": {"description": "backwards"}, "400": {"description": "beyond the head"}}}},
+            "/v1/backup": {"get": {"summary": "A complete backup at a consistent cut (NDJSON; docs/audit.md)", "responses": {
+                "200": {"description": "the backup", "content": {"application/x-ndjson": {}}}, "403": {"description": "not an operator, system or auditor"}}}},
+            "/v1/checkpoint": {"get": {"summary": "The head's position and hash", "responses": {
+                "200": {"description": "{\"position\", \"hash\", \"checkpoint\"}"}, "403": {"description": "not an operator, system or auditor"}}}},
+            "/v1/verify": {"get": {"summary": "Walks the hash chain up to the head (NDJSON progress, then the result)", "responses": {
+                "200": {"description": "progress lines, then verified or damaged", "content": {"application/x-ndjson": {}}}, "403": {"description": "not an operator, system or auditor"}}}}
         }
     })
 }
