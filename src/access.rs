@@ -146,21 +146,9 @@ impl Principal {
         match self.scope() {
             Scope::All => Ok(()),
             Scope::Partner(me) => {
-                let acts_for = named
-                    .partner
-                    .or(named.provider)
-                    .or_else(|| {
-                        named
-                            .request
-                            .and_then(|r| state.requests.get(&r))
-                            .map(|r| r.partner)
-                    })
-                    .or_else(|| {
-                        named
-                            .admin_relationship
-                            .and_then(|a| state.admin.get(&a))
-                            .map(|a| a.partner)
-                    });
+                // Only the tenants the command names itself: a request or admin relationship of another tenant is
+                // answered by the writer as if it did not exist (`Scope::hidden`), never by naming its owner.
+                let acts_for = named.partner.or(named.provider);
                 match acts_for {
                     Some(p) if p == me => Ok(()),
                     // A provider removes its linked reseller's relationship (R32: actor the provider, partner the
@@ -177,31 +165,71 @@ impl Principal {
                     None => Ok(()),
                 }
             }
-            Scope::Customer(me) => {
-                let customer = named.customer.or_else(|| {
-                    named
-                        .admin_relationship
-                        .and_then(|a| state.admin.get(&a))
-                        .map(|a| a.customer)
-                });
-                match customer {
-                    Some(c) if c == me => Ok(()),
-                    Some(c) => Err(not_yours(format!(
-                        "acting for customer {c}, which is not {me}"
+            Scope::Customer(me) => match named.customer {
+                Some(c) if c == me => Ok(()),
+                Some(c) => Err(not_yours(format!(
+                    "acting for customer {c}, which is not {me}"
+                ))),
+                None => match named.partner.or(named.provider) {
+                    Some(p) => Err(not_yours(format!(
+                        "acting for partner {p}, as customer {me}"
                     ))),
-                    None => match named.partner.or(named.provider).or_else(|| {
-                        named
-                            .request
-                            .and_then(|r| state.requests.get(&r))
-                            .map(|r| r.partner)
-                    }) {
-                        Some(p) => Err(not_yours(format!(
-                            "acting for partner {p}, as customer {me}"
-                        ))),
-                        None => Ok(()),
-                    },
-                }
-            }
+                    None => Ok(()),
+                },
+            },
+        }
+    }
+}
+
+/// An existing entity a command names that its (confined) principal may not see: the writer decides such a command
+/// as if the entity did not exist, so the answer and the refusal filed are those of a random id (docs/security.md).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Hidden {
+    Request(RequestId),
+    AdminRelationship(AdminRelationshipId),
+    Subscription(SubscriptionId),
+}
+
+impl Scope {
+    /// The entity `body` names that exists but is not this principal's to see, if any. Only commands that act on an
+    /// existing request, admin relationship or subscription are concerned: creating commands name new ids.
+    pub fn hidden(&self, state: &State, body: &crate::domain::Body) -> Option<Hidden> {
+        use crate::domain::Body;
+        let me = *self;
+        if me == Scope::All {
+            return None;
+        }
+        let request = |id: RequestId| {
+            let r = state.requests.get(&id)?;
+            let mine = match me {
+                Scope::Partner(p) => r.partner == p,
+                Scope::Customer(c) => r.customer == c,
+                Scope::All => true,
+            };
+            (!mine).then_some(Hidden::Request(id))
+        };
+        let admin = |id: AdminRelationshipId| {
+            let a = state.admin.get(&id)?;
+            let mine = match me {
+                Scope::Partner(p) => a.partner == p,
+                Scope::Customer(c) => a.customer == c,
+                Scope::All => true,
+            };
+            (!mine).then_some(Hidden::AdminRelationship(id))
+        };
+        let subscription = |id: SubscriptionId| {
+            state.subscriptions.get(&id)?;
+            (!self.sees_subscription(state, id)).then_some(Hidden::Subscription(id))
+        };
+        match body {
+            Body::WithdrawRelationshipRequest(b) => request(b.request),
+            Body::AcceptRelationship(b) => request(b.request),
+            Body::GrantDelegatedAdmin(b) => admin(b.admin_relationship),
+            Body::TerminateDelegatedAdmin(b) => admin(b.admin_relationship),
+            Body::SuspendSubscription(b) => subscription(b.subscription),
+            Body::ReactivateSubscription(b) => subscription(b.subscription),
+            Body::CancelSubscription(b) => subscription(b.subscription),
+            _ => None,
         }
     }
 }
@@ -222,8 +250,6 @@ struct Named {
     partner: Option<PartnerId>,
     provider: Option<PartnerId>,
     customer: Option<CustomerId>,
-    request: Option<RequestId>,
-    admin_relationship: Option<AdminRelationshipId>,
 }
 
 impl Named {

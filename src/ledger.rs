@@ -222,6 +222,8 @@ pub struct Stats {
 
 struct Job {
     submitted: Submitted,
+    /// What the submitter may see: entities outside it are decided as if they did not exist.
+    scope: crate::access::Scope,
     /// Computed by the submitting thread, so the writer does not spend its time on it.
     fingerprint: Fingerprint,
     reply: oneshot::Sender<Outcome>,
@@ -230,13 +232,18 @@ struct Job {
 impl Job {
     /// A queued command; one without a `command_id` gets its id here, so every answer, `unknown` ones included, names
     /// the id to retry with.
-    fn new(mut submitted: Submitted, reply: oneshot::Sender<Outcome>) -> Job {
+    fn new(
+        mut submitted: Submitted,
+        scope: crate::access::Scope,
+        reply: oneshot::Sender<Outcome>,
+    ) -> Job {
         submitted.command_id.get_or_insert_with(new_command_id);
         let full = submitted.fingerprint();
         let mut fingerprint = [0u8; 16];
         fingerprint.copy_from_slice(&full[..16]);
         Job {
             submitted,
+            scope,
             fingerprint,
             reply,
         }
@@ -597,8 +604,14 @@ impl Ledger {
 
     /// Queues a command from synchronous code (blocks while the queue is full). Must not be called from async code.
     pub fn submit(&self, submitted: Submitted) -> Ticket {
+        self.submit_as(submitted, crate::access::Scope::All)
+    }
+
+    /// Queues a command from synchronous code on behalf of a principal confined to `scope`: a request, admin
+    /// relationship or subscription it names but may not see is decided as if it did not exist (docs/security.md).
+    pub fn submit_as(&self, submitted: Submitted, scope: crate::access::Scope) -> Ticket {
         let (reply, rx) = oneshot::channel();
-        let job = Job::new(submitted, reply);
+        let job = Job::new(submitted, scope, reply);
         let command_id = job.command_id();
         if let Some(tx) = self.sender() {
             let _ = tx.blocking_send(job);
@@ -608,8 +621,18 @@ impl Ledger {
 
     /// Queues a command from async code.
     pub async fn submit_async(&self, submitted: Submitted) -> Ticket {
+        self.submit_async_as(submitted, crate::access::Scope::All)
+            .await
+    }
+
+    /// Queues a command from async code on behalf of a principal confined to `scope` (see [`Ledger::submit_as`]).
+    pub async fn submit_async_as(
+        &self,
+        submitted: Submitted,
+        scope: crate::access::Scope,
+    ) -> Ticket {
         let (reply, rx) = oneshot::channel();
-        let job = Job::new(submitted, reply);
+        let job = Job::new(submitted, scope, reply);
         let command_id = job.command_id();
         if let Some(tx) = self.sender() {
             let _ = tx.send(job).await;
@@ -874,6 +897,7 @@ impl Writer {
         for job in jobs {
             let draft = self.decide_one(
                 job.submitted,
+                job.scope,
                 job.fingerprint,
                 now,
                 &mut entries,
@@ -911,6 +935,38 @@ impl Writer {
         }
     }
 
+    /// Runs `f` with a hidden entity taken out of the write model, then puts it back. Only refusing paths run
+    /// inside: a command on an entity that does not exist is always refused, so nothing is applied meanwhile.
+    fn without<R>(&mut self, hidden: crate::access::Hidden, f: impl FnOnce(&mut Self) -> R) -> R {
+        use crate::access::Hidden;
+        match hidden {
+            Hidden::Request(id) => {
+                let kept = self.state.requests.remove(&id);
+                let r = f(self);
+                if let Some(k) = kept {
+                    self.state.requests.insert(id, k);
+                }
+                r
+            }
+            Hidden::AdminRelationship(id) => {
+                let kept = self.state.admin.remove(&id);
+                let r = f(self);
+                if let Some(k) = kept {
+                    self.state.admin.insert(id, k);
+                }
+                r
+            }
+            Hidden::Subscription(id) => {
+                let kept = self.state.subscriptions.remove(&id);
+                let r = f(self);
+                if let Some(k) = kept {
+                    self.state.subscriptions.insert(id, k);
+                }
+                r
+            }
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn file_refusal(
         &self,
@@ -937,6 +993,7 @@ impl Writer {
     fn decide_one(
         &mut self,
         submitted: Submitted,
+        scope: crate::access::Scope,
         fingerprint: Fingerprint,
         now: Timestamp,
         entries: &mut Vec<CommitEntry>,
@@ -995,6 +1052,23 @@ impl Writer {
         }
         let default_at = self.state.clock.map_or(now, |c| c.max(now));
         let cmd = submitted.clone().into_command(command_id, default_at, now);
+        if let Some(hidden) = scope.hidden(&self.state, &submitted.body) {
+            // Decided, and its refusal filed, with the entity out of the state: exactly a random id's answer.
+            let refusal = self.without(hidden, |this| {
+                let refusal = domain::decide(&this.state, &cmd).err().unwrap_or_else(|| {
+                    Refusal::plain(
+                        domain::Code::InvalidState,
+                        "the command names nothing it may act on",
+                    )
+                });
+                this.file_refusal(refusals, &submitted, command_id, cmd.at, now, &refusal);
+                refusal
+            });
+            return Draft::Done(Outcome::Refused {
+                command_id,
+                refusal,
+            });
+        }
         match domain::decide(&self.state, &cmd) {
             Err(refusal) => {
                 self.file_refusal(refusals, &submitted, command_id, cmd.at, now, &refusal);

@@ -668,16 +668,23 @@ async fn commands_run_as_the_authenticated_principal_and_impersonation_leaves_no
     )
     .await;
     expect("contoso_admin", grant, StatusCode::OK, None).await;
-    // R27: B cancelling A's subscription as itself is the rules' refusal, not a 403 (it acts for B).
+    // B cancelling A's subscription as itself: B may not see it, so it is answered as an id that does not exist
+    // (R27's unknown_subscription), never "billed by A".
     let cancel_as_b = json!({"type": "CancelSubscription", "subscription": A_O365, "partner": B});
-    expect("b_admin", cancel_as_b, refused, Some(("rule", "R27"))).await;
-    // R21: the customer's Global admin terminates; B may not terminate A's admin relationship.
+    expect(
+        "b_admin",
+        cancel_as_b,
+        refused,
+        Some(("code", "unknown_subscription")),
+    )
+    .await;
+    // R21: the customer's Global admin terminates; to B, A's admin relationship does not exist.
     let terminate = json!({"type": "TerminateDelegatedAdmin", "admin_relationship": "ad000000-0000-4000-8000-000000000001"});
     expect(
         "b_admin",
         terminate.clone(),
-        forbidden,
-        Some(("reason", "not_your_tenant")),
+        refused,
+        Some(("code", "unknown_admin_relationship")),
     )
     .await;
     expect("contoso_admin", terminate, StatusCode::OK, None).await;
@@ -696,7 +703,7 @@ async fn commands_run_as_the_authenticated_principal_and_impersonation_leaves_no
             .unwrap_or(0)
     };
     assert_eq!(count(r#"status="403",reason="actor_mismatch""#), 1, "{m}");
-    assert_eq!(count(r#"status="403",reason="not_your_tenant""#), 5, "{m}");
+    assert_eq!(count(r#"status="403",reason="not_your_tenant""#), 4, "{m}");
     assert_eq!(count(r#"status="403",reason="read_only""#), 1, "{m}");
     assert_eq!(count(r#"status="401",reason="missing_token""#), 1, "{m}");
     server.stop().await;
@@ -1104,4 +1111,106 @@ fn a_newline_in_a_user_name_cannot_forge_a_log_line() {
             .any(|l| l.starts_with("2026-01-01T00:00:00.000000Z")),
         "a user-supplied newline started a log line of its own:\n{text}"
     );
+}
+
+/// Drops the `command_id`, which differs between two probes by construction.
+fn without_id(mut v: Value) -> Value {
+    v.as_object_mut().unwrap().remove("command_id");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_tenants_ids_are_answered_exactly_like_ids_that_do_not_exist() {
+    let server = Server::start().await;
+    let u = server.url.clone();
+    let c = reqwest::Client::new();
+    const A_REQUEST: &str = "1a000000-0000-4000-8000-000000000001";
+    const A_ADMIN: &str = "9d000000-0000-4000-8000-0000000000a1";
+    const RANDOM: &str = "0e000000-0000-4000-8000-0000000000e1";
+    // A's GDAP request to Contoso, so that there is an admin relationship of A's to probe.
+    let (s, o) = post_json(&c, &u, "a_admin", json!({"type": "RequestDelegatedAdmin", "admin_relationship": A_ADMIN,
+        "partner": A, "customer": CONTOSO, "name": "Adatum helpdesk", "roles": ["729827e3-9c14-49f7-bb1b-9608f156bbb8"],
+        "duration_days": 30, "auto_extend": false})).await;
+    assert_eq!(s, StatusCode::OK, "{o}");
+    let head = server.head();
+    // (prober, command with {id} standing for the probed id)
+    let probes: Vec<(&str, Value)> = vec![
+        (
+            "b_admin",
+            json!({"type": "WithdrawRelationshipRequest", "request": "{id}"}),
+        ),
+        (
+            "b_admin",
+            json!({"type": "TerminateDelegatedAdmin", "admin_relationship": "{id}"}),
+        ),
+        (
+            "b_admin",
+            json!({"type": "SuspendSubscription", "subscription": "{id}", "partner": B}),
+        ),
+        (
+            "b_admin",
+            json!({"type": "ReactivateSubscription", "subscription": "{id}", "partner": B}),
+        ),
+        (
+            "b_admin",
+            json!({"type": "CancelSubscription", "subscription": "{id}", "partner": B}),
+        ),
+        (
+            "fab_admin",
+            json!({"type": "AcceptRelationship", "request": "{id}", "customer": FABRIKAM}),
+        ),
+        (
+            "fab_admin",
+            json!({"type": "GrantDelegatedAdmin", "admin_relationship": "{id}", "customer": FABRIKAM}),
+        ),
+        (
+            "fab_admin",
+            json!({"type": "TerminateDelegatedAdmin", "admin_relationship": "{id}"}),
+        ),
+    ];
+    for (who, template) in probes {
+        let text = template.to_string();
+        let real = if text.contains("request\":\"{id}") {
+            A_REQUEST
+        } else if text.contains("admin_relationship") {
+            A_ADMIN
+        } else {
+            A_O365
+        };
+        let probe = |id: &str| serde_json::from_str::<Value>(&text.replace("{id}", id)).unwrap();
+        let (s_real, o_real) = post_json(&c, &u, who, probe(real)).await;
+        let (s_random, o_random) =
+            post_json(&c, &u, who, probe(&real.replace(&real[..8], &RANDOM[..8]))).await;
+        assert_eq!(s_real, s_random, "{who} {text}: {o_real} / {o_random}");
+        assert_eq!(s_real, StatusCode::UNPROCESSABLE_ENTITY, "{o_real}");
+        // Identical but for the id the prober itself sent.
+        let real_text = without_id(o_real.clone()).to_string();
+        let random_text = without_id(o_random)
+            .to_string()
+            .replace(&RANDOM[..8], &real[..8]);
+        assert_eq!(real_text, random_text, "{who} {text}");
+        for other in [A, CONTOSO] {
+            assert!(
+                !real_text.contains(other),
+                "{who} {text} names {other}: {real_text}"
+            );
+        }
+    }
+    assert_eq!(server.head(), head, "nothing was appended");
+    // The probers' own refusal trail names no other tenant either.
+    let trail: Vec<_> = server
+        .ledger
+        .refusals()
+        .all()
+        .map(Result::unwrap)
+        .filter(|r| r.actor.tenant.to_string() == B || r.actor.tenant.to_string() == FABRIKAM)
+        .collect();
+    assert_eq!(trail.len(), 16, "every probe was filed as a refusal");
+    for r in trail {
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(!text.contains(A) && !text.contains(CONTOSO), "{text}");
+    }
+    // Where the principal may see the entity, the rules' own codes stand: A suspends its own subscription fine, and
+    // in local mode (and on the CLI) B cancelling A's subscription is still R27's not_partner_of_record.
+    server.stop().await;
 }

@@ -553,7 +553,13 @@ async fn post_commands(
                     if let Err(r) = authorise(&s, &who, &[(1, &cmd)]).await {
                         return *r;
                     }
-                    outcome_response(&s.ledger.submit_async(cmd).await.outcome().await)
+                    outcome_response(
+                        &s.ledger
+                            .submit_async_as(cmd, who.scope())
+                            .await
+                            .outcome()
+                            .await,
+                    )
                 }
             }
         }
@@ -562,10 +568,13 @@ async fn post_commands(
                 Invalid(usize, String),
                 Ticket(crate::ledger::Ticket),
             }
-            async fn submit(s: &AppState, p: Parsed) -> Pending {
+            let scope = who.scope();
+            async fn submit(s: &AppState, p: Parsed, scope: crate::access::Scope) -> Pending {
                 match p {
                     Parsed::Invalid(n, m) => Pending::Invalid(n, m),
-                    Parsed::Command(_, cmd) => Pending::Ticket(s.ledger.submit_async(cmd).await),
+                    Parsed::Command(_, cmd) => {
+                        Pending::Ticket(s.ledger.submit_async_as(cmd, scope).await)
+                    }
                 }
             }
             let lines = parse_ndjson(&body, actor.as_ref());
@@ -573,7 +582,7 @@ async fn post_commands(
             if who.kind == crate::access::Kind::Local {
                 // Nothing to authorise: each command goes to the writer as soon as it is read.
                 for p in lines {
-                    pending.push(submit(&s, p).await);
+                    pending.push(submit(&s, p, scope).await);
                 }
             } else {
                 // Every line is authorised before any is submitted.
@@ -589,7 +598,7 @@ async fn post_commands(
                     return *r;
                 }
                 for p in parsed {
-                    pending.push(submit(&s, p).await);
+                    pending.push(submit(&s, p, scope).await);
                 }
             }
             let mut out = Vec::with_capacity(pending.len() * 96);
