@@ -389,6 +389,52 @@ impl Scope {
         }
     }
 
+    /// Withholds from an event (an envelope or a history line, as JSON) what would name another partner or its people
+    /// to a partner: the `actor` when it is another partner's agent, and `data.accepted_by` when another partner
+    /// attested the agreement. Withheld fields become `null` and are listed in `"withheld"`; the envelope's hash then
+    /// no longer covers what the partner receives (docs/security.md). Returns whether anything was withheld.
+    pub fn withhold(&self, event: &mut serde_json::Value) -> bool {
+        let Scope::Partner(me) = *self else {
+            return false;
+        };
+        let mine = me.tenant().to_string();
+        let mut withheld = Vec::new();
+        let actor = &event["actor"];
+        let partner_agent = matches!(
+            actor["role"].as_str(),
+            Some("partner_admin_agent" | "partner_sales_agent")
+        );
+        if partner_agent && actor["tenant"].as_str() != Some(mine.as_str()) {
+            event["actor"] = serde_json::Value::Null;
+            withheld.push("actor");
+        }
+        let data = &event["data"];
+        if let Some(by) = data["accepted_by"].as_str() {
+            if by != mine && Some(by) != data["customer"].as_str() {
+                event["data"]["accepted_by"] = serde_json::Value::Null;
+                withheld.push("data.accepted_by");
+            }
+        }
+        if withheld.is_empty() {
+            return false;
+        }
+        event["withheld"] = serde_json::json!(withheld);
+        true
+    }
+
+    /// [`Scope::withhold`] on a stored envelope's bytes: `None` when nothing is withheld (send the bytes as stored).
+    pub fn withhold_bytes(&self, envelope: &[u8]) -> Option<Vec<u8>> {
+        if !matches!(self, Scope::Partner(_)) {
+            return None;
+        }
+        let mut v: serde_json::Value = serde_json::from_slice(envelope).ok()?;
+        if self.withhold(&mut v) {
+            serde_json::to_vec(&v).ok()
+        } else {
+            None
+        }
+    }
+
     /// Whether an actor's own record (a refused command) is visible: a scoped principal sees its own tenant's only.
     pub fn sees_actor(&self, actor: &Actor) -> bool {
         match *self {

@@ -1214,3 +1214,88 @@ async fn another_tenants_ids_are_answered_exactly_like_ids_that_do_not_exist() {
     // in local mode (and on the CLI) B cancelling A's subscription is still R27's not_partner_of_record.
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partner_never_receives_another_partners_people_in_shared_customer_events() {
+    let server = Server::start().await;
+    let u = server.url.clone();
+    let c = reqwest::Client::new();
+    // A and B both become Fabrikam's partners; then A's admin agent attests Fabrikam's agreement.
+    for (partner, who, request) in [
+        (A, "a_admin", "1a000000-0000-4000-8000-0000000000f1"),
+        (B, "b_admin", "1b000000-0000-4000-8000-0000000000f1"),
+    ] {
+        let (s, o) = post_json(
+            &c,
+            &u,
+            who,
+            json!({"type": "RequestRelationship", "request": request,
+            "partner": partner, "customer": FABRIKAM}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{o}");
+        let (s, o) = post_json(
+            &c,
+            &u,
+            "fab_admin",
+            json!({"type": "AcceptRelationship",
+            "request": request, "customer": FABRIKAM}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{o}");
+    }
+    let (s, o) = post_json(
+        &c,
+        &u,
+        "a_admin",
+        json!({"type": "AcceptCustomerAgreement", "customer": FABRIKAM}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{o}");
+    let attested = o["positions"][0].as_u64().unwrap();
+    let head = server.head();
+    let find = |events: &[Value]| {
+        events
+            .iter()
+            .find(|e| e["position"] == attested)
+            .cloned()
+            .unwrap_or_else(|| panic!("the attestation at {attested} is missing"))
+    };
+    // B receives the customer-level event, without A's agent or tenant, in its stream and in the history.
+    let b_stream = stream_all(&c, &u, "b_admin", head).await;
+    let e = find(&b_stream);
+    assert_eq!(e["type"], "CustomerAgreementAccepted");
+    assert_eq!(e["actor"], Value::Null, "{e}");
+    assert_eq!(e["data"]["accepted_by"], Value::Null, "{e}");
+    assert_eq!(e["withheld"], json!(["actor", "data.accepted_by"]));
+    let (s, history) = get(
+        &c,
+        &format!("{u}/v1/customers/{FABRIKAM}/history"),
+        Some("b_admin"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let h = find(history["events"].as_array().unwrap());
+    assert_eq!(
+        (&h["actor"], &h["data"]["accepted_by"]),
+        (&Value::Null, &Value::Null),
+        "{h}"
+    );
+    for text in [
+        serde_json::to_string(&b_stream).unwrap(),
+        history.to_string(),
+    ] {
+        assert!(
+            !text.contains(A) && !text.contains("adatum"),
+            "B was told about A: {text}"
+        );
+    }
+    // A itself, the customer and operators receive the event as stored.
+    for who in ["a_admin", "fab_admin", "ops"] {
+        let e = find(&stream_all(&c, &u, who, head).await);
+        assert_eq!(e["actor"]["tenant"], A, "{who}: {e}");
+        assert_eq!(e["data"]["accepted_by"], A, "{who}: {e}");
+        assert!(e.get("withheld").is_none(), "{who}: {e}");
+    }
+    server.stop().await;
+}

@@ -808,7 +808,10 @@ async fn get_customer_history(
                 .live()
                 .read(|st, _| scope.sees_event_in_history(st, &stored.raw))
             {
-                events.push(query::HistoryLine::from(stored.envelope()?));
+                let mut line = serde_json::to_value(query::HistoryLine::from(stored.envelope()?))
+                    .unwrap_or(Value::Null);
+                scope.withhold(&mut line);
+                events.push(line);
             }
         }
         if events.is_empty() {

@@ -124,6 +124,8 @@ fn read_piece(
         if scope != Scope::All && !ledger.live().read(|st, _| scope.sees_event(st, raw)) {
             return Ok(());
         }
+        let withheld = scope.withhold_bytes(raw);
+        let raw = withheld.as_deref().unwrap_or(raw);
         if filter.types.is_empty() && framing == Framing::Ndjson {
             framing.event(out, position, "", raw);
             return Ok(());
