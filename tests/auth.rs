@@ -1299,3 +1299,86 @@ async fn a_partner_never_receives_another_partners_people_in_shared_customer_eve
     }
     server.stop().await;
 }
+
+#[test]
+fn removing_a_principal_ends_its_open_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = tokens_file(dir.path(), PRINCIPALS);
+    let server = common::serve(
+        &dir.path().join("data"),
+        None,
+        &["--tokens", file.to_str().unwrap(), "--heartbeat-ms", "100"],
+    );
+    let u = server.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = reqwest::Client::new();
+        let (s, _) = call(
+            &c,
+            reqwest::Method::PUT,
+            &format!("{u}/v1/consumers/billing"),
+            Some("ops"),
+            Some(("application/json", "{}".into())),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED);
+        let open = |path: String, who: &'static str| {
+            let c = c.clone();
+            async move {
+                let r = c
+                    .get(path)
+                    .bearer_auth(token(who))
+                    .header("accept", "application/x-ndjson")
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), StatusCode::OK, "{who}");
+                r.bytes_stream()
+            }
+        };
+        let mut b_stream = open(format!("{u}/v1/events"), "b_admin").await;
+        let mut ops_stream = open(format!("{u}/v1/consumers/billing/events"), "ops").await;
+        let mut audit_stream = open(format!("{u}/v1/events"), "audit").await;
+        // Heartbeats flow on all three.
+        for s in [&mut b_stream, &mut ops_stream, &mut audit_stream] {
+            assert!(s.next().await.is_some());
+        }
+        // B and the operator are removed from the tokens file; the auditor stays.
+        let kept: Vec<_> = PRINCIPALS
+            .iter()
+            .filter(|p| p.0 != "b_admin" && p.0 != "ops")
+            .copied()
+            .collect();
+        tokens_file(dir.path(), &kept);
+        std::process::Command::new("kill")
+            .args(["-HUP", &server.pid().to_string()])
+            .status()
+            .unwrap();
+        // Their open streams end; new requests are 401.
+        for (who, s) in [("b_admin", &mut b_stream), ("ops", &mut ops_stream)] {
+            let ended = tokio::time::timeout(Duration::from_secs(20), async {
+                while let Some(chunk) = s.next().await {
+                    if chunk.is_err() {
+                        break;
+                    }
+                }
+            })
+            .await;
+            assert!(
+                ended.is_ok(),
+                "the stream of removed principal {who} is still open"
+            );
+            assert_eq!(
+                get(&c, &format!("{u}/healthz"), Some(who)).await.0,
+                StatusCode::UNAUTHORIZED
+            );
+        }
+        // The auditor's stream goes on.
+        for _ in 0..3 {
+            let chunk = tokio::time::timeout(Duration::from_secs(5), audit_stream.next())
+                .await
+                .expect("the auditor's stream still sends heartbeats");
+            assert!(chunk.is_some_and(|c| c.is_ok()));
+        }
+    });
+}

@@ -55,7 +55,14 @@ pub struct Auth {
     /// `None`: local mode.
     tokens: Option<Tokens>,
     denied: Mutex<BTreeMap<(u16, &'static str), u64>>,
+    /// Bumped at every successful reload, so open streams re-check that their principal still exists.
+    generation: tokio::sync::watch::Sender<u64>,
 }
+
+/// The token a request authenticated with, as its SHA-256 (`None` in local mode): open streams keep it to notice
+/// when their principal is removed from the tokens file.
+#[derive(Clone, Copy, Debug)]
+pub struct Credential(pub Option<[u8; 32]>);
 
 struct Tokens {
     file: Option<PathBuf>,
@@ -151,6 +158,7 @@ impl Auth {
         Auth {
             tokens: None,
             denied: Mutex::default(),
+            generation: tokio::sync::watch::channel(0).0,
         }
     }
 
@@ -187,6 +195,7 @@ impl Auth {
                 table: RwLock::new(Arc::new(table)),
             }),
             denied: Mutex::default(),
+            generation: tokio::sync::watch::channel(0).0,
         })
     }
 
@@ -206,13 +215,39 @@ impl Auth {
         let table = load_file(file)?;
         let n = table.len();
         *t.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        self.generation.send_modify(|g| *g += 1);
         Ok(n)
+    }
+
+    /// Changes whenever the tokens file was reloaded.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Whether the token behind `credential` still authenticates as `principal` (always, in local mode).
+    pub fn still_valid(&self, credential: Credential, principal: &Principal) -> bool {
+        let (Some(t), Some(hash)) = (&self.tokens, credential.0) else {
+            return true;
+        };
+        let table = Arc::clone(&t.table.read().unwrap_or_else(|e| e.into_inner()));
+        table
+            .iter()
+            .chain(t.env_operator.iter())
+            .any(|e| bool::from(e.hash.ct_eq(&hash)) && e.principal == *principal)
     }
 
     /// Who sent a request with these headers.
     pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Principal, Denied> {
+        self.authenticate_with(authorization).map(|(p, _)| p)
+    }
+
+    /// Who sent a request with these headers, and with which token.
+    pub fn authenticate_with(
+        &self,
+        authorization: Option<&[u8]>,
+    ) -> Result<(Principal, Credential), Denied> {
         let Some(t) = &self.tokens else {
-            return Ok(Principal::local());
+            return Ok((Principal::local(), Credential(None)));
         };
         let unauthorized = |reason, message: &str| Denied {
             status: StatusCode::UNAUTHORIZED,
@@ -248,7 +283,7 @@ impl Auth {
             }
         }
         found
-            .map(|e| e.principal.clone())
+            .map(|e| (e.principal.clone(), Credential(Some(hash))))
             .ok_or_else(|| unauthorized("unknown_token", "the token is not known"))
     }
 
@@ -302,9 +337,10 @@ pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Nex
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes().to_vec());
-    match s.auth.authenticate(auth.as_deref()) {
-        Ok(p) => {
+    match s.auth.authenticate_with(auth.as_deref()) {
+        Ok((p, credential)) => {
             req.extensions_mut().insert(p);
+            req.extensions_mut().insert(credential);
             next.run(req).await
         }
         Err(d) => s.auth.deny("anonymous", req.uri().path(), d),

@@ -262,6 +262,8 @@ pub(super) fn beyond_head(what: &str, asked: u64, head: Position) -> Response {
 /// `GET /v1/consumers/{name}/events`: the consumer's filter, from its checkpoint (or a later `Last-Event-ID`).
 pub async fn events(
     State(s): State<AppState>,
+    axum::Extension(who): axum::Extension<crate::access::Principal>,
+    axum::Extension(credential): axum::Extension<super::auth::Credential>,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
@@ -272,7 +274,8 @@ pub async fn events(
                 Ok(p) => p.max(c.checkpoint),
                 Err(r) => return *r,
             };
-            respond(&s, &headers, c.filter, crate::access::Scope::All, after)
+            // The operations gate let only principals who read everything (operators, system, auditors) this far.
+            respond(&s, &headers, c.filter, (&who, credential), after)
         }
         Ok(None) => error(
             StatusCode::NOT_FOUND,

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::auth::Credential;
 use super::{reject, AppState, Rejection};
 use crate::access::{Principal, Scope};
 use crate::domain::{CustomerId, EntityRef, PartnerId, Position};
@@ -232,6 +233,43 @@ pub async fn produce(
     }
 }
 
+/// A stream's own stop signal: it turns true when the server stops, or when a reload of the tokens file removed (or
+/// changed) the principal that opened the stream: a revoked principal keeps no open stream.
+fn ends_when(
+    s: &AppState,
+    principal: Principal,
+    credential: Credential,
+) -> tokio::sync::watch::Receiver<bool> {
+    let (end, ended) = tokio::sync::watch::channel(*s.stopping.borrow());
+    let mut server = s.stopping.clone();
+    let auth = Arc::clone(&s.auth);
+    let mut reloads = auth.reloads();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = server.changed() => {
+                    if changed.is_err() || *server.borrow() {
+                        let _ = end.send(true);
+                        return;
+                    }
+                }
+                changed = reloads.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if !auth.still_valid(credential, &principal) {
+                        tracing::info!(principal = %principal.label(), "an open stream ended: its principal was removed from the tokens file");
+                        let _ = end.send(true);
+                        return;
+                    }
+                }
+                _ = end.closed() => return,
+            }
+        }
+    });
+    ended
+}
+
 /// Counts a connected stream for `/metrics` while it lives.
 struct Connected(Arc<super::ApiMetrics>);
 
@@ -248,10 +286,10 @@ pub fn respond(
     s: &AppState,
     headers: &HeaderMap,
     mut filter: Filter,
-    scope: Scope,
+    who: (&Principal, Credential),
     after: Position,
 ) -> Response {
-    filter.scope = scope;
+    filter.scope = who.0.scope();
     let ndjson = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -268,7 +306,7 @@ pub fn respond(
         framing,
         after,
         s.config.heartbeat,
-        s.stopping.clone(),
+        ends_when(s, who.0.clone(), who.1),
         tx,
     ));
     s.metrics.streams.fetch_add(1, Ordering::Relaxed);
@@ -387,6 +425,7 @@ fn requested_point(headers: &HeaderMap, from: Option<u64>) -> Result<Position, R
 pub async fn events(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
+    Extension(credential): Extension<Credential>,
     headers: HeaderMap,
     Query(p): Query<StreamParams>,
 ) -> Response {
@@ -402,5 +441,5 @@ pub async fn events(
         Ok(a) => a,
         Err(r) => return *r,
     };
-    respond(&s, &headers, filter, who.scope(), after)
+    respond(&s, &headers, filter, (&who, credential), after)
 }
