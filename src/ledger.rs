@@ -220,12 +220,17 @@ pub struct Stats {
     pub largest_batch: u64,
 }
 
-struct Job {
+/// A command as the writer receives it.
+struct Queued {
     submitted: Submitted,
     /// What the submitter may see: entities outside it are decided as if they did not exist.
     scope: crate::access::Scope,
     /// Computed by the submitting thread, so the writer does not spend its time on it.
     fingerprint: Fingerprint,
+}
+
+struct Job {
+    command: Queued,
     reply: oneshot::Sender<Outcome>,
 }
 
@@ -242,15 +247,20 @@ impl Job {
         let mut fingerprint = [0u8; 16];
         fingerprint.copy_from_slice(&full[..16]);
         Job {
-            submitted,
-            scope,
-            fingerprint,
+            command: Queued {
+                submitted,
+                scope,
+                fingerprint,
+            },
             reply,
         }
     }
 
     fn command_id(&self) -> CommandId {
-        self.submitted.command_id.unwrap_or_else(unreachable_id)
+        self.command
+            .submitted
+            .command_id
+            .unwrap_or_else(unreachable_id)
     }
 }
 
@@ -848,7 +858,7 @@ impl Writer {
             }
             if self.shared.failed.load(Ordering::SeqCst) {
                 for j in jobs {
-                    let id = j.submitted.command_id.unwrap_or_else(new_command_id);
+                    let id = j.command_id();
                     self.shared.counters.unknown.fetch_add(1, Ordering::Relaxed);
                     let _ = j.reply.send(Outcome::Unknown {
                         command_id: id,
@@ -895,15 +905,8 @@ impl Writer {
         let mut drafts = Vec::with_capacity(jobs.len());
         let mut refusals = Vec::new();
         for job in jobs {
-            let draft = self.decide_one(
-                job.submitted,
-                job.scope,
-                job.fingerprint,
-                now,
-                &mut entries,
-                &mut in_batch,
-                &mut refusals,
-            );
+            let draft =
+                self.decide_one(job.command, now, &mut entries, &mut in_batch, &mut refusals);
             drafts.push((job.reply, draft));
         }
         let mut events = Vec::new();
@@ -992,14 +995,17 @@ impl Writer {
 
     fn decide_one(
         &mut self,
-        submitted: Submitted,
-        scope: crate::access::Scope,
-        fingerprint: Fingerprint,
+        queued: Queued,
         now: Timestamp,
         entries: &mut Vec<CommitEntry>,
         in_batch: &mut HashMap<CommandId, (Fingerprint, usize)>,
         refusals: &mut Vec<(RefusalRecord, Vec<EntityRef>)>,
     ) -> Draft {
+        let Queued {
+            submitted,
+            scope,
+            fingerprint,
+        } = queued;
         let command_id = submitted.command_id.unwrap_or_else(new_command_id);
         let reused = |this: &Self, refusals: &mut Vec<_>, submitted: &Submitted| {
             let refusal = Refusal::plain(
