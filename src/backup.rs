@@ -229,8 +229,8 @@ struct Reader {
     section: Section,
     expected: Position,
     prev: String,
-    /// Events since the last journal entry (a backup's only), with their command ids.
-    unattributed: Vec<(Position, CommandId)>,
+    /// Events since the last journal entry (a backup's only), with their command ids and idempotency keys.
+    unattributed: Vec<(Position, CommandId, CommandId)>,
     counts: Counts,
 }
 
@@ -390,7 +390,8 @@ impl Reader {
         self.expected = self.expected.next();
         self.counts.events += 1;
         if self.backup.is_some() {
-            self.unattributed.push((env.position, env.command_id));
+            let key = crate::store::idempotency_key(&env.actor, env.command_id);
+            self.unattributed.push((env.position, env.command_id, key));
         }
         Ok(Some(Item::Event(env)))
     }
@@ -409,7 +410,10 @@ impl Reader {
         }
         let ok = self.unattributed.len() == c.count as usize
             && self.unattributed.first().map(|u| u.0) == Some(c.first)
-            && self.unattributed.iter().all(|u| u.1 == c.command_id);
+            && self
+                .unattributed
+                .iter()
+                .all(|u| u.1 == c.command_id || u.2 == c.command_id);
         if !ok {
             return Err(format!(
                 "the journal entry of command {} (positions {} to {}) does not match the events before it",
@@ -503,12 +507,16 @@ pub fn restore(
         let covered: u64 = entries.iter().map(|c| u64::from(c.count)).sum();
         let rest = usize::try_from(covered).unwrap_or(usize::MAX);
         let mut journal = std::mem::take(entries);
+        let key = |e: &Envelope| {
+            (
+                e.position,
+                crate::store::idempotency_key(&e.actor, e.command_id),
+            )
+        };
         if !backup {
-            journal = journal::group(batch.iter().map(|e| (e.position, e.command_id)));
+            journal = journal::group(batch.iter().map(key));
         } else if rest < batch.len() {
-            journal.extend(journal::group(
-                batch[rest..].iter().map(|e| (e.position, e.command_id)),
-            ));
+            journal.extend(journal::group(batch[rest..].iter().map(key)));
         }
         store.import_with(batch, journal)?;
         batch.clear();
@@ -525,7 +533,9 @@ pub fn restore(
                 let boundary = if backup {
                     r.unattributed.len() == 1
                 } else {
-                    batch.last().is_some_and(|l| l.command_id != env.command_id)
+                    batch.last().is_some_and(|l| {
+                        l.command_id != env.command_id || l.actor.tenant != env.actor.tenant
+                    })
                 };
                 if batch.len() >= 4096 && boundary {
                     flush_events(&mut batch, &mut entries, backup)?;

@@ -938,6 +938,35 @@ impl Writer {
         }
     }
 
+    /// The journal's record of a command: under its idempotency key, or (for a partner's or customer's command) under
+    /// its plain id when the journal was written before keys were per tenant (an older ledger, or an upgraded one) and
+    /// that record's events were the same tenant's. Another tenant's record is never answered from.
+    fn recorded(
+        &self,
+        key: CommandId,
+        command_id: CommandId,
+        actor: &domain::Actor,
+    ) -> Result<Option<crate::store::CommandRecord>, StoreError> {
+        let store = &self.shared.store;
+        if let Some(r) = store.command(key)? {
+            return Ok(Some(r));
+        }
+        if key == command_id {
+            return Ok(None);
+        }
+        let Some(r) = store.command(command_id)? else {
+            return Ok(None);
+        };
+        let Some(first) = r.positions.first() else {
+            return Ok(None);
+        };
+        let same_tenant = match store.get(*first)? {
+            Some(e) => e.envelope()?.actor.tenant == actor.tenant,
+            None => false,
+        };
+        Ok(same_tenant.then_some(r))
+    }
+
     /// Runs `f` with a hidden entity taken out of the write model, then puts it back. Only refusing paths run
     /// inside: a command on an entity that does not exist is always refused, so nothing is applied meanwhile.
     fn without<R>(&mut self, hidden: crate::access::Hidden, f: impl FnOnce(&mut Self) -> R) -> R {
@@ -1007,6 +1036,8 @@ impl Writer {
             fingerprint,
         } = queued;
         let command_id = submitted.command_id.unwrap_or_else(new_command_id);
+        // Idempotency is per tenant for partners and customers (`store::idempotency_key`); answers name the id sent.
+        let key = crate::store::idempotency_key(&submitted.actor, command_id);
         let reused = |this: &Self, refusals: &mut Vec<_>, submitted: &Submitted| {
             let refusal = Refusal::plain(
                 domain::Code::CommandIdReused,
@@ -1025,21 +1056,21 @@ impl Writer {
                 refusal,
             })
         };
-        if let Some((fp, n)) = in_batch.get(&command_id) {
+        if let Some((fp, n)) = in_batch.get(&key) {
             return if *fp == fingerprint {
                 Draft::DuplicateOfEntry(*n, command_id)
             } else {
                 reused(self, refusals, &submitted)
             };
         }
-        if let Some((fp, positions, _)) = self.in_flight.get(&command_id) {
+        if let Some((fp, positions, _)) = self.in_flight.get(&key) {
             return if *fp == fingerprint {
                 Draft::Duplicate(positions.clone(), command_id)
             } else {
                 reused(self, refusals, &submitted)
             };
         }
-        match self.shared.store.command(command_id) {
+        match self.recorded(key, command_id, &submitted.actor) {
             Ok(Some(record)) => {
                 // An imported record has no fingerprint: the id alone identifies the command.
                 return if record.fingerprint.is_none_or(|f| f == fingerprint) {
@@ -1099,11 +1130,11 @@ impl Writer {
                 }
                 let n = entries.len();
                 entries.push(CommitEntry {
-                    command_id,
+                    command_id: key,
                     fingerprint,
                     events: new_events,
                 });
-                in_batch.insert(command_id, (fingerprint, n));
+                in_batch.insert(key, (fingerprint, n));
                 Draft::Entry(n, command_id)
             }
         }

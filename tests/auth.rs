@@ -1382,3 +1382,99 @@ fn removing_a_principal_ends_its_open_streams() {
         }
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_tenant_has_command_ids_of_its_own() {
+    let server = Server::start().await;
+    let u = server.url.clone();
+    let c = reqwest::Client::new();
+    const X: &str = "1d000000-0000-4000-8000-0000000000c1";
+    const Y: &str = "1d000000-0000-4000-8000-0000000000c2";
+    let request = |partner: &str, request: &str, id: &str| {
+        json!({"type": "RequestRelationship", "command_id": id, "request": request,
+            "partner": partner, "customer": FABRIKAM})
+    };
+    // B uses X; A then uses X for a command of its own: a new command, neither a duplicate nor a reuse.
+    let (s, b_first) = post_json(
+        &c,
+        &u,
+        "b_admin",
+        request(B, "1b000000-0000-4000-8000-0000000000c1", X),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b_first}");
+    let (s, a_first) = post_json(
+        &c,
+        &u,
+        "a_admin",
+        request(A, "1a000000-0000-4000-8000-0000000000c1", X),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{a_first}");
+    assert!(a_first.get("duplicate").is_none(), "{a_first}");
+    assert_ne!(a_first["positions"], b_first["positions"]);
+    // Each re-submission is answered from its own tenant's record.
+    for (who, partner, req, first) in [
+        (
+            "b_admin",
+            B,
+            "1b000000-0000-4000-8000-0000000000c1",
+            &b_first,
+        ),
+        (
+            "a_admin",
+            A,
+            "1a000000-0000-4000-8000-0000000000c1",
+            &a_first,
+        ),
+    ] {
+        let (s, again) = post_json(&c, &u, who, request(partner, req, X)).await;
+        assert_eq!(s, StatusCode::OK, "{again}");
+        assert_eq!(again["duplicate"], true);
+        assert_eq!(again["positions"], first["positions"]);
+    }
+    // B cannot take an id before A: B uses Y first (with content A will never send), A's Y still commits.
+    let (s, _) = post_json(
+        &c,
+        &u,
+        "b_admin",
+        request(B, "1b000000-0000-4000-8000-0000000000c2", Y),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, a_y) = post_json(
+        &c,
+        &u,
+        "a_admin",
+        request(A, "1a000000-0000-4000-8000-0000000000c2", Y),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{a_y}");
+    assert!(
+        a_y.get("duplicate").is_none() && a_y["outcome"] == "committed",
+        "{a_y}"
+    );
+    // The envelopes carry the ids as sent.
+    let events = stream_all(&c, &u, "ops", server.head()).await;
+    let with_x = events.iter().filter(|e| e["command_id"] == X).count();
+    assert_eq!(
+        with_x, 2,
+        "both tenants' commands keep the command_id they sent"
+    );
+    // Within one tenant the contract is unchanged: the same id with other content is command_id_reused.
+    let (s, reused) = post_json(
+        &c,
+        &u,
+        "a_admin",
+        request(A, "1a000000-0000-4000-8000-0000000000c9", X),
+    )
+    .await;
+    assert_eq!(
+        (s, &reused["code"]),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!("command_id_reused")
+        )
+    );
+    server.stop().await;
+}

@@ -292,3 +292,81 @@ fn a_damaged_or_truncated_backup_writes_nothing() {
         text(&common::run(&data, &["checkpoint"], None))
     );
 }
+
+/// A journal written before command ids were per tenant records a partner's command under its plain id. Such a
+/// ledger keeps answering that partner's re-submissions as duplicates, and never answers another tenant from it.
+#[test]
+fn journals_from_before_per_tenant_ids_still_answer_their_own_tenant_and_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("original");
+    let seed = std::fs::read(common::fixtures().join("seed-story/commands.ndjson")).unwrap();
+    assert!(common::run(&data, &["exec", "-"], Some(&seed))
+        .status
+        .success());
+    // The same backup, with every journal entry under the plain command_id of its events (the earlier layout).
+    let backup = text(&common::run(&data, &["export"], None));
+    let mut last_id = String::new();
+    let mut changed = 0;
+    let legacy: Vec<String> = backup
+        .lines()
+        .map(|l| {
+            if l.starts_with("{\"actor\"") {
+                let e: Value = serde_json::from_str(l).unwrap();
+                last_id = e["command_id"].as_str().unwrap().to_string();
+                l.to_string()
+            } else if l.starts_with("{\"command\"") {
+                let mut c: Value = serde_json::from_str(l).unwrap();
+                if c["command"]["command_id"] != last_id.as_str() {
+                    changed += 1;
+                }
+                c["command"]["command_id"] = json!(last_id);
+                c.to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert!(
+        changed > 0,
+        "the seed story has partners' and customers' commands"
+    );
+    let file = dir.path().join("legacy.ndjson");
+    std::fs::write(&file, legacy.join("\n")).unwrap();
+    let restored = dir.path().join("restored");
+    let out = common::run(&restored, &["import", file.to_str().unwrap()], None);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every command of the seed story, re-submitted by its own actor, is a duplicate at its positions.
+    let again = common::stdout_lines(&common::run(&restored, &["exec", "-"], Some(&seed)));
+    assert!(!again.is_empty());
+    assert!(again.iter().all(|o| o["duplicate"] == true), "{again:?}");
+    // Partner A's request id (5eed…04), used by partner B for a command of its own, is B's new command.
+    let seed_text = String::from_utf8(seed.clone()).unwrap();
+    let a_line = seed_text
+        .lines()
+        .find(|l| l.contains("5eed0000-0000-4000-8000-000000000004"))
+        .unwrap();
+    assert!(
+        a_line.contains(r#""tenant":"a0000000-0000-4000-8000-00000000000a""#),
+        "{a_line}"
+    );
+    let b_line = r#"{"type":"CreateCustomer","command_id":"5eed0000-0000-4000-8000-000000000004","actor":{"tenant":"b0000000-0000-4000-8000-00000000000b","user":"sales@bellows.example","role":"partner_sales_agent"},"partner":"b0000000-0000-4000-8000-00000000000b","customer":"cb000000-0000-4000-8000-0000000000b9","company_name":"Tailspin","domain":"tailspin.onmicrosoft.com","country":"NL"}"#;
+    let o = common::stdout_lines(&common::run(
+        &restored,
+        &["exec", "-"],
+        Some(b_line.as_bytes()),
+    ));
+    assert_eq!(o[0]["outcome"], "committed", "{o:?}");
+    assert!(o[0].get("duplicate").is_none(), "{o:?}");
+    // And A's own re-submission is still A's duplicate.
+    let a_again = common::stdout_lines(&common::run(
+        &restored,
+        &["exec", "-"],
+        Some(a_line.as_bytes()),
+    ));
+    assert_eq!(a_again[0]["duplicate"], true, "{a_again:?}");
+}

@@ -176,7 +176,23 @@ fn check(data: &std::path::Path, round: usize, acked: &HashMap<String, Vec<u64>>
     }
     assert_eq!(expected - 1, head.position.0);
     for (id, positions) in acked {
-        let record = store.command(id.parse::<CommandId>().unwrap()).unwrap();
+        let id = id.parse::<CommandId>().unwrap();
+        // A partner's or customer's command is journalled under its tenant's idempotency key, derived from the actor
+        // its events record.
+        let key = match positions.first() {
+            Some(p) => {
+                let actor = store
+                    .get(Position(*p))
+                    .unwrap()
+                    .unwrap()
+                    .envelope()
+                    .unwrap()
+                    .actor;
+                partner_ledger::store::idempotency_key(&actor, id)
+            }
+            None => id,
+        };
+        let record = store.command(key).unwrap();
         let record =
             record.unwrap_or_else(|| panic!("round {round}: acknowledged command {id} was lost"));
         let got: Vec<u64> = record.positions.iter().map(|p| p.0).collect();

@@ -33,6 +33,33 @@ impl Head {
     }
 }
 
+/// The key a command's idempotency is recorded under: the `command_id` itself for operators and `system`, and for a
+/// partner's or a customer's command a key derived from its actor's tenant and its `command_id`, so that every tenant
+/// has ids of its own: no tenant can learn whether another used an id, or take one before it (docs/api.md). The
+/// envelope keeps the `command_id` as sent; the command journal keeps the key.
+pub fn idempotency_key(actor: &crate::domain::Actor, command_id: CommandId) -> CommandId {
+    use crate::domain::Role;
+    use sha2::{Digest, Sha256};
+    if !matches!(
+        actor.role,
+        Role::PartnerAdminAgent
+            | Role::PartnerSalesAgent
+            | Role::CustomerGlobalAdmin
+            | Role::CustomerUser
+    ) {
+        return command_id;
+    }
+    let digest = Sha256::new()
+        .chain_update(b"partner-ledger idempotency key\0")
+        .chain_update(actor.tenant.to_string().as_bytes())
+        .chain_update(command_id.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    // A version-8 (custom) UUID: never nil, and never equal to a client's v4 id by construction of its version bits.
+    CommandId::new(uuid::Builder::from_custom_bytes(bytes).into_uuid()).unwrap_or(command_id)
+}
+
 /// What identifies a command's body for idempotency: the first 16 bytes of SHA-256 over it without its `command_id`.
 pub type Fingerprint = [u8; 16];
 

@@ -1157,7 +1157,11 @@ impl SledStore {
     /// link to the head, and is stored in canonical form; each run of events with one `command_id` gets a journal
     /// entry without a fingerprint. Durable on return, like `commit`.
     pub fn import(&self, envelopes: &[super::Envelope]) -> Result<(), StoreError> {
-        let journal = journal::group(envelopes.iter().map(|e| (e.position, e.command_id)));
+        let journal = journal::group(
+            envelopes
+                .iter()
+                .map(|e| (e.position, super::idempotency_key(&e.actor, e.command_id))),
+        );
         self.import_with(envelopes, journal)
     }
 
