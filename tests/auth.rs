@@ -132,6 +132,8 @@ fn seed(ledger: &Ledger) {
 struct Server {
     url: String,
     ledger: Arc<Ledger>,
+    auth: Arc<Auth>,
+    tokens: std::path::PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -154,7 +156,7 @@ impl Server {
         };
         let state = AppState::new(Arc::clone(&ledger), config, stop_rx)
             .unwrap()
-            .with_auth(auth);
+            .with_auth(Arc::clone(&auth));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             serve(listener, state, stop_tx, async {
@@ -166,6 +168,8 @@ impl Server {
         Server {
             url,
             ledger,
+            auth,
+            tokens: file,
             stop: Some(tx),
             task: Some(task),
             _dir: dir,
@@ -1475,6 +1479,118 @@ async fn each_tenant_has_command_ids_of_its_own() {
             StatusCode::UNPROCESSABLE_ENTITY,
             &json!("command_id_reused")
         )
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_concurrent_load_confined_live_streams_equal_their_replay_and_views_never_404() {
+    const CUSTOMERS: usize = 300;
+    const CLIENTS: usize = 8;
+    let server = Server::start().await;
+    let u = server.url.clone();
+    let c = reqwest::Client::new();
+    // A Global admin for each new customer, added to the tokens file and reloaded.
+    let customers: Vec<(String, String)> = (0..CUSTOMERS)
+        .map(|i| {
+            (
+                format!("cust_{i}"),
+                format!("c7000000-0000-4000-8000-{i:012}"),
+            )
+        })
+        .collect();
+    let extra: Vec<(&str, &str, Option<&str>, &str)> = customers
+        .iter()
+        .map(|(name, tenant)| {
+            (
+                name.as_str(),
+                "customer_global_admin",
+                Some(tenant.as_str()),
+                "admin",
+            )
+        })
+        .collect();
+    let all: Vec<_> = PRINCIPALS.iter().copied().chain(extra).collect();
+    tokens_file(server.tokens.parent().unwrap(), &all);
+    server.auth.reload().unwrap();
+    let start = server.head();
+    // Partner B's and the first customer's live streams, open before the load.
+    let open = |who: String| {
+        let c = c.clone();
+        let u = u.clone();
+        async move {
+            c.get(format!("{u}/v1/events?from={start}"))
+                .bearer_auth(token(&who))
+                .header("accept", "application/x-ndjson")
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let b_live = open("b_admin".into()).await;
+    let cust_live = open(customers[0].0.clone()).await;
+    let views_after_accept = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|k| {
+            let (c, u, customers) = (c.clone(), u.clone(), customers.clone());
+            let views = Arc::clone(&views_after_accept);
+            tokio::spawn(async move {
+                for (i, (name, customer)) in customers.iter().enumerate().filter(|(i, _)| i % CLIENTS == k) {
+                    let request = format!("1b700000-0000-4000-8000-{i:012}");
+                    let register = json!({"type": "RegisterCustomer", "customer": customer, "company_name": format!("Load {i}"),
+                        "domain": format!("load{i}.onmicrosoft.com"), "country": "NL", "cloud": "public"});
+                    let (s, o) = post_json(&c, &u, "ops", register).await;
+                    assert_eq!(s, StatusCode::OK, "{o}");
+                    let ask = json!({"type": "RequestRelationship", "request": request, "partner": B, "customer": customer});
+                    let (s, o) = post_json(&c, &u, "b_admin", ask).await;
+                    assert_eq!(s, StatusCode::OK, "{o}");
+                    // Acceptance and a customer-level event in one request: they land in one batch, right after
+                    // the event that involves B.
+                    let both = [
+                        json!({"type": "AcceptRelationship", "request": request, "customer": customer}),
+                        json!({"type": "AcceptCustomerAgreement", "customer": customer}),
+                    ]
+                    .iter()
+                    .map(Value::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                    let (s, o) = call(&c, reqwest::Method::POST, &format!("{u}/v1/commands"), Some(name),
+                        Some(("application/x-ndjson", both))).await;
+                    assert_eq!(s, StatusCode::OK, "{o}");
+                    // Read-your-writes: B reads the customer right after the acceptance was answered.
+                    let (s, v) = get(&c, &format!("{u}/v1/customers/{customer}"), Some("b_admin")).await;
+                    assert_eq!(s, StatusCode::OK, "B's view of {customer} right after the acceptance: {v}");
+                    views.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.unwrap();
+    }
+    let head = server.head();
+    assert_eq!(
+        views_after_accept.load(std::sync::atomic::Ordering::Relaxed),
+        CUSTOMERS
+    );
+    let b_got = read_positions(b_live, head, "b_admin").await;
+    let b_replay = positions_from(&c, &u, "b_admin", start, head).await;
+    assert_eq!(b_got, b_replay, "B's live stream differs from its replay");
+    // Per customer: request, relationship, agreement; never the registration, which came before B's involvement.
+    assert_eq!(b_got.len(), 3 * CUSTOMERS, "{} events", b_got.len());
+    let cust_got = read_positions(cust_live, head, &customers[0].0).await;
+    let cust_replay = positions_from(&c, &u, &customers[0].0, start, head).await;
+    assert_eq!(cust_got, cust_replay);
+    assert_eq!(
+        cust_got.len(),
+        4,
+        "registration, request, relationship, agreement"
+    );
+    eprintln!(
+        "{CUSTOMERS} customers, {} events, B's stream {} events and the customer's {} compared position by position: 0 differences",
+        head - start,
+        b_got.len(),
+        cust_got.len()
     );
     server.stop().await;
 }
