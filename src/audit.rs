@@ -125,12 +125,25 @@ impl RefusalLog {
         Ok(())
     }
 
-    /// Every refusal, oldest first (for backups).
+    /// Every refusal, oldest first.
     pub fn all(&self) -> impl Iterator<Item = Result<RefusalRecord, StoreError>> + '_ {
-        self.tree.scan_prefix(b"r").map(|item| {
-            let (_, v) = item?;
-            decode(&v)
-        })
+        self.upto(u64::MAX)
+    }
+
+    /// The sequence number of the last refusal filed (0: none): a backup copies the refusals up to it.
+    pub fn filed(&self) -> u64 {
+        self.next.load(Ordering::SeqCst).saturating_sub(1)
+    }
+
+    /// The refusals filed up to sequence number `last`, oldest first (for backups).
+    pub fn upto(&self, last: u64) -> impl Iterator<Item = Result<RefusalRecord, StoreError>> + '_ {
+        self.tree
+            .range(record_key(1)..=record_key(last.max(1)))
+            .filter(move |_| last > 0)
+            .map(|item| {
+                let (_, v) = item?;
+                decode(&v)
+            })
     }
 
     /// Whether no refusal was ever filed.

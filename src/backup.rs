@@ -135,6 +135,38 @@ fn head_at(store: &SledStore, cut: Position) -> Result<Head, StoreError> {
     })
 }
 
+/// Where a journal entry falls in the log: after its last event (a command that appended nothing: after the head it
+/// committed at, and after any command whose events end there).
+fn log_order(c: &Committed) -> (u64, bool) {
+    let end = (c.first.0 + u64::from(c.count))
+        .saturating_sub(1)
+        .max(c.first.0);
+    (end, c.count == 0)
+}
+
+/// The command journal in log order. A journal written by this version is in that order already; one rebuilt by the
+/// format-1 upgrade is in command-id order, and is then sorted here, in memory (about 48 bytes a command).
+fn journal_in_log_order(
+    store: &SledStore,
+) -> Result<Box<dyn Iterator<Item = Result<Committed, StoreError>> + '_>, StoreError> {
+    let mut previous = (0, false);
+    let mut ordered = true;
+    for c in store.journal() {
+        let here = log_order(&c?);
+        if here < previous {
+            ordered = false;
+            break;
+        }
+        previous = here;
+    }
+    if ordered {
+        return Ok(Box::new(store.journal()));
+    }
+    let mut all = store.journal().collect::<Result<Vec<_>, _>>()?;
+    all.sort_by_key(log_order);
+    Ok(Box::new(all.into_iter().map(Ok)))
+}
+
 /// Writes a backup of the events after `from` up to `to` (default: the head when it starts) and of everything else
 /// the ledger holds. Safe while the ledger is being written: the cut is the head read at the start, journal entries
 /// and events are written together in one transaction, so the backup is consistent at that position.
@@ -147,6 +179,8 @@ pub fn write(
     mut progress: impl FnMut(u64),
 ) -> Result<Counts, BackupError> {
     let head = store.head();
+    // Refusals carry no position: the backup holds those filed when it started.
+    let refusals_upto = refusals.filed();
     let cut = to.map_or(head.position, |t| t.min(head.position));
     let header = Header {
         format: FORMAT,
@@ -168,9 +202,9 @@ pub fn write(
             }
             Ok(())
         };
-    for entry in store.journal() {
+    for entry in journal_in_log_order(store)? {
         let c = entry?;
-        let last = Position((c.first.0 + u64::from(c.count)).saturating_sub(1)).max(c.first);
+        let last = Position(log_order(&c).0);
         if last > cut {
             break;
         }
@@ -182,7 +216,7 @@ pub fn write(
     }
     // Events no complete journal entry covers (a command cut in two by `to`).
     emit_upto(cut, &mut counts, &mut *out)?;
-    for r in refusals.all() {
+    for r in refusals.upto(refusals_upto) {
         json_line(out, &json!({ "refusal": r? }))?;
         counts.refusals += 1;
     }

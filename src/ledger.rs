@@ -1000,16 +1000,21 @@ impl Writer {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// Files a refusal under the entities the command names. With `hidden`, an entity its submitter may not see, they
+    /// are read with that entity out of the state, as for a random id (docs/security.md).
     fn file_refusal(
-        &self,
+        &mut self,
         refusals: &mut Vec<(RefusalRecord, Vec<EntityRef>)>,
         submitted: &Submitted,
-        command_id: CommandId,
+        (command_id, hidden): (CommandId, Option<crate::access::Hidden>),
         at: Timestamp,
         now: Timestamp,
         refusal: &Refusal,
     ) {
-        let entities = submitted.body.entities(&self.state);
+        let entities = match hidden {
+            Some(h) => self.without(h, |this| submitted.body.entities(&this.state)),
+            None => submitted.body.entities(&self.state),
+        };
         let record = RefusalRecord::new(
             now,
             at,
@@ -1038,7 +1043,8 @@ impl Writer {
         let command_id = submitted.command_id.unwrap_or_else(new_command_id);
         // Idempotency is per tenant for partners and customers (`store::idempotency_key`); answers name the id sent.
         let key = crate::store::idempotency_key(&submitted.actor, command_id);
-        let reused = |this: &Self, refusals: &mut Vec<_>, submitted: &Submitted| {
+        let hidden = scope.hidden(&self.state, &submitted.body);
+        let reused = |this: &mut Self, refusals: &mut Vec<_>, submitted: &Submitted| {
             let refusal = Refusal::plain(
                 domain::Code::CommandIdReused,
                 format!("command_id {command_id} was already used by a different command"),
@@ -1046,7 +1052,7 @@ impl Writer {
             this.file_refusal(
                 refusals,
                 submitted,
-                command_id,
+                (command_id, hidden),
                 submitted.at.unwrap_or(now),
                 now,
                 &refusal,
@@ -1089,7 +1095,7 @@ impl Writer {
         }
         let default_at = self.state.clock.map_or(now, |c| c.max(now));
         let cmd = submitted.clone().into_command(command_id, default_at, now);
-        if let Some(hidden) = scope.hidden(&self.state, &submitted.body) {
+        if let Some(hidden) = hidden {
             // Decided, and its refusal filed, with the entity out of the state: exactly a random id's answer.
             let refusal = self.without(hidden, |this| {
                 let refusal = domain::decide(&this.state, &cmd).err().unwrap_or_else(|| {
@@ -1098,7 +1104,14 @@ impl Writer {
                         "the command names nothing it may act on",
                     )
                 });
-                this.file_refusal(refusals, &submitted, command_id, cmd.at, now, &refusal);
+                this.file_refusal(
+                    refusals,
+                    &submitted,
+                    (command_id, None),
+                    cmd.at,
+                    now,
+                    &refusal,
+                );
                 refusal
             });
             return Draft::Done(Outcome::Refused {
@@ -1108,7 +1121,14 @@ impl Writer {
         }
         match domain::decide(&self.state, &cmd) {
             Err(refusal) => {
-                self.file_refusal(refusals, &submitted, command_id, cmd.at, now, &refusal);
+                self.file_refusal(
+                    refusals,
+                    &submitted,
+                    (command_id, None),
+                    cmd.at,
+                    now,
+                    &refusal,
+                );
                 Draft::Done(Outcome::Refused {
                     command_id,
                     refusal,

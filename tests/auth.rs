@@ -1201,6 +1201,32 @@ async fn another_tenants_ids_are_answered_exactly_like_ids_that_do_not_exist() {
         }
     }
     assert_eq!(server.head(), head, "nothing was appended");
+    // A prober re-using one of its own ids on another tenant's entity: the reuse refusal is filed as for a random id.
+    let (s, mine) = post_json(
+        &c,
+        &u,
+        "b_admin",
+        json!({"type": "RequestRelationship", "command_id": "0e000000-0000-4000-8000-0000000000e9",
+        "request": "1b000000-0000-4000-8000-0000000000e9", "partner": B, "customer": FABRIKAM}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{mine}");
+    let (s, o) = post_json(
+        &c,
+        &u,
+        "b_admin",
+        json!({"type": "WithdrawRelationshipRequest",
+        "command_id": "0e000000-0000-4000-8000-0000000000e9", "request": A_REQUEST}),
+    )
+    .await;
+    assert_eq!(
+        (s, &o["code"]),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!("command_id_reused")
+        ),
+        "{o}"
+    );
     // The probers' own refusal trail names no other tenant either.
     let trail: Vec<_> = server
         .ledger
@@ -1209,13 +1235,34 @@ async fn another_tenants_ids_are_answered_exactly_like_ids_that_do_not_exist() {
         .map(Result::unwrap)
         .filter(|r| r.actor.tenant.to_string() == B || r.actor.tenant.to_string() == FABRIKAM)
         .collect();
-    assert_eq!(trail.len(), 16, "every probe was filed as a refusal");
+    assert_eq!(trail.len(), 17, "every probe was filed as a refusal");
     for r in trail {
         let text = serde_json::to_string(&r).unwrap();
         assert!(!text.contains(A) && !text.contains(CONTOSO), "{text}");
     }
-    // Where the principal may see the entity, the rules' own codes stand: A suspends its own subscription fine, and
-    // in local mode (and on the CLI) B cancelling A's subscription is still R27's not_partner_of_record.
+    // Where the principal may see the entity, the rules' own codes stand: A suspends its own subscription. And
+    // without confinement (local mode, the CLI) B cancelling A's subscription is still R27's not_partner_of_record.
+    let (s, o) = post_json(
+        &c,
+        &u,
+        "a_admin",
+        json!({"type": "SuspendSubscription", "subscription": A_O365, "partner": A}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{o}");
+    let line = format!(
+        r#"{{"type":"CancelSubscription","actor":{{"tenant":"{B}","user":"admin@bellows.example","role":"partner_admin_agent"}},"subscription":"{A_O365}","partner":"{B}"}}"#
+    );
+    let ledger = Arc::clone(&server.ledger);
+    let o =
+        tokio::task::spawn_blocking(move || ledger.execute(parse_line(&line).unwrap()).to_json())
+            .await
+            .unwrap();
+    assert_eq!(
+        (&o["code"], &o["rule"]),
+        (&json!("not_partner_of_record"), &json!("R27")),
+        "{o}"
+    );
     server.stop().await;
 }
 

@@ -370,3 +370,68 @@ fn journals_from_before_per_tenant_ids_still_answer_their_own_tenant_and_no_othe
     ));
     assert_eq!(a_again[0]["duplicate"], true, "{a_again:?}");
 }
+
+/// A journal that is not in log order (the format-1 upgrade rebuilds it in command-id order) still gives a backup
+/// that restores: the backup writes the journal in log order.
+#[test]
+fn a_journal_out_of_log_order_still_backs_up_and_restores() {
+    use partner_ledger::store::journal::{group, Committed};
+    use partner_ledger::store::{idempotency_key, Envelope, SledStore, StoreOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("original");
+    let seed = std::fs::read(common::fixtures().join("seed-story/commands.ndjson")).unwrap();
+    assert!(common::run(&data, &["exec", "-"], Some(&seed))
+        .status
+        .success());
+    let events: Vec<Envelope> = text(&common::run(&data, &["events"], None))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // The same events in a new ledger whose journal lists the commands backwards, plus one that appended nothing.
+    let shuffled = dir.path().join("shuffled");
+    let commands;
+    {
+        let store = SledStore::open(&shuffled, &StoreOptions::default()).unwrap();
+        let mut journal: Vec<Committed> = group(
+            events
+                .iter()
+                .map(|e| (e.position, idempotency_key(&e.actor, e.command_id))),
+        );
+        journal.reverse();
+        commands = journal.len() + 1;
+        journal.push(Committed {
+            command_id: "0e000000-0000-4000-8000-0000000000ee".parse().unwrap(),
+            fingerprint: Some([7; 16]),
+            first: partner_ledger::domain::Position(3),
+            count: 0,
+        });
+        store.import_with(&events, journal).unwrap();
+    }
+    let backup = common::run(&shuffled, &["export"], None);
+    assert!(
+        backup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&backup.stderr)
+    );
+    let file = dir.path().join("shuffled.ndjson");
+    std::fs::write(&file, &backup.stdout).unwrap();
+    let restored = dir.path().join("restored");
+    let out = common::run(&restored, &["import", file.to_str().unwrap()], None);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text(&out).contains(&format!("{commands} commands")),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        text(&common::run(&restored, &["checkpoint"], None)),
+        text(&common::run(&data, &["checkpoint"], None))
+    );
+    let again = common::stdout_lines(&common::run(&restored, &["exec", "-"], Some(&seed)));
+    assert!(again.iter().all(|o| o["duplicate"] == true), "{again:?}");
+}

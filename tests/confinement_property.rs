@@ -72,7 +72,7 @@ proptest! {
             let mut model = 0;
             let mut live = Vec::new();
             for p in 1..=envelopes.len() {
-                model = (model.max(p) + lags[p % lags.len()] % 7).min(last);
+                model = (model.max(p) + lags[p % lags.len()]).min(last);
                 if scope.sees_event(&states[model], &envelopes[p - 1]) {
                     live.push(p);
                 }

@@ -178,29 +178,40 @@ pub async fn create(
         return beyond_head("from", body.from, head);
     }
     let consumers = Arc::clone(&s.consumers);
-    let _changing = consumers.lock();
-    match consumers.get(&name) {
-        Err(e) => internal(e),
-        Ok(Some(existing)) if existing.filter == filter => {
-            (StatusCode::OK, Json(with_lag(&existing, head))).into_response()
-        }
-        Ok(Some(_)) => error(
-            StatusCode::CONFLICT,
-            "consumer_exists",
-            format!("consumer {name} exists with another filter; delete it first"),
-        ),
-        Ok(None) => {
-            let c = Consumer {
-                name,
-                filter,
-                checkpoint: Position(body.from),
-            };
-            match consumers.put(&c) {
-                Ok(()) => (StatusCode::CREATED, Json(with_lag(&c, head))).into_response(),
-                Err(e) => internal(e),
+    // On a blocking thread: the lock may wait for acks that sync, and creating syncs too.
+    let created = tokio::task::spawn_blocking(move || {
+        let _changing = consumers.lock();
+        match consumers.get(&name) {
+            Err(e) => internal(e),
+            Ok(Some(existing)) if existing.filter == filter => {
+                (StatusCode::OK, Json(with_lag(&existing, head))).into_response()
+            }
+            Ok(Some(_)) => error(
+                StatusCode::CONFLICT,
+                "consumer_exists",
+                format!("consumer {name} exists with another filter; delete it first"),
+            ),
+            Ok(None) => {
+                let c = Consumer {
+                    name,
+                    filter,
+                    checkpoint: Position(body.from),
+                };
+                match consumers.put(&c) {
+                    Ok(()) => (StatusCode::CREATED, Json(with_lag(&c, head))).into_response(),
+                    Err(e) => internal(e),
+                }
             }
         }
-    }
+    })
+    .await;
+    created.unwrap_or_else(|_| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the creation failed",
+        )
+    })
 }
 
 /// `GET /v1/consumers`: every consumer with its checkpoint and lag.

@@ -118,6 +118,11 @@ fn read_piece(
                 .wait_for(upto, crate::ledger::CATCH_UP_TIMEOUT),
         )
     };
+    if upto <= after {
+        // The live model has not reached the next position yet (a projector more than the timeout behind): nothing
+        // is judged, and the stream stays where it is.
+        return Ok((Vec::new(), after));
+    }
     let entities = filter.entities();
     let mut out = Vec::with_capacity(PIECE_BYTES + 4096);
     let mut scanned = after;
@@ -193,6 +198,9 @@ pub async fn produce(
     let mut head_rx = ledger.watch_head();
     let mut last_sent = Instant::now();
     loop {
+        if *stopping.borrow() {
+            return;
+        }
         // Mark the change seen before reading the head: a commit after this line triggers another change, so none
         // can slip between the read and the wait.
         head_rx.borrow_and_update();
@@ -240,10 +248,13 @@ fn ends_when(
     principal: Principal,
     credential: Credential,
 ) -> tokio::sync::watch::Receiver<bool> {
-    let (end, ended) = tokio::sync::watch::channel(*s.stopping.borrow());
-    let mut server = s.stopping.clone();
     let auth = Arc::clone(&s.auth);
+    // Subscribed before the check, so a reload between authentication and here is either seen by the check or
+    // reported by the channel.
     let mut reloads = auth.reloads();
+    let revoked = !auth.still_valid(credential, &principal);
+    let (end, ended) = tokio::sync::watch::channel(*s.stopping.borrow() || revoked);
+    let mut server = s.stopping.clone();
     tokio::spawn(async move {
         loop {
             tokio::select! {

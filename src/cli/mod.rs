@@ -412,6 +412,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ..StoreOptions::default()
                 },
             )?;
+            let head = store.head().position;
+            if let Some(t) = to.filter(|t| *t > head.0) {
+                anyhow::bail!(
+                    "--to {t} is after the log's head {head}; there is no such position yet"
+                );
+            }
             audit::export(&store, Position(from), to.map(Position), format == "csv")
         }
         Command::Import { file } => audit::import(&cli.data, &file),
@@ -818,7 +824,7 @@ fn banner(
     } else {
         t.push_str(&format!("  curl {auth}http://{addr}/healthz\n  curl -N {auth}-H \"Accept: application/x-ndjson\" http://{addr}/v1/events\n  curl {auth}http://{addr}/v1/openapi.json\n"));
     }
-    t.push_str(&format!("  curl {auth}http://{addr}/metrics\n\nCtrl-C stops the server after answering every command in flight.\n\n"));
+    t.push_str(&format!("  curl {auth}http://{addr}/metrics\n\nCtrl-C (or SIGTERM) stops the server: it answers the commands in flight, waiting up to --shutdown-grace-ms, then flushes and exits.\n\n"));
     t.push_str(if local {
         "local mode: no tokens file, so every caller is treated as an operator and commands carry their own actor; listening on loopback only (docs/security.md)"
     } else {
