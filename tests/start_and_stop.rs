@@ -109,12 +109,47 @@ fn serve_writes_sample_data_only_when_asked() {
     let url = url_of(&first);
     assert!(head(&url) > 5_000, "the sample data was loaded");
     let mut said = String::new();
-    out.read_line(&mut said).unwrap();
-    out.read_line(&mut said).unwrap();
+    while !said.contains("Try:") {
+        out.read_line(&mut said).unwrap();
+    }
     assert!(
         said.contains("Sample data loaded because --sample-data was given"),
         "{said}"
     );
+    // The start-up clock advance ran before the banner, which says what it recorded and counts it.
+    let recorded: u64 = said
+        .split("The clock was advanced to now: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the clock advance is not announced: {said}"));
+    let counted: u64 = first
+        .split(", ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert_eq!(
+        counted,
+        head(&url),
+        "the banner's count is current: {first}"
+    );
+    assert!(recorded > 0 && counted > recorded);
+    // GET / says where to go from here.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let index: serde_json::Value = rt.block_on(async {
+        reqwest::get(format!("{url}/"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert_eq!(index["openapi"], "/v1/openapi.json", "{index}");
+    assert!(index["routes"]["events"]
+        .as_str()
+        .unwrap()
+        .contains("/v1/events"));
     terminate(&mut child);
     assert!(exits_within(&mut child, Duration::from_secs(30)).success());
 }

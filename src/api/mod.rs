@@ -218,6 +218,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/verify", get(backup::verify))
         .route_layer(from_fn_with_state(state.clone(), operations_gate));
     Router::new()
+        .route("/", get(index))
         .route("/healthz", get(healthz))
         .route(
             "/v1/openapi.json",
@@ -319,14 +320,19 @@ async fn scheduler(ledger: Arc<Ledger>, interval: Duration, mut stopping: watch:
             _ = tick.tick() => {}
             _ = stopping.changed() => return,
         }
-        let now = crate::domain::Timestamp::from_datetime(chrono::Utc::now());
-        let line = json!({"type": "AdvanceClock", "to": now.to_string(),
-            "actor": {"tenant": "00000000-0000-4000-8000-00000000005c", "user": "scheduler", "role": "system"}});
-        if let Ok(cmd) = parse_line(&line.to_string()) {
+        if let Some(cmd) = clock_advance() {
             let outcome = ledger.submit_async(cmd).await.outcome().await;
             tracing::debug!(outcome = %outcome.to_json(), "clock advanced");
         }
     }
+}
+
+/// The scheduler's `AdvanceClock` to the current time (actor `system`, user `scheduler`).
+pub fn clock_advance() -> Option<crate::domain::Submitted> {
+    let now = crate::domain::Timestamp::from_datetime(chrono::Utc::now());
+    let line = json!({"type": "AdvanceClock", "to": now.to_string(),
+        "actor": {"tenant": "00000000-0000-4000-8000-00000000005c", "user": "scheduler", "role": "system"}});
+    parse_line(&line.to_string()).ok()
 }
 
 /// A request that cannot be served, ready to send (boxed: a `Response` is large).
@@ -344,6 +350,30 @@ pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) 
         Json(json!({"error": code, "message": message.into()})),
     )
         .into_response()
+}
+
+/// `GET /`: what this server is and where to go from here (the routes and the documentation in the repository).
+async fn index(State(s): State<AppState>) -> Response {
+    Json(json!({
+        "name": "partner-ledger",
+        "version": env!("CARGO_PKG_VERSION"),
+        "head": s.ledger.store().head().position,
+        "openapi": "/v1/openapi.json",
+        "routes": {
+            "commands": "POST /v1/commands (application/json: one command; application/x-ndjson: many)",
+            "customer": "GET /v1/customers/{id}[?as_of=POSITION|TIME]",
+            "customer_history": "GET /v1/customers/{id}/history[?include_refusals=true]",
+            "partner": "GET /v1/partners/{id}[?as_of=…]",
+            "subscription": "GET /v1/subscriptions/{id}[?as_of=…]",
+            "events": "GET /v1/events[?from=N&customer=ID&partner=ID&types=A,B] (SSE, or NDJSON with Accept: application/x-ndjson)",
+            "consumers": "GET|PUT|DELETE /v1/consumers/{name}, GET /v1/consumers/{name}/events, POST /v1/consumers/{name}/ack",
+            "backup": "GET /v1/backup, GET /v1/checkpoint, GET /v1/verify",
+            "health": "GET /healthz, GET /metrics",
+        },
+        "docs": ["README.md", "docs/api.md", "docs/commands.md", "docs/events.md", "docs/errors.md",
+            "docs/security.md", "docs/audit.md", "docs/recovery.md"],
+    }))
+    .into_response()
 }
 
 /// `GET /healthz`: `200 {"status": "ok", …}`, or `503 {"status": "damaged", …}` once the background verification

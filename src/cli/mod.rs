@@ -738,6 +738,8 @@ fn serve(
     } else {
         None
     };
+    // The first clock advance runs before the banner, so the banner's count is current and says what it recorded.
+    let advanced = crate::api::clock_advance().map(|cmd| ledger.execute(cmd));
     // The tail and the head marker were checked at open; the rest of the chain is verified while the server runs.
     ledger.verify_in_background()?;
     let result = runtime.block_on(async {
@@ -762,7 +764,7 @@ fn serve(
         let _ = writeln!(
             std::io::stdout(),
             "{}",
-            banner(&ledger, dir, addr, loaded, sample_data, auth.is_local())
+            banner(&ledger, dir, addr, loaded, sample_data, auth.is_local(), advanced.as_ref())
         );
         std::io::stdout().flush().ok();
         crate::api::serve(listener, state, stop_tx, shutdown_signal()).await?;
@@ -789,6 +791,7 @@ fn banner(
     loaded: Option<Position>,
     asked_for_sample: bool,
     local: bool,
+    advanced: Option<&crate::ledger::Outcome>,
 ) -> String {
     let head = ledger.store().head().position;
     let mut t = format!(
@@ -807,6 +810,18 @@ fn banner(
         ),
         None => {}
     }
+    match advanced {
+        Some(crate::ledger::Outcome::Committed { positions, .. }) if !positions.is_empty() => {
+            t.push_str(&format!(
+                "\nThe clock was advanced to now: {} events recorded the admin relationships that expired or were extended since the last advance (R36).\n",
+                positions.len()
+            ))
+        }
+        Some(o @ (crate::ledger::Outcome::Refused { .. } | crate::ledger::Outcome::Unknown { .. })) => {
+            t.push_str(&format!("\nThe clock could not be advanced: {}\n", o.to_json()))
+        }
+        _ => {}
+    }
     let auth = if local {
         String::new()
     } else {
@@ -819,7 +834,7 @@ fn banner(
     if has_contoso {
         t.push_str(&format!("  curl {auth}http://{addr}/v1/customers/{CONTOSO}\n  curl {auth}http://{addr}/v1/partners/a0000000-0000-4000-8000-00000000000a\n  curl {auth}\"http://{addr}/v1/customers/{CONTOSO}?as_of=2024-02-01T00:00:00Z\"\n  curl -N {auth}-H \"Accept: application/x-ndjson\" \"http://{addr}/v1/events?customer={CONTOSO}\"\n"));
         if local {
-            t.push_str(&format!("  # Partner B may not cancel partner A's subscription (422, R27):\n  curl -X POST -H \"Content-Type: application/json\" http://{addr}/v1/commands -d '{{\"type\":\"CancelSubscription\",\"actor\":{{\"tenant\":\"b0000000-0000-4000-8000-00000000000b\",\"user\":\"you\",\"role\":\"partner_admin_agent\"}},\"subscription\":\"5a000000-0000-4000-8000-000000000001\",\"partner\":\"b0000000-0000-4000-8000-00000000000b\"}}'\n"));
+            t.push_str(&format!("A refused command (partner B may not cancel the subscription of partner A: 422, R27):\n  curl -X POST -H \"Content-Type: application/json\" http://{addr}/v1/commands -d '{{\"type\":\"CancelSubscription\",\"actor\":{{\"tenant\":\"b0000000-0000-4000-8000-00000000000b\",\"user\":\"you\",\"role\":\"partner_admin_agent\"}},\"subscription\":\"5a000000-0000-4000-8000-000000000001\",\"partner\":\"b0000000-0000-4000-8000-00000000000b\"}}'\n"));
         }
     } else {
         t.push_str(&format!("  curl {auth}http://{addr}/healthz\n  curl -N {auth}-H \"Accept: application/x-ndjson\" http://{addr}/v1/events\n  curl {auth}http://{addr}/v1/openapi.json\n"));
