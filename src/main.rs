@@ -1,23 +1,29 @@
-//! The `partner-ledger` binary: parses arguments, sets up tracing, runs the CLI and maps errors to an exit code.
+//! The `partner-ledger` binary: parses arguments, sets up tracing, runs the CLI and maps errors to an exit code
+//! (`cli::exit`, documented in the README).
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
+use partner_ledger::cli::{exit, Cli, LogFormat};
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PARTNER_LEDGER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
-    let cli = partner_ledger::cli::Cli::parse();
+        .with_ansi(std::io::stderr().is_terminal());
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
+    }
     match partner_ledger::cli::run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            ExitCode::from(exit::of_error(&e))
         }
     }
 }

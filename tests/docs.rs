@@ -60,3 +60,145 @@ fn every_http_route_is_documented() {
         assert!(text.contains(route), "{path} is missing from docs/api.md");
     }
 }
+
+/// The Markdown files a reader of the repository meets: README.md, docs/ and fixtures/README.md.
+fn markdown_files() -> Vec<std::path::PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("README.md"), root.join("fixtures/README.md")];
+    for e in std::fs::read_dir(root.join("docs")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "md") {
+            files.push(p);
+        }
+    }
+    files.sort();
+    files
+}
+
+/// GitHub's anchor for a heading: lowercase, punctuation dropped, spaces to hyphens.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+fn anchors(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| l.starts_with('#'))
+        .map(|l| slug(l.trim_start_matches('#')))
+        .collect()
+}
+
+/// Every `[text](target)` of a Markdown text, outside code blocks.
+fn links(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_code = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        if in_code {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(i) = rest.find("](") {
+            let after = &rest[i + 2..];
+            let Some(end) = after.find(')') else { break };
+            out.push(after[..end].to_string());
+            rest = &after[end..];
+        }
+    }
+    out
+}
+
+#[test]
+fn every_link_in_readme_and_docs_resolves_inside_the_repository() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .canonicalize()
+        .unwrap();
+    let mut checked = 0;
+    for file in markdown_files() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let name = file
+            .strip_prefix(&root)
+            .unwrap_or(&file)
+            .display()
+            .to_string();
+        assert!(
+            !text.contains("shared/"),
+            "{name} points at ../shared, which a clone does not have"
+        );
+        for link in links(&text) {
+            assert!(
+                !link.contains("://") && !link.starts_with("mailto:"),
+                "{name}: `{link}` leaves the repository"
+            );
+            let (path, anchor) = link.split_once('#').unwrap_or((&link, ""));
+            let target = if path.is_empty() {
+                file.clone()
+            } else {
+                file.parent().unwrap().join(path)
+            };
+            let target = target
+                .canonicalize()
+                .unwrap_or_else(|_| panic!("{name}: `{link}` names a file that does not exist"));
+            assert!(
+                target.starts_with(&root),
+                "{name}: `{link}` leaves the repository"
+            );
+            if !anchor.is_empty() {
+                let t = std::fs::read_to_string(&target).unwrap();
+                assert!(
+                    anchors(&t).contains(&anchor.to_string()),
+                    "{name}: `{link}`: no heading with that anchor"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "only {checked} links found");
+}
+
+#[test]
+fn the_domain_doc_explains_every_rule_and_every_refusal_code() {
+    let text = doc("domain.md");
+    for n in 1..=39 {
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("### R{n} "))),
+            "R{n} has no section in docs/domain.md"
+        );
+    }
+    for c in Code::ALL {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("| `{}` ", c.as_str()))),
+            "{c} is missing from the refusal codes of docs/domain.md"
+        );
+        let mentions = text.matches(&format!("`{}`", c.as_str())).count();
+        assert!(
+            mentions >= 2,
+            "{c} is listed but never explained under a rule or with an example"
+        );
+    }
+    // Every rule the code cites is one of those.
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src/domain")).unwrap() {
+        let src = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for (i, _) in src.match_indices("\"R") {
+            let digits: String = src[i + 2..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            if let Ok(n) = digits.parse::<u32>() {
+                assert!(
+                    (1..=39).contains(&n),
+                    "the code cites R{n}, which docs/domain.md does not define"
+                );
+            }
+        }
+    }
+}

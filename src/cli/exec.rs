@@ -177,7 +177,7 @@ pub fn run(data: &Path, file: &str) -> anyhow::Result<ExitCode> {
         stats.fdatasyncs
     );
     Ok(if unknown > 0 {
-        ExitCode::from(2)
+        ExitCode::from(super::exit::STORAGE)
     } else if invalid > 0 {
         ExitCode::from(1)
     } else {

@@ -27,8 +27,71 @@ pub struct Cli {
         default_value = "ledger-data"
     )]
     pub data: PathBuf,
+    /// What to log on standard error: a level (error, warn, info, debug, trace) or a filter such as
+    /// `partner_ledger=debug,warn`.
+    #[arg(
+        long,
+        global = true,
+        env = "PARTNER_LEDGER_LOG",
+        default_value = "warn"
+    )]
+    pub log_level: String,
+    /// How to log: text for people, json for log collectors (one object per line).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines; colours only when standard error is a terminal.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The exit codes of every command (README, "Exit codes").
+pub mod exit {
+    /// Done.
+    pub const OK: u8 = 0;
+    /// The input was refused or a check failed: an invalid command line, a damaged chain or backup, a bad argument.
+    pub const INVALID: u8 = 1;
+    /// Bad usage: an unknown command or flag (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// What was asked for is not in the ledger.
+    pub const NOT_FOUND: u8 = 3;
+    /// Another process (a running server?) holds the data folder.
+    pub const LOCKED: u8 = 4;
+    /// Storage failed, or a command's outcome is unknown: retry (with the same command ids) once it is fixed.
+    pub const STORAGE: u8 = 5;
+
+    /// The code for an error that ended a command.
+    pub fn of_error(e: &anyhow::Error) -> u8 {
+        use crate::store::StoreError;
+        for cause in e.chain() {
+            let store = cause.downcast_ref::<StoreError>().or_else(|| {
+                cause
+                    .downcast_ref::<crate::ledger::OpenError>()
+                    .and_then(|o| match o {
+                        crate::ledger::OpenError::Store(s) => Some(s),
+                        crate::ledger::OpenError::Replay { .. } => None,
+                    })
+            });
+            match store {
+                Some(StoreError::Locked { .. }) => return LOCKED,
+                Some(StoreError::NoLedger(_)) => return NOT_FOUND,
+                Some(StoreError::NotALedger(_)) => return INVALID,
+                Some(_) => return STORAGE,
+                None => {}
+            }
+            if cause.is::<std::io::Error>() || cause.is::<crate::ledger::OpenError>() {
+                return STORAGE;
+            }
+        }
+        INVALID
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -68,6 +131,13 @@ pub enum Command {
         #[arg(long, env = "PARTNER_LEDGER_TOKENS")]
         tokens: Option<PathBuf>,
     },
+    /// Prints a shell completion script: `partner-ledger completions bash > /etc/bash_completion.d/partner-ledger`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Prints the manual page (roff): `partner-ledger man > partner-ledger.1 && man ./partner-ledger.1`.
+    Man,
     /// Makes a new random API token and prints the tokens-file entry holding its hash (docs/security.md).
     Token {
         /// A name for the principal (logs, audit).
@@ -112,7 +182,7 @@ pub enum Command {
     Customer {
         /// The customer's tenant id.
         id: CustomerId,
-        /// Print the WIRE.md JSON view instead of a table.
+        /// Print the JSON view (docs/wire.md) instead of a table.
         #[arg(long)]
         json: bool,
         /// Answer as of a position (a number) or a business time (RFC 3339).
@@ -262,6 +332,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sample_data,
             tokens.as_deref(),
         ),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "partner-ledger", &mut text);
+            out(&mut std::io::stdout(), text.trim_ascii_end())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            let mut text = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut text)?;
+            out(&mut std::io::stdout(), text.trim_ascii_end())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Token {
             name,
             role,
