@@ -245,3 +245,61 @@ fn the_demo_loads_the_seed_story_once_and_shows_contoso() {
     let again = run(&ledger, &["demo"], None);
     assert!(String::from_utf8_lossy(&again.stdout).contains("already holds 11 events"));
 }
+
+#[test]
+fn exit_codes_are_distinct_and_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ledger");
+    let seed = std::fs::read(fixtures().join("seed-story/commands.ndjson")).unwrap();
+    assert_eq!(run(&data, &["exec", "-"], Some(&seed)).status.code(), Some(0));
+    // 1: invalid input.
+    assert_eq!(run(&data, &["exec", "-"], Some(b"{not json}\n")).status.code(), Some(1));
+    assert_eq!(run(&data, &["export", "--to", "999999"], None).status.code(), Some(1));
+    // 2: bad usage (clap).
+    assert_eq!(run(&data, &["no-such-command"], None).status.code(), Some(2));
+    assert_eq!(run(&data, &["events", "--no-such-flag"], None).status.code(), Some(2));
+    // 3: not found, and no ledger at all.
+    assert_eq!(
+        run(&data, &["customer", "c9000000-0000-4000-8000-000000000009"], None).status.code(),
+        Some(3)
+    );
+    assert_eq!(run(&dir.path().join("none"), &["checkpoint"], None).status.code(), Some(3));
+    // 4: locked by a running server.
+    let server = common::serve(&data, None, &[]);
+    let out = run(&data, &["checkpoint"], None);
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    drop(server);
+}
+
+#[test]
+fn completions_a_man_page_and_json_logs_come_from_the_parser() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = run(dir.path(), &["completions", shell], None);
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for command in ["serve", "exec", "export", "import", "verify"] {
+            assert!(text.contains(command), "{shell} completions lack {command}");
+        }
+    }
+    let man = run(dir.path(), &["man"], None);
+    let man = String::from_utf8_lossy(&man.stdout);
+    assert!(man.contains(".TH partner-ledger 1") && man.contains("completions"), "{man}");
+    // JSON logs: one object per line on standard error, no colour codes.
+    let out = run(
+        &dir.path().join("none"),
+        &["--log-format", "json", "--log-level", "debug", "checkpoint"],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains('\u{1b}'), "colour codes in a log that is not a terminal: {err}");
+    let out = run(dir.path(), &["--log-format", "json", "--log-level", "debug", "exec", "-"], Some(b""));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let json: Vec<serde_json::Value> = err
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!json.is_empty(), "no JSON log lines at debug: {err}");
+    assert!(json.iter().all(|v| v["level"].is_string() && v["timestamp"].is_string()));
+}
