@@ -293,6 +293,9 @@ impl Reader {
         if self.section == Section::Ended {
             return Err(bad("there is more after the backup's end line".into()));
         }
+        if text.starts_with('#') {
+            return Err(bad("a `#` comment line: this looks like a file of commands, not a backup; execute it with `partner-ledger exec FILE`".into()));
+        }
         let tagged = |tag: &str| text.starts_with(&format!("{{\"{tag}\":"));
         let inner = |tag: &str| -> Result<serde_json::Value, BackupError> {
             let mut v: serde_json::Value =
@@ -414,10 +417,15 @@ impl Reader {
         }
         self.section = Section::Events;
         let env = check(text.as_bytes(), self.expected, &self.prev).map_err(|b| {
+            let command = crate::domain::parse_line(text).is_ok();
             BackupError::Invalid {
                 line: n,
-                position: Some(b.position),
-                message: b.reason,
+                position: (!command).then_some(b.position),
+                message: if command {
+                    "this is a command, not a backup line: execute a file of commands with `partner-ledger exec FILE`".into()
+                } else {
+                    b.reason
+                },
             }
         })?;
         self.prev = env.hash.clone();

@@ -35,7 +35,7 @@ impl FromStr for AsOfSpec {
             return Ok(AsOfSpec::Position(Position(n)));
         }
         s.parse::<Timestamp>().map(AsOfSpec::Time).map_err(|_| {
-            format!("`{s}` is neither a position (a whole number) nor an RFC 3339 time")
+            format!("`{s}` is neither a position (a whole number) nor an RFC 3339 time: write, for example, 42, 2024-02-01T00:00:00Z or 2024-02-01T09:30:00+01:00")
         })
     }
 }

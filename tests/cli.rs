@@ -303,3 +303,27 @@ fn completions_a_man_page_and_json_logs_come_from_the_parser() {
     assert!(!json.is_empty(), "no JSON log lines at debug: {err}");
     assert!(json.iter().all(|v| v["level"].is_string() && v["timestamp"].is_string()));
 }
+
+#[test]
+fn a_wrong_kind_of_file_or_a_date_without_time_is_answered_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let commands = fixtures().join("seed-story/commands.ndjson");
+    // import given a file of commands: it names exec, writes nothing.
+    let target = dir.path().join("restored");
+    let out = run(&target, &["import", commands.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("partner-ledger exec FILE"));
+    assert!(!target.exists());
+    // exec given a backup: each line says to use import.
+    let data = dir.path().join("ledger");
+    assert!(run(&data, &["exec", commands.to_str().unwrap()], None).status.success());
+    let backup = run(&data, &["export"], None).stdout;
+    let out = run(&dir.path().join("other"), &["exec", "-"], Some(&backup));
+    let first = stdout_lines(&out).remove(0);
+    assert_eq!(first["outcome"], "invalid");
+    assert!(first["message"].as_str().unwrap().contains("partner-ledger import FILE"), "{first}");
+    // A date without a time gets examples of the accepted forms.
+    let out = run(&data, &["customer", "c0000000-0000-4000-8000-00000000000c", "--as-of", "2024-02-01"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2024-02-01T00:00:00Z"));
+}

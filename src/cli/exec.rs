@@ -70,6 +70,18 @@ fn read_bounded_line(
     }
 }
 
+/// A line of a backup or an event envelope is not a command: say which command the user wanted.
+fn with_hint(message: String, line: &str) -> String {
+    let backup = ["{\"partner_ledger_backup\"", "{\"command\"", "{\"refusal\"", "{\"consumer\"", "{\"end\""]
+        .iter()
+        .any(|p| line.starts_with(p));
+    if backup || (line.contains("\"prev_hash\"") && line.contains("\"position\"")) {
+        format!("{message} (this line is from a backup or an event export, not a command: restore such a file with `partner-ledger import FILE` into an empty ledger)")
+    } else {
+        message
+    }
+}
+
 pub fn run(data: &Path, file: &str) -> anyhow::Result<ExitCode> {
     let input: Box<dyn Read + Send> = if file == "-" {
         Box::new(std::io::stdin())
@@ -110,7 +122,7 @@ pub fn run(data: &Path, file: &str) -> anyhow::Result<ExitCode> {
                     }
                     match parse_line(trimmed) {
                         Ok(submitted) => Pending::Submitted(submitter.submit(submitted)),
-                        Err(e) => Pending::Invalid { line: line_no, message: e.0 },
+                        Err(e) => Pending::Invalid { line: line_no, message: with_hint(e.0, trimmed) },
                     }
                 }
             };

@@ -242,7 +242,7 @@ pub enum Command {
     },
     /// Drops read models and rebuilds them from the log (all, or the one named).
     Rebuild {
-        /// customers, partners, subscriptions or expiring.
+        /// customers, partners or expiring (a subscription is part of its customer's document); all when omitted.
         #[arg(value_parser = crate::projection::NAMES)]
         name: Option<String>,
     },

@@ -27,9 +27,9 @@ pub fn outcome_summary(json: &serde_json::Value) -> String {
     }
 }
 
-fn short(id: &impl ToString) -> String {
-    let s = id.to_string();
-    format!("{}…", &s[..8.min(s.len())])
+/// An id in a table: whole, so it can be copied into the next command.
+fn id(id: &impl ToString) -> String {
+    id.to_string()
 }
 
 /// The customer view as a readable table.
@@ -60,7 +60,7 @@ pub fn customer_table(v: &CustomerView) -> String {
             s,
             "  {:<24} {}  relationship {}{}  DAP {}",
             p.name,
-            short(&p.partner),
+            id(&p.partner),
             p.relationship,
             since,
             if p.delegated_admin.dap { "yes" } else { "no" }
@@ -71,7 +71,7 @@ pub fn customer_table(v: &CustomerView) -> String {
                 s,
                 "      GDAP \"{}\" {}  {} role(s), {}{}{}",
                 a.name,
-                short(&a.admin_relationship),
+                id(&a.admin_relationship),
                 a.roles.len(),
                 a.status,
                 ends,
@@ -88,7 +88,7 @@ pub fn customer_table(v: &CustomerView) -> String {
             .iter()
             .find(|p| p.partner == *id)
             .map(|p| p.name.clone())
-            .unwrap_or_else(|| short(id))
+            .unwrap_or_else(|| self::id(id))
     };
     for sub in &v.subscriptions {
         let what = match (&sub.offer, sub.quantity, &sub.friendly_name) {
@@ -99,7 +99,7 @@ pub fn customer_table(v: &CustomerView) -> String {
         let _ = writeln!(
             s,
             "  {}  {:<8} {:<28} partner of record {}, billed by {}  {}",
-            short(&sub.subscription),
+            id(&sub.subscription),
             sub.kind,
             what,
             name_of(&sub.partner_of_record),
@@ -316,7 +316,7 @@ pub fn partner_table(v: &crate::domain::view::PartnerView) -> String {
             s,
             "  {:<28} {}  relationship {}  DAP {}  subscriptions {} active, {} suspended, {} cancelled  {}",
             c.company_name,
-            short(&c.customer),
+            id(&c.customer),
             c.relationship,
             if c.delegated_admin.dap { "yes" } else { "no" },
             c.subscriptions.active,
