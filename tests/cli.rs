@@ -251,23 +251,60 @@ fn exit_codes_are_distinct_and_as_documented() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("ledger");
     let seed = std::fs::read(fixtures().join("seed-story/commands.ndjson")).unwrap();
-    assert_eq!(run(&data, &["exec", "-"], Some(&seed)).status.code(), Some(0));
+    assert_eq!(
+        run(&data, &["exec", "-"], Some(&seed)).status.code(),
+        Some(0)
+    );
     // 1: invalid input.
-    assert_eq!(run(&data, &["exec", "-"], Some(b"{not json}\n")).status.code(), Some(1));
-    assert_eq!(run(&data, &["export", "--to", "999999"], None).status.code(), Some(1));
+    assert_eq!(
+        run(&data, &["exec", "-"], Some(b"{not json}\n"))
+            .status
+            .code(),
+        Some(1)
+    );
+    assert_eq!(
+        run(&data, &["export", "--to", "999999"], None)
+            .status
+            .code(),
+        Some(1)
+    );
     // 2: bad usage (clap).
-    assert_eq!(run(&data, &["no-such-command"], None).status.code(), Some(2));
-    assert_eq!(run(&data, &["events", "--no-such-flag"], None).status.code(), Some(2));
+    assert_eq!(
+        run(&data, &["no-such-command"], None).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        run(&data, &["events", "--no-such-flag"], None)
+            .status
+            .code(),
+        Some(2)
+    );
     // 3: not found, and no ledger at all.
     assert_eq!(
-        run(&data, &["customer", "c9000000-0000-4000-8000-000000000009"], None).status.code(),
+        run(
+            &data,
+            &["customer", "c9000000-0000-4000-8000-000000000009"],
+            None
+        )
+        .status
+        .code(),
         Some(3)
     );
-    assert_eq!(run(&dir.path().join("none"), &["checkpoint"], None).status.code(), Some(3));
+    assert_eq!(
+        run(&dir.path().join("none"), &["checkpoint"], None)
+            .status
+            .code(),
+        Some(3)
+    );
     // 4: locked by a running server.
     let server = common::serve(&data, None, &[]);
     let out = run(&data, &["checkpoint"], None);
-    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(server);
 }
 
@@ -284,7 +321,10 @@ fn completions_a_man_page_and_json_logs_come_from_the_parser() {
     }
     let man = run(dir.path(), &["man"], None);
     let man = String::from_utf8_lossy(&man.stdout);
-    assert!(man.contains(".TH partner-ledger 1") && man.contains("completions"), "{man}");
+    assert!(
+        man.contains(".TH partner-ledger 1") && man.contains("completions"),
+        "{man}"
+    );
     // JSON logs: one object per line on standard error, no colour codes.
     let out = run(
         &dir.path().join("none"),
@@ -292,8 +332,15 @@ fn completions_a_man_page_and_json_logs_come_from_the_parser() {
         None,
     );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!err.contains('\u{1b}'), "colour codes in a log that is not a terminal: {err}");
-    let out = run(dir.path(), &["--log-format", "json", "--log-level", "debug", "exec", "-"], Some(b""));
+    assert!(
+        !err.contains('\u{1b}'),
+        "colour codes in a log that is not a terminal: {err}"
+    );
+    let out = run(
+        dir.path(),
+        &["--log-format", "json", "--log-level", "debug", "exec", "-"],
+        Some(b""),
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     let json: Vec<serde_json::Value> = err
         .lines()
@@ -301,7 +348,9 @@ fn completions_a_man_page_and_json_logs_come_from_the_parser() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert!(!json.is_empty(), "no JSON log lines at debug: {err}");
-    assert!(json.iter().all(|v| v["level"].is_string() && v["timestamp"].is_string()));
+    assert!(json
+        .iter()
+        .all(|v| v["level"].is_string() && v["timestamp"].is_string()));
 }
 
 #[test]
@@ -316,14 +365,31 @@ fn a_wrong_kind_of_file_or_a_date_without_time_is_answered_with_what_to_do() {
     assert!(!target.exists());
     // exec given a backup: each line says to use import.
     let data = dir.path().join("ledger");
-    assert!(run(&data, &["exec", commands.to_str().unwrap()], None).status.success());
+    assert!(run(&data, &["exec", commands.to_str().unwrap()], None)
+        .status
+        .success());
     let backup = run(&data, &["export"], None).stdout;
     let out = run(&dir.path().join("other"), &["exec", "-"], Some(&backup));
     let first = stdout_lines(&out).remove(0);
     assert_eq!(first["outcome"], "invalid");
-    assert!(first["message"].as_str().unwrap().contains("partner-ledger import FILE"), "{first}");
+    assert!(
+        first["message"]
+            .as_str()
+            .unwrap()
+            .contains("partner-ledger import FILE"),
+        "{first}"
+    );
     // A date without a time gets examples of the accepted forms.
-    let out = run(&data, &["customer", "c0000000-0000-4000-8000-00000000000c", "--as-of", "2024-02-01"], None);
+    let out = run(
+        &data,
+        &[
+            "customer",
+            "c0000000-0000-4000-8000-00000000000c",
+            "--as-of",
+            "2024-02-01",
+        ],
+        None,
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("2024-02-01T00:00:00Z"));
 }

@@ -72,9 +72,15 @@ fn read_bounded_line(
 
 /// A line of a backup or an event envelope is not a command: say which command the user wanted.
 fn with_hint(message: String, line: &str) -> String {
-    let backup = ["{\"partner_ledger_backup\"", "{\"command\"", "{\"refusal\"", "{\"consumer\"", "{\"end\""]
-        .iter()
-        .any(|p| line.starts_with(p));
+    let backup = [
+        "{\"partner_ledger_backup\"",
+        "{\"command\"",
+        "{\"refusal\"",
+        "{\"consumer\"",
+        "{\"end\"",
+    ]
+    .iter()
+    .any(|p| line.starts_with(p));
     if backup || (line.contains("\"prev_hash\"") && line.contains("\"position\"")) {
         format!("{message} (this line is from a backup or an event export, not a command: restore such a file with `partner-ledger import FILE` into an empty ledger)")
     } else {

@@ -254,7 +254,7 @@ pub enum Command {
         #[arg(long, value_name = "POSITION:HASH")]
         against: Option<String>,
     },
-    /// Writes envelopes (NDJSON exactly as stored, or CSV) for backup or spreadsheets.
+    /// Writes a complete backup (NDJSON: events as stored, command journal, refusals, consumers) or the events as CSV.
     Export {
         /// Only events after this position.
         #[arg(long, default_value_t = 0)]
