@@ -61,8 +61,8 @@ timeout 120 $B --data $M/data verify > {d}/verify2.txt 2>&1; echo $? > {d}/vexit
     // The first run filled the disk: some commands committed, the rest were answered unknown, none was lost.
     assert_eq!(
         read("exit1"),
-        "2",
-        "exec exits 2 when some outcomes are unknown: {}",
+        "5",
+        "exec exits 5 (storage) when some outcomes are unknown: {}",
         read("err1.txt")
     );
     let first = outcomes(&d.join("out1.ndjson"));
