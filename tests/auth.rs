@@ -235,25 +235,30 @@ async fn stream_all(c: &reqwest::Client, url: &str, who: &str, head: u64) -> Vec
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK, "{who}");
+    read_envelopes(resp, head, who).await
+}
+
+/// Reads an open NDJSON stream until a heartbeat or an event reaches `head`; returns the envelopes.
+async fn read_envelopes(resp: reqwest::Response, head: u64, who: &str) -> Vec<Value> {
     let mut out = Vec::new();
     let mut buf = Vec::new();
     let mut stream = resp.bytes_stream();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, stream.next()).await {
         buf.extend_from_slice(&chunk.unwrap());
         while let Some(i) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=i).collect();
             let v: Value = serde_json::from_slice(&line).unwrap();
-            if let Some(p) = v["heartbeat"]["position"].as_u64() {
-                if p >= head {
-                    return out;
+            let p = match v["heartbeat"]["position"].as_u64() {
+                Some(p) => p,
+                None => {
+                    let p = v["position"].as_u64().unwrap();
+                    out.push(v);
+                    p
                 }
-            } else {
-                let p = v["position"].as_u64().unwrap();
-                out.push(v);
-                if p >= head {
-                    return out;
-                }
+            };
+            if p >= head {
+                return out;
             }
         }
     }
@@ -940,26 +945,11 @@ async fn positions_from(
 }
 
 async fn read_positions(resp: reqwest::Response, head: u64, who: &str) -> Vec<u64> {
-    let mut out = Vec::new();
-    let mut buf = Vec::new();
-    let mut stream = resp.bytes_stream();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, stream.next()).await {
-        buf.extend_from_slice(&chunk.unwrap());
-        while let Some(i) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=i).collect();
-            let v: Value = serde_json::from_slice(&line).unwrap();
-            let p = v["heartbeat"]["position"].as_u64().unwrap_or_else(|| {
-                let p = v["position"].as_u64().unwrap();
-                out.push(p);
-                p
-            });
-            if p >= head {
-                return out;
-            }
-        }
-    }
-    panic!("the stream of {who} did not reach position {head}");
+    read_envelopes(resp, head, who)
+        .await
+        .iter()
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect()
 }
 
 // The projector is held back on purpose while requests are awaited: that is the race under test.
