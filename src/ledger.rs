@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -34,80 +34,11 @@ use crate::store::{
     StoreOptions,
 };
 
-/// The answer to one command (WIRE.md "Outcomes").
-#[derive(Clone, PartialEq, Debug)]
-pub enum Outcome {
-    /// Appended durably (or, with `duplicate`, appended earlier under the same `command_id`).
-    Committed {
-        command_id: CommandId,
-        positions: Vec<Position>,
-        duplicate: bool,
-    },
-    /// The rules said no; nothing was appended.
-    Refused {
-        command_id: CommandId,
-        refusal: Refusal,
-    },
-    /// Storage failed while the command was in flight: it may or may not be in the log. Retry with the same
-    /// `command_id` after the ledger is reopened; idempotency makes that safe.
-    Unknown {
-        command_id: CommandId,
-        message: String,
-    },
-}
+mod live;
+mod outcome;
 
-impl Outcome {
-    /// The WIRE.md JSON object.
-    pub fn to_json(&self) -> serde_json::Value {
-        use serde_json::json;
-        match self {
-            Outcome::Committed {
-                command_id,
-                positions,
-                duplicate,
-            } => {
-                let mut v = json!({"command_id": command_id, "outcome": "committed", "positions": positions});
-                if *duplicate {
-                    v["duplicate"] = json!(true);
-                }
-                v
-            }
-            Outcome::Refused {
-                command_id,
-                refusal,
-            } => {
-                let mut v = json!({
-                    "command_id": command_id,
-                    "outcome": "refused",
-                    "code": refusal.code,
-                    "rule": refusal.rule,
-                    "message": refusal.message,
-                });
-                if let Some(vc) = refusal.code.vendor_code() {
-                    v["vendor_code"] = json!(vc);
-                }
-                v
-            }
-            Outcome::Unknown {
-                command_id,
-                message,
-            } => json!({
-                "command_id": command_id,
-                "outcome": "unknown",
-                "message": message,
-            }),
-        }
-    }
-
-    /// The command id the outcome is about.
-    pub fn command_id(&self) -> CommandId {
-        match self {
-            Outcome::Committed { command_id, .. }
-            | Outcome::Refused { command_id, .. }
-            | Outcome::Unknown { command_id, .. } => *command_id,
-        }
-    }
-}
+pub use live::{Live, CATCH_UP_TIMEOUT};
+pub use outcome::Outcome;
 
 /// A source of the ledger clock; injected so tests can pin time.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -324,73 +255,6 @@ fn unreachable_id() -> CommandId {
 /// Folds the whole log into the write model.
 pub fn replay(store: &dyn EventStore, progress: impl FnMut(Position)) -> Result<State, OpenError> {
     replay_onto(store, State::new(), Position(0), progress)
-}
-
-/// The write model as of the last durable batch, kept by the projector thread: what "now" views read.
-///
-/// It is a second copy of the write model. The writer's own copy runs ahead of the disk (it already holds the batch
-/// being made durable), so readers must not see it; this one only ever holds durable events.
-pub struct Live {
-    state: RwLock<State>,
-    /// The position `state` reflects, with a condition variable for readers waiting to see their own writes.
-    position: Mutex<Position>,
-    moved: Condvar,
-    /// Held by [`Ledger::pause_projector`] (tests): the projector takes it before applying a batch.
-    paused: Mutex<()>,
-}
-
-/// How long a read waits for the live model to reach the head before it answers from what it has.
-pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
-
-impl Live {
-    fn new(state: State, position: Position) -> Live {
-        Live {
-            state: RwLock::new(state),
-            position: Mutex::new(position),
-            moved: Condvar::new(),
-            paused: Mutex::new(()),
-        }
-    }
-
-    /// The position the live state reflects.
-    pub fn position(&self) -> Position {
-        *self.position.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Waits (up to `timeout`) until the live state reflects at least `position`; returns the position it reflects.
-    pub fn wait_for(&self, position: Position, timeout: Duration) -> Position {
-        let guard = self.position.lock().unwrap_or_else(|e| e.into_inner());
-        let (guard, _) = self
-            .moved
-            .wait_timeout_while(guard, timeout, |p| *p < position)
-            .unwrap_or_else(|e| e.into_inner());
-        *guard
-    }
-
-    /// Reads the live state and the position it reflects.
-    pub fn read<R>(&self, f: impl FnOnce(&State, Position) -> R) -> R {
-        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        let position = self.position();
-        f(&state, position)
-    }
-
-    fn apply(&self, events: &[(Position, Timestamp, Event)], touched: &mut Touched) {
-        let Some(last) = events.last().map(|e| e.0) else {
-            return;
-        };
-        let _running = self.paused.lock().unwrap_or_else(|e| e.into_inner());
-        {
-            let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-            for (_, at, event) in events {
-                touched.before(&state, event);
-                state.apply(*at, event);
-                touched.add(&state, event);
-            }
-            // Moved while the state is still locked, so a reader never pairs the new state with the old position.
-            *self.position.lock().unwrap_or_else(|e| e.into_inner()) = last;
-        }
-        self.moved.notify_all();
-    }
 }
 
 /// Folds the log after `after` into `state`.
@@ -971,35 +835,27 @@ impl Writer {
     /// inside: a command on an entity that does not exist is always refused, so nothing is applied meanwhile.
     fn without<R>(&mut self, hidden: crate::access::Hidden, f: impl FnOnce(&mut Self) -> R) -> R {
         use crate::access::Hidden;
+        /// Takes `id` out of one map of the write model, runs `f`, and puts it back.
+        fn aside<K: std::hash::Hash + Eq + Copy, V, R>(
+            this: &mut Writer,
+            map: fn(&mut State) -> &mut HashMap<K, V>,
+            id: K,
+            f: impl FnOnce(&mut Writer) -> R,
+        ) -> R {
+            let kept = map(&mut this.state).remove(&id);
+            let r = f(this);
+            if let Some(k) = kept {
+                map(&mut this.state).insert(id, k);
+            }
+            r
+        }
         match hidden {
-            Hidden::Request(id) => {
-                let kept = self.state.requests.remove(&id);
-                let r = f(self);
-                if let Some(k) = kept {
-                    self.state.requests.insert(id, k);
-                }
-                r
-            }
-            Hidden::AdminRelationship(id) => {
-                let kept = self.state.admin.remove(&id);
-                let r = f(self);
-                if let Some(k) = kept {
-                    self.state.admin.insert(id, k);
-                }
-                r
-            }
-            Hidden::Subscription(id) => {
-                let kept = self.state.subscriptions.remove(&id);
-                let r = f(self);
-                if let Some(k) = kept {
-                    self.state.subscriptions.insert(id, k);
-                }
-                r
-            }
+            Hidden::Request(id) => aside(self, |s| &mut s.requests, id, f),
+            Hidden::AdminRelationship(id) => aside(self, |s| &mut s.admin, id, f),
+            Hidden::Subscription(id) => aside(self, |s| &mut s.subscriptions, id, f),
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     /// Files a refusal under the entities the command names. With `hidden`, an entity its submitter may not see, they
     /// are read with that entity out of the state, as for a random id (docs/security.md).
     fn file_refusal(
