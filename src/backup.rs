@@ -20,15 +20,13 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::audit::{RefusalLog, RefusalRecord};
+use crate::domain::RefusalRecord;
 use crate::domain::{CommandId, Position};
 use crate::store::journal::{self, Committed};
-use crate::store::{check, Envelope, EventStore, Head, SledStore, StoreError, GENESIS_HASH};
+use crate::store::{check, Envelope, Head, Store, StoreError, GENESIS_HASH};
 
 /// The backup format this version writes and reads.
 pub const FORMAT: u32 = 1;
-/// The sled tree of the durable consumers (owned by `api::consumers`; copied here as opaque records).
-pub const CONSUMERS_TREE: &str = "api.consumers";
 
 /// The first line of a backup.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,7 +120,7 @@ fn json_line(out: &mut impl Write, v: &serde_json::Value) -> std::io::Result<()>
 }
 
 /// The head of the log cut at `cut` (a position at or before the head).
-fn head_at(store: &SledStore, cut: Position) -> Result<Head, StoreError> {
+fn head_at(store: &dyn Store, cut: Position) -> Result<Head, StoreError> {
     if cut == store.head().position {
         return Ok(store.head());
     }
@@ -147,7 +145,7 @@ fn log_order(c: &Committed) -> (u64, bool) {
 /// The command journal in log order. A journal written by this version is in that order already; one rebuilt by the
 /// format-1 upgrade is in command-id order, and is then sorted here, in memory (about 48 bytes a command).
 fn journal_in_log_order(
-    store: &SledStore,
+    store: &dyn Store,
 ) -> Result<Box<dyn Iterator<Item = Result<Committed, StoreError>> + '_>, StoreError> {
     let mut previous = (0, false);
     let mut ordered = true;
@@ -171,8 +169,7 @@ fn journal_in_log_order(
 /// the ledger holds. Safe while the ledger is being written: the cut is the head read at the start, journal entries
 /// and events are written together in one transaction, so the backup is consistent at that position.
 pub fn write(
-    store: &SledStore,
-    refusals: &RefusalLog,
+    store: &dyn Store,
     from: Position,
     to: Option<Position>,
     out: &mut impl Write,
@@ -180,6 +177,7 @@ pub fn write(
 ) -> Result<Counts, BackupError> {
     let head = store.head();
     // Refusals carry no position: the backup holds those filed when it started.
+    let refusals = store.refusals();
     let refusals_upto = refusals.filed();
     let cut = to.map_or(head.position, |t| t.min(head.position));
     let header = Header {
@@ -220,8 +218,7 @@ pub fn write(
         json_line(out, &json!({ "refusal": r? }))?;
         counts.refusals += 1;
     }
-    for item in store.tree(CONSUMERS_TREE)?.iter() {
-        let (_, v) = item.map_err(StoreError::Sled)?;
+    for v in store.consumers().all()? {
         let mut consumer: serde_json::Value =
             serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
                 position: None,
@@ -520,10 +517,10 @@ pub fn restore(
     mut progress: impl FnMut(u64),
 ) -> Result<Restored, BackupError> {
     check_file(path)?;
-    let store = SledStore::open(data, &crate::store::StoreOptions::default())?;
-    let refusals = RefusalLog::open(&store)?;
-    let consumers = store.tree(CONSUMERS_TREE)?;
-    if store.head().position.0 != 0 || !refusals.is_empty() || !consumers.is_empty() {
+    let store = crate::store::open(data, &crate::store::StoreOptions::default())?;
+    let refusals = store.refusals();
+    let consumers = store.consumers();
+    if store.head().position.0 != 0 || !refusals.is_empty() || !consumers.all()?.is_empty() {
         return Err(BackupError::NotEmpty(format!(
             "import needs an empty ledger; {} already holds {} events{}",
             data.display(),
@@ -598,9 +595,7 @@ pub fn restore(
                 flush_events(&mut batch, &mut entries, backup)?;
                 refusals.restore(&pending_refusals)?;
                 pending_refusals.clear();
-                consumers
-                    .insert(name.as_bytes(), bytes)
-                    .map_err(StoreError::Sled)?;
+                consumers.put(&name, &bytes)?;
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Entry points for fuzzing the parsers that read untrusted or on-disk bytes: command lines (from clients), stored
 //! envelopes, log segments and journal records (from disk). Each must answer every input with a value or an error and
-//! never panic. Used by the property tests (tests/never_panic.rs) and by the `cargo fuzz` targets in `fuzz/`
+//! never panic. Used by the property tests (tests/suite/never_panic.rs) and by the `cargo fuzz` targets in `fuzz/`
 //! (docs/fuzzing.md).
 
 use crate::domain::{parse_line, parse_line_as, Actor, Position, Role, TenantId};

@@ -6,8 +6,8 @@
 
 pub mod access;
 pub mod api;
-pub mod audit;
 pub mod backup;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod cli;
 pub mod domain;
@@ -15,6 +15,7 @@ pub mod fuzz;
 pub mod ledger;
 pub mod projection;
 pub mod query;
+pub mod replay;
 pub mod snapshot;
 pub mod store;
 pub mod workload;

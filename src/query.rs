@@ -17,7 +17,7 @@ use crate::domain::{
 };
 use crate::ledger::Ledger;
 use crate::projection::Projections;
-use crate::store::{EventStore, SledStore, StoreError};
+use crate::store::{EventStore, ReadModel, Store, StoreError};
 
 /// A point in the log to answer "as of".
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -164,15 +164,15 @@ fn fold_with_profiles(
 
 /// "Now" from the stored documents, when the projections it reads are at the log's head (`None` otherwise).
 fn current<V>(
-    store: &SledStore,
-    projections_read: &[&str],
+    store: &dyn Store,
+    projections_read: &[ReadModel],
     doc: impl FnOnce(&Projections) -> Result<Option<Slice>, StoreError>,
     derive: impl FnOnce(&State, AsOf) -> Option<V>,
 ) -> Result<Option<Option<Answer<V>>>, StoreError> {
-    let projections = Projections::open(store)?;
+    let projections = Projections::open(store);
     let head = store.head().position;
     for name in projections_read {
-        if projections.checkpoint(name)? != head {
+        if projections.checkpoint(*name)? != head {
             return Ok(None);
         }
     }
@@ -244,14 +244,14 @@ pub fn subscription_in(
 
 /// The customer view as of `spec` (now when `None`); `None` if the customer did not exist then.
 pub fn customer(
-    store: &SledStore,
+    store: &dyn Store,
     id: CustomerId,
     spec: Option<AsOfSpec>,
 ) -> Result<Option<Answer<crate::domain::view::CustomerView>>, StoreError> {
     if spec.is_none() {
         if let Some(answer) = current(
             store,
-            &["customers"],
+            &[ReadModel::Customers],
             |p| p.customer(id),
             |s, a| customer_view(s, id, a),
         )? {
@@ -269,14 +269,14 @@ pub fn customer(
 
 /// The partner view as of `spec` (now when `None`); `None` if the partner was not enrolled then.
 pub fn partner(
-    store: &SledStore,
+    store: &dyn Store,
     id: PartnerId,
     spec: Option<AsOfSpec>,
 ) -> Result<Option<Answer<crate::domain::view::PartnerView>>, StoreError> {
     if spec.is_none() {
         if let Some(answer) = current(
             store,
-            &["partners", "customers"],
+            &[ReadModel::Partners, ReadModel::Customers],
             |p| p.partner(id),
             |s, a| partner_view(s, id, a),
         )? {
@@ -294,15 +294,15 @@ pub fn partner(
 
 /// The subscription view as of `spec` (now when `None`); `None` if it did not exist then.
 pub fn subscription(
-    store: &SledStore,
+    store: &dyn Store,
     id: SubscriptionId,
     spec: Option<AsOfSpec>,
 ) -> Result<Option<Answer<crate::domain::view::SubscriptionView>>, StoreError> {
     if spec.is_none() {
         if let Some(answer) = current(
             store,
-            &["customers"],
-            |p| p.subscription(store, id),
+            &[ReadModel::Customers],
+            |p| p.subscription(id),
             |s, a| subscription_view(s, id, a),
         )? {
             return Ok(answer);

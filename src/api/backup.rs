@@ -18,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::AppState;
 use crate::domain::Position;
 use crate::ledger::Ledger;
-use crate::store::{EventStore, StoreError};
+use crate::store::StoreError;
 
 /// A `Write` that sends what is written to a response body in pieces; a client that went away makes it fail with
 /// `BrokenPipe`, which ends the work.
@@ -82,19 +82,12 @@ fn ndjson_from(
 /// the closing `end` line, so a truncated backup is never mistaken for a whole one.
 pub async fn backup(State(s): State<AppState>) -> Response {
     ndjson_from(Arc::clone(&s.ledger), |ledger, out| {
-        crate::backup::write(
-            ledger.store(),
-            ledger.refusals(),
-            Position(0),
-            None,
-            out,
-            |_| {},
-        )
-        .map(|_| ())
-        .map_err(|e| match e {
-            crate::backup::BackupError::Io(io) => io,
-            other => std::io::Error::other(other.to_string()),
-        })
+        crate::backup::write(ledger.store(), Position(0), None, out, |_| {})
+            .map(|_| ())
+            .map_err(|e| match e {
+                crate::backup::BackupError::Io(io) => io,
+                other => std::io::Error::other(other.to_string()),
+            })
     })
 }
 
@@ -121,7 +114,7 @@ pub async fn verify(State(s): State<AppState>) -> Response {
         let mut from = 1;
         while from <= head.position.0 {
             let upto = (from + CHUNK - 1).min(head.position.0);
-            if let Err(e) = store.verify_range(Position(from), Position(upto), |_| {}) {
+            if let Err(e) = store.verify_range(Position(from), Position(upto), &mut |_| {}) {
                 let (position, message) = match e {
                     StoreError::Corrupt { position, message } => (position, message),
                     other => (None, other.to_string()),

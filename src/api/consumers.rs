@@ -13,7 +13,7 @@ use serde_json::json;
 use super::stream::{filter_of, respond, Filter};
 use super::{error, reject, AppState, Rejection};
 use crate::domain::Position;
-use crate::store::{EventStore, StoreError};
+use crate::store::{ConsumerStore, StoreError};
 
 /// A stored consumer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,63 +24,51 @@ pub struct Consumer {
     pub checkpoint: Position,
 }
 
-/// The consumers of one ledger, in their own sled tree (`api.consumers`).
+/// The consumers of one ledger, kept by its store.
 pub struct Consumers {
-    tree: sled::Tree,
     ledger: Arc<crate::ledger::Ledger>,
     /// Held across every read-modify-write (create, ack, delete), so concurrent acks form an atomic maximum and an
     /// ack racing a delete never brings the consumer back.
     changing: std::sync::Mutex<()>,
 }
 
+fn corrupt(e: serde_json::Error) -> StoreError {
+    StoreError::Corrupt {
+        position: None,
+        message: format!("a consumer record does not decode: {e}"),
+    }
+}
+
 impl Consumers {
-    /// Opens the consumers' tree of the ledger.
-    pub fn open(ledger: Arc<crate::ledger::Ledger>) -> Result<Consumers, StoreError> {
-        Ok(Consumers {
-            tree: ledger.store().tree(crate::backup::CONSUMERS_TREE)?,
+    /// The consumers of the ledger.
+    pub fn open(ledger: Arc<crate::ledger::Ledger>) -> Consumers {
+        Consumers {
             ledger,
             changing: std::sync::Mutex::new(()),
-        })
-    }
-
-    /// Makes the consumers' changes durable before they are acknowledged.
-    fn sync(&self) -> Result<(), StoreError> {
-        self.ledger.store().sync()
-    }
-
-    fn get(&self, name: &str) -> Result<Option<Consumer>, StoreError> {
-        match self.tree.get(name.as_bytes())? {
-            None => Ok(None),
-            Some(v) => serde_json::from_slice(&v)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt {
-                    position: None,
-                    message: e.to_string(),
-                }),
         }
     }
 
-    /// Writes a consumer and syncs it, so an acknowledged checkpoint survives a crash. Near a full disk it writes
-    /// nothing (507): sled must never run out of space (docs/recovery.md).
+    fn store(&self) -> &dyn ConsumerStore {
+        self.ledger.store().consumers()
+    }
+
+    fn get(&self, name: &str) -> Result<Option<Consumer>, StoreError> {
+        match self.store().get(name)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v).map(Some).map_err(corrupt),
+        }
+    }
+
+    /// Writes a consumer durably, so an acknowledged checkpoint survives a crash (507 near a full disk).
     fn put(&self, c: &Consumer) -> Result<(), StoreError> {
-        self.ledger
-            .store()
-            .room()
-            .check(64 * 1024)
-            .map_err(|message| StoreError::WriteFailed { message })?;
-        self.tree
-            .insert(c.name.as_bytes(), serde_json::to_vec(c).unwrap_or_default())?;
-        self.sync()
+        self.store()
+            .put(&c.name, &serde_json::to_vec(c).unwrap_or_default())
     }
 
     /// Removes a consumer, durably; whether it existed.
     fn delete(&self, name: &str) -> Result<bool, StoreError> {
         let _changing = self.lock();
-        let existed = self.tree.remove(name.as_bytes())?.is_some();
-        if existed {
-            self.sync()?;
-        }
-        Ok(existed)
+        self.store().remove(name)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -88,15 +76,11 @@ impl Consumers {
     }
 
     fn all(&self) -> Result<Vec<Consumer>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.tree.iter() {
-            let (_, v) = item?;
-            out.push(serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
-                position: None,
-                message: e.to_string(),
-            })?);
-        }
-        Ok(out)
+        self.store()
+            .all()?
+            .iter()
+            .map(|v| serde_json::from_slice(v).map_err(corrupt))
+            .collect()
     }
 }
 

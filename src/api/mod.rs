@@ -30,7 +30,6 @@ use crate::domain::command::MAX_COMMAND_BYTES;
 use crate::domain::{parse_line, parse_line_as, CustomerId, EntityRef, PartnerId, SubscriptionId};
 use crate::ledger::{Ledger, Outcome};
 use crate::query::{self, AsOfSpec};
-use crate::store::EventStore;
 
 pub use consumers::Consumers;
 
@@ -101,7 +100,7 @@ impl AppState {
         stopping: watch::Receiver<bool>,
     ) -> Result<AppState, crate::store::StoreError> {
         Ok(AppState {
-            consumers: Arc::new(Consumers::open(Arc::clone(&ledger))?),
+            consumers: Arc::new(Consumers::open(Arc::clone(&ledger))),
             ledger,
             metrics: Arc::new(ApiMetrics::default()),
             config,
@@ -380,7 +379,7 @@ async fn index(State(s): State<AppState>) -> Response {
 /// found damage (writes are then refused; docs/recovery.md).
 async fn healthz(State(s): State<AppState>) -> Response {
     let integrity = s.ledger.integrity();
-    let damaged = integrity.status == "damaged";
+    let damaged = integrity.status == crate::ledger::IntegrityStatus::Damaged;
     let body = Json(json!({"status": if damaged { "damaged" } else { "ok" },
         "head": s.ledger.store().head().position, "integrity": integrity}));
     if damaged {

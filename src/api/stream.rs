@@ -24,7 +24,7 @@ use super::{reject, AppState, Rejection};
 use crate::access::{Principal, Scope};
 use crate::domain::{CustomerId, EntityRef, PartnerId, Position};
 use crate::ledger::Ledger;
-use crate::store::{EventStore, StoreError};
+use crate::store::StoreError;
 use axum::Extension;
 
 /// Which events a stream carries.

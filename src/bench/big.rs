@@ -13,9 +13,10 @@ use super::http::{Client, Server};
 use super::{Latencies, Summary};
 use crate::domain::{parse_line, CustomerId, Position};
 use crate::ledger::{Ledger, LedgerConfig};
-use crate::projection::{Projections, NAMES};
+use crate::projection::Projections;
 use crate::query::{self, AsOfSpec};
-use crate::store::{EventStore, SledStore, StoreOptions};
+use crate::store::ReadModel;
+use crate::store::{Store, StoreOptions};
 use crate::workload::{generate, WorkloadSpec};
 
 /// Building the ledger from generated commands, the way `exec` does: submitted without waiting, answered in order.
@@ -133,8 +134,8 @@ pub fn disk(dir: &Path) -> anyhow::Result<Disk> {
     })
 }
 
-fn open_store(dir: &Path) -> anyhow::Result<SledStore> {
-    Ok(SledStore::open(
+fn open_store(dir: &Path) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    Ok(crate::store::open(
         dir,
         &StoreOptions {
             create: false,
@@ -164,9 +165,9 @@ pub fn rebuild(dir: &Path) -> anyhow::Result<Rebuild> {
         events += 1;
     }
     let scan = started.elapsed().as_secs_f64();
-    let projections = Projections::open(&store)?;
+    let projections = Projections::open(&*store);
     let started = Instant::now();
-    projections.rebuild(&store, &NAMES, |_| {})?;
+    projections.rebuild(&ReadModel::ALL, |_| {})?;
     let rebuild = started.elapsed().as_secs_f64();
     Ok(Rebuild {
         events,

@@ -22,26 +22,11 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `partner-ledger serve` on an ephemeral loopback port, without clock ticks (and, as always unless asked, without
-    /// sample data).
+    /// Starts `partner-ledger serve` (this very binary) on an ephemeral loopback port, without clock ticks (and, as
+    /// always unless asked, without sample data).
     pub fn start(data: &Path) -> anyhow::Result<Server> {
         let exe = std::env::current_exe().context("cannot find the partner-ledger binary")?;
-        Server::launch(&exe, data, &[], None)
-    }
-
-    /// Starts the server binary `exe` as [`Server::start`] does, with `extra` arguments to `serve`, its standard
-    /// error written to `stderr` (else discarded). The tests start the real binary with it.
-    pub fn launch(
-        exe: &Path,
-        data: &Path,
-        extra: &[&str],
-        stderr: Option<&Path>,
-    ) -> anyhow::Result<Server> {
         let started = Instant::now();
-        let stderr = match stderr {
-            Some(p) => Stdio::from(std::fs::File::create(p)?),
-            None => Stdio::null(),
-        };
         let mut child = Command::new(exe)
             .arg("--data")
             .arg(data)
@@ -52,9 +37,8 @@ impl Server {
                 "--clock-interval",
                 "86400",
             ])
-            .args(extra)
             .stdout(Stdio::piped())
-            .stderr(stderr)
+            .stderr(Stdio::null())
             .spawn()
             .context("cannot start the server")?;
         let stdout = child.stdout.take().context("no server output")?;
@@ -82,12 +66,6 @@ impl Server {
     /// Its base URL, `http://127.0.0.1:port`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
-    }
-
-    /// Kills it without warning (`kill -9`) and waits for it.
-    pub fn kill(&mut self) -> std::io::Result<()> {
-        self.child.kill()?;
-        self.child.wait().map(|_| ())
     }
 
     /// The server's process id.

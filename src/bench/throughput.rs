@@ -145,43 +145,14 @@ pub struct Baseline {
 
 /// Writes `envelopes` into a fresh sled database in `dir`: in batches of 1,000, then one at a time (up to 2,000).
 pub fn baseline(dir: &Path, envelopes: &[Vec<u8>]) -> anyhow::Result<Baseline> {
-    let db = sled::Config::new()
-        .path(dir.join("batched"))
-        .cache_capacity(128 * 1024 * 1024)
-        .open()?;
-    let tree = db.open_tree("events")?;
-    let file = std::fs::File::open(dir.join("batched").join("db"))?;
-    let started = Instant::now();
-    for (i, chunk) in envelopes.chunks(1000).enumerate() {
-        let mut b = sled::Batch::default();
-        for (j, e) in chunk.iter().enumerate() {
-            let p = Position((i * 1000 + j + 1) as u64);
-            b.insert(&p.to_key()[..], e.as_slice());
-        }
-        tree.apply_batch(b)?;
-        db.flush()?;
-        file.sync_data()?;
-    }
-    let batch_events_per_s = envelopes.len() as f64 / started.elapsed().as_secs_f64();
-    drop(tree);
-    drop(db);
-    let db = sled::Config::new()
-        .path(dir.join("single"))
-        .cache_capacity(128 * 1024 * 1024)
-        .open()?;
-    let tree = db.open_tree("events")?;
-    let file = std::fs::File::open(dir.join("single").join("db"))?;
+    let raw = crate::store::raw_sled_baseline(dir, envelopes)?;
     let mut lat = Latencies::default();
-    for (i, e) in envelopes.iter().take(2000).enumerate() {
-        let t = Instant::now();
-        tree.insert(Position(i as u64 + 1).to_key(), e.as_slice())?;
-        db.flush()?;
-        file.sync_data()?;
-        lat.push(t.elapsed());
+    for d in raw.single {
+        lat.push(d);
     }
     Ok(Baseline {
         events: envelopes.len(),
-        batch_events_per_s,
+        batch_events_per_s: raw.batch_events_per_s,
         single: lat.summary(),
     })
 }

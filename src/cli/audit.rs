@@ -6,10 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::audit::{RefusalLog, RefusalRecord};
-use crate::domain::{EntityRef, Event, Position};
+use crate::domain::{EntityRef, Event, Position, RefusalRecord};
 use crate::query::{self, AsOfSpec, HistoryLine};
-use crate::store::{EventStore, SledStore};
+use crate::store::Store;
 
 use super::render;
 
@@ -23,7 +22,7 @@ enum Line {
 
 /// `history customer|partner|subscription ID`.
 pub fn history(
-    store: &SledStore,
+    store: &dyn Store,
     entity: EntityRef,
     json: bool,
     include_refusals: bool,
@@ -33,9 +32,9 @@ pub fn history(
         .map(Line::Event)
         .collect();
     if include_refusals {
-        let refusals = RefusalLog::open(store)?;
         lines.extend(
-            refusals
+            store
+                .refusals()
                 .of(&entity)?
                 .into_iter()
                 .map(|r| Line::Refused { refused: r }),
@@ -71,7 +70,7 @@ pub fn history(
 
 /// `customer ID --diff FROM TO`: what changed for the customer after FROM up to and including TO.
 pub fn diff(
-    store: &SledStore,
+    store: &dyn Store,
     id: crate::domain::CustomerId,
     from: AsOfSpec,
     to: AsOfSpec,
@@ -115,7 +114,7 @@ pub fn diff(
 
 /// `export`: a complete backup as NDJSON (`crate::backup`), or the events as CSV.
 pub fn export(
-    store: &SledStore,
+    store: &dyn Store,
     from: Position,
     to: Option<Position>,
     csv: bool,
@@ -123,8 +122,7 @@ pub fn export(
     let stdout = std::io::stdout();
     let mut w = std::io::BufWriter::new(stdout.lock());
     if !csv {
-        let refusals = RefusalLog::open(store)?;
-        return match crate::backup::write(store, &refusals, from, to, &mut w, |_| {}) {
+        return match crate::backup::write(store, from, to, &mut w, |_| {}) {
             Ok(_) => Ok(ExitCode::SUCCESS),
             Err(crate::backup::BackupError::Io(e))
                 if e.kind() == std::io::ErrorKind::BrokenPipe =>

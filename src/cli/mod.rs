@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use crate::domain::{CustomerId, EntityRef, PartnerId, Position, SubscriptionId};
 use crate::ledger::{Ledger, LedgerConfig};
 use crate::query::{self, AsOfSpec};
-use crate::store::{EventStore, SledStore, StoreError, StoreOptions};
+use crate::store::{ReadModel, Store, StoreError, StoreOptions};
 
 /// An event-sourced, tamper-evident ledger of Cloud Solution Provider partner relationships.
 #[derive(Parser, Debug)]
@@ -244,7 +244,7 @@ pub enum Command {
     /// Drops read models and rebuilds them from the log (all, or the one named).
     Rebuild {
         /// customers, partners or expiring (a subscription is part of its customer's document); all when omitted.
-        #[arg(value_parser = crate::projection::NAMES)]
+        #[arg(value_parser = crate::store::ReadModel::NAMES)]
         name: Option<String>,
     },
     /// Prints the head position and hash (POSITION:HASH) for an auditor to keep elsewhere.
@@ -275,6 +275,7 @@ pub enum Command {
         /// The backup file.
         file: String,
     },
+    #[cfg(feature = "bench")]
     /// Runs the benchmark suite (docs/performance.md): throughput against concurrency in process and over HTTP beside
     /// raw sled baselines, then a large ledger's rebuild, open time, memory, views, streams and bytes on disk.
     Bench {
@@ -374,7 +375,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             filters.extend(customer.map(EntityRef::Customer));
             filters.extend(partner.map(EntityRef::Partner));
             filters.extend(subscription.map(EntityRef::Subscription));
-            events(&store, Position(from), to.map(Position), &filters)
+            events(&*store, Position(from), to.map(Position), &filters)
         }
         Command::Customer {
             id,
@@ -384,17 +385,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let store = open_existing(&cli.data)?;
             for spec in diff.iter().flatten().copied().chain(as_of) {
-                query::beyond_head(&store, Some(spec)).map_err(|e| anyhow::anyhow!(e))?;
+                query::beyond_head(&*store, Some(spec)).map_err(|e| anyhow::anyhow!(e))?;
             }
             match diff.as_deref() {
-                Some([from, to]) => audit::diff(&store, id, *from, *to, json),
-                _ => customer(&store, id, json, as_of),
+                Some([from, to]) => audit::diff(&*store, id, *from, *to, json),
+                _ => customer(&*store, id, json, as_of),
             }
         }
         Command::Partner { id, json, as_of } => {
             let store = open_existing(&cli.data)?;
-            query::beyond_head(&store, as_of).map_err(|e| anyhow::anyhow!(e))?;
-            match query::partner(&store, id, as_of)? {
+            query::beyond_head(&*store, as_of).map_err(|e| anyhow::anyhow!(e))?;
+            match query::partner(&*store, id, as_of)? {
                 None => not_found("partner", &id.to_string()),
                 Some(a) if json => print_json(&a.view),
                 Some(a) => {
@@ -405,8 +406,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Subscription { id, json, as_of } => {
             let store = open_existing(&cli.data)?;
-            query::beyond_head(&store, as_of).map_err(|e| anyhow::anyhow!(e))?;
-            match query::subscription(&store, id, as_of)? {
+            query::beyond_head(&*store, as_of).map_err(|e| anyhow::anyhow!(e))?;
+            match query::subscription(&*store, id, as_of)? {
                 None => not_found("subscription", &id.to_string()),
                 Some(a) if json => print_json(&a.view),
                 Some(a) => {
@@ -431,10 +432,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Expiring { days, at, json } => {
             let store = open_existing(&cli.data)?;
-            let projections = current_projections(&store)?;
+            let projections = current_projections(&*store)?;
             let from = match at {
                 Some(t) => t,
-                None => query::resolve(&store, None)?.at,
+                None => query::resolve(&*store, None)?.at,
             };
             let to = from.plus_days(i64::from(days));
             let rows = projections.expiring(from, to)?;
@@ -477,7 +478,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "partner" => EntityRef::Partner(id.parse().map_err(parse_err)?),
                 _ => EntityRef::Subscription(id.parse().map_err(parse_err)?),
             };
-            audit::history(&store, entity, json, include_refusals)
+            audit::history(&*store, entity, json, include_refusals)
         }
         Command::Rebuild { name } => rebuild(&cli.data, name.as_deref()),
         Command::Checkpoint => {
@@ -490,7 +491,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export { from, to, format } => {
             // Without the open-time checks, so that the good part of a damaged ledger can be exported for recovery
             // (docs/recovery.md); `import` verifies every event it restores.
-            let store = SledStore::open(
+            let store = crate::store::open(
                 &cli.data,
                 &StoreOptions {
                     create: false,
@@ -504,9 +505,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "--to {t} is after the log's head {head}; there is no such position yet"
                 );
             }
-            audit::export(&store, Position(from), to.map(Position), format == "csv")
+            audit::export(&*store, Position(from), to.map(Position), format == "csv")
         }
         Command::Import { file } => audit::import(&cli.data, &file),
+        #[cfg(feature = "bench")]
         Command::Bench {
             quick,
             out,
@@ -552,8 +554,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn open_existing(dir: &std::path::Path) -> Result<SledStore, StoreError> {
-    SledStore::open(
+fn open_existing(dir: &std::path::Path) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    crate::store::open(
         dir,
         &StoreOptions {
             create: false,
@@ -572,7 +574,7 @@ pub(crate) fn out(w: &mut impl Write, bytes: &[u8]) -> std::io::Result<bool> {
 }
 
 fn events(
-    store: &SledStore,
+    store: &dyn Store,
     from: Position,
     to: Option<Position>,
     filters: &[EntityRef],
@@ -602,7 +604,7 @@ fn events(
 }
 
 fn customer(
-    store: &SledStore,
+    store: &dyn Store,
     id: CustomerId,
     json: bool,
     as_of: Option<AsOfSpec>,
@@ -653,26 +655,32 @@ fn print_json(v: &impl serde::Serialize) -> anyhow::Result<ExitCode> {
 }
 
 /// The projections, caught up to the head if a crash left them behind.
-fn current_projections(store: &SledStore) -> anyhow::Result<crate::projection::Projections> {
-    let projections = crate::projection::Projections::open(store)?;
+fn current_projections(store: &dyn Store) -> anyhow::Result<crate::projection::Projections<'_>> {
+    let projections = crate::projection::Projections::open(store);
     if projections.oldest_checkpoint()? != store.head().position {
         let state = crate::ledger::replay(store, |_| {})?;
-        projections.catch_up(store, &state)?;
+        projections.catch_up(&state)?;
     }
     Ok(projections)
 }
 
 fn rebuild(dir: &std::path::Path, name: Option<&str>) -> anyhow::Result<ExitCode> {
     let store = open_existing(dir)?;
-    let projections = crate::projection::Projections::open(&store)?;
-    let names: Vec<&str> = match name {
-        Some(n) => vec![n],
-        None => crate::projection::NAMES.to_vec(),
+    let projections = crate::projection::Projections::open(&*store);
+    let models: Vec<ReadModel> = match name {
+        Some(n) => vec![ReadModel::named(n).ok_or_else(|| {
+            anyhow::anyhow!(
+                "`{n}` is not a read model; the read models are {}",
+                ReadModel::NAMES.join(", ")
+            )
+        })?],
+        None => ReadModel::ALL.to_vec(),
     };
+    let names: Vec<&str> = models.iter().map(|m| m.name()).collect();
     let total = store.head().position.0;
     let bar = progress_bar(total, "rebuilding");
     let started = std::time::Instant::now();
-    projections.rebuild(&store, &names, |p| {
+    projections.rebuild(&models, |p| {
         if p.0 % 4096 == 0 {
             bar.set_position(p.0);
         }
@@ -703,7 +711,7 @@ fn verify(dir: &std::path::Path, against: Option<&str>) -> anyhow::Result<ExitCo
             Some((Position(p), h.to_ascii_lowercase()))
         }
     };
-    let store = match SledStore::open(
+    let store = match crate::store::open(
         dir,
         &StoreOptions {
             create: false,
@@ -723,7 +731,7 @@ fn verify(dir: &std::path::Path, against: Option<&str>) -> anyhow::Result<ExitCo
     };
     let total = store.head().position.0;
     let bar = progress_bar(total, "verifying");
-    let result = store.verify_all(|p| {
+    let result = store.verify_all(&mut |p| {
         if p.0 % 4096 == 0 {
             bar.set_position(p.0);
         }

@@ -145,7 +145,7 @@ pub fn history_line(e: &crate::query::HistoryLine) -> String {
 }
 
 /// One refused command in a readable timeline.
-pub fn refusal_line(r: &crate::audit::RefusalRecord) -> String {
+pub fn refusal_line(r: &crate::domain::RefusalRecord) -> String {
     format!(
         "{}  refused  {:<32} by {} {} (recorded {})  {}{}: {}",
         r.at,

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use super::{CONTOSO, SEED_STORY};
 use crate::domain::{CustomerId, Position};
 use crate::ledger::{Ledger, LedgerConfig};
-use crate::store::EventStore;
 
 /// Runs the HTTP service on `dir` (docs/api.md).
 pub(super) fn serve(

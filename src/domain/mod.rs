@@ -29,7 +29,7 @@ pub use command::{
 };
 pub use event::{EntityRef, Event, SCHEMA_VERSION};
 pub use ids::*;
-pub use refusal::{Code, Refusal, Rule};
+pub use refusal::{Code, Refusal, RefusalRecord, Rule};
 pub use state::State;
 
 use refusal::refuse;

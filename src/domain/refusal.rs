@@ -1,8 +1,11 @@
-//! Refusals: the business answer "no", with a stable code, the rule it comes from and a message naming the entities.
+//! Refusals: the business answer "no", with a stable code, the rule it comes from and a message naming the entities;
+//! and the record the refusal audit trail keeps of each refused command.
 
 use std::fmt;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
+
+use super::{Actor, CommandId, EntityRef, Timestamp};
 
 /// Every refusal code of DOMAIN.md. The serialized names are part of the wire contract and never change.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, PartialOrd, Ord)]
@@ -189,5 +192,78 @@ mod tests {
         let names: std::collections::BTreeSet<String> =
             Code::ALL.iter().map(Code::as_str).collect();
         assert_eq!(names.len(), Code::ALL.len());
+    }
+}
+
+/// One refused command.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RefusalRecord {
+    /// When the ledger refused it.
+    pub recorded_at: Timestamp,
+    /// Its business time.
+    pub at: Timestamp,
+    pub command_id: CommandId,
+    pub actor: Actor,
+    /// The command type.
+    #[serde(rename = "type")]
+    pub command_type: String,
+    /// The customers, partners and subscriptions it named.
+    pub entities: Vec<String>,
+    pub code: String,
+    pub rule: Option<String>,
+    pub message: String,
+}
+
+impl RefusalRecord {
+    /// Builds a record from a refusal.
+    pub fn new(
+        recorded_at: Timestamp,
+        at: Timestamp,
+        command_id: CommandId,
+        actor: Actor,
+        command_type: &str,
+        entities: &[EntityRef],
+        refusal: &Refusal,
+    ) -> Self {
+        Self {
+            recorded_at,
+            at,
+            command_id,
+            actor,
+            command_type: command_type.to_string(),
+            entities: entities.iter().map(entity_label).collect(),
+            code: refusal.code.as_str(),
+            rule: refusal.rule.map(|r| r.to_string()),
+            message: refusal.message.clone(),
+        }
+    }
+}
+
+impl RefusalRecord {
+    /// The entities its labels name (the inverse of what [`RefusalRecord::new`] wrote).
+    pub fn named_entities(&self) -> Vec<EntityRef> {
+        self.entities
+            .iter()
+            .filter_map(|l| entity_of_label(l))
+            .collect()
+    }
+}
+
+/// The entity a label of [`RefusalRecord::entities`] names (the inverse of `entity_label`).
+fn entity_of_label(label: &str) -> Option<EntityRef> {
+    let (kind, id) = label.split_once(':')?;
+    match kind {
+        "customer" => id.parse().ok().map(EntityRef::Customer),
+        "partner" => id.parse().ok().map(EntityRef::Partner),
+        "subscription" => id.parse().ok().map(EntityRef::Subscription),
+        _ => None,
+    }
+}
+
+fn entity_label(e: &EntityRef) -> String {
+    match e {
+        EntityRef::Customer(c) | EntityRef::CustomerProfile(c) => format!("customer:{c}"),
+        EntityRef::Partner(p) | EntityRef::PartnerProfile(p) => format!("partner:{p}"),
+        EntityRef::Subscription(s) => format!("subscription:{s}"),
     }
 }

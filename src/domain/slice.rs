@@ -182,3 +182,18 @@ impl Slice {
         st
     }
 }
+
+/// One row of the expiring view: an active admin relationship and when it ends.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ExpiringEntry {
+    pub admin_relationship: AdminRelationshipId,
+    pub name: String,
+    pub partner: PartnerId,
+    pub partner_name: String,
+    pub customer: CustomerId,
+    pub company_name: String,
+    pub roles: Vec<RoleId>,
+    pub ends_at: Timestamp,
+    /// Whether it will extend by 180 days instead of expiring (R20).
+    pub auto_extend: bool,
+}

@@ -1,41 +1,35 @@
-//! Read models: checkpointed projections of the log, one sled tree each, rebuildable at any time.
+//! Read models: checkpointed projections of the log, kept by the store, rebuildable at any time.
 //!
-//! A running ledger answers "now" from its live write model ([`crate::ledger::Live`]); these trees are what a reader
-//! without the ledger open (the CLI) and a restart start from. The projector thread rewrites the documents of the
-//! entities that changed every `projection_interval` and at close. A document is a [`Slice`] of the state in postcard's
-//! binary encoding, so a view is derived when it is read, at whatever instant is asked (R36). Each projection's
-//! checkpoint (the last position its documents reflect) is written after its documents, so after a crash it never
-//! claims more than is there, and opening the ledger catches up from it.
+//! A running ledger answers "now" from its live write model ([`crate::ledger::Live`]); the stored documents are what a
+//! reader without the ledger open (the CLI) and a restart start from. The projector thread rewrites the documents of
+//! the entities that changed every `projection_interval` and at close. A document is a [`Slice`] of the state, so a
+//! view is derived when it is read, at whatever instant is asked (R36). Each read model's checkpoint (the last
+//! position its documents reflect) is written after its documents, so after a crash it never claims more than is
+//! there, and opening the ledger catches up from it.
 //!
-//! Documents are few and whole, because a projection writes one key per changed entity: a customer's document holds
-//! everything about it, so the subscription view is read from its customer's document (found through the history
-//! index) and the partner view from its customers' documents.
-//!
-//! | projection | key | document |
-//! |---|---|---|
-//! | `customers` | `d` ‖ customer id | the customer's slice: its partners, relationships, admin relationships, subscriptions and plans |
-//! | `partners` | `d` ‖ partner id; `l` ‖ partner id ‖ block | the partner's profile; its customers in involvement order, 256 per block |
-//! | `expiring` | `d` ‖ day | the active admin relationships whose recorded end falls on that UTC day, soonest first |
+//! Documents are few and whole, because a read model writes one document per changed entity: a customer's document
+//! holds everything about it (its partners, relationships, admin relationships, subscriptions and plans), so the
+//! subscription view is read from its customer's document (found through the history index) and the partner view
+//! from its profile, its customer list (in involvement order, 256 per block) and its customers' documents. The
+//! expiring model holds, per UTC day, the active admin relationships whose recorded end falls on it, soonest first.
+//! This module decides what the documents are ([`DocumentWrite`]); the store decides how it keeps them (sled:
+//! `src/store/sled/read_models.rs`).
 
 use std::collections::HashSet;
 
 #[cfg(test)]
 mod proptest;
 
-use serde::{Deserialize, Serialize};
-
+pub use crate::domain::slice::ExpiringEntry;
 use crate::domain::slice::Slice;
 use crate::domain::state::{AdminStatus, State};
 use crate::domain::{
-    AdminRelationshipId, CustomerId, EntityRef, Event, PartnerId, Position, RoleId, SubscriptionId,
+    AdminRelationshipId, CustomerId, EntityRef, Event, PartnerId, Position, SubscriptionId,
     Timestamp,
 };
-use crate::store::{EventStore, SledStore, StoreError};
+use crate::replay::OpenError;
+use crate::store::{DocumentWrite, KeyValue, ReadModel, ReadModelStore, Store, StoreError};
 
-/// The stable names of the projections.
-pub const NAMES: [&str; 3] = ["customers", "partners", "expiring"];
-
-const CHECKPOINT: &[u8] = b"checkpoint";
 /// Customers per block of a partner's customer list.
 const BLOCK: u64 = 256;
 
@@ -182,290 +176,177 @@ impl Touched {
     }
 }
 
-/// One row of the expiring view: an active admin relationship and when it ends.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-pub struct ExpiringEntry {
-    pub admin_relationship: AdminRelationshipId,
-    pub name: String,
-    pub partner: PartnerId,
-    pub partner_name: String,
-    pub customer: CustomerId,
-    pub company_name: String,
-    pub roles: Vec<RoleId>,
-    pub ends_at: Timestamp,
-    /// Whether it will extend by 180 days instead of expiring (R20).
-    pub auto_extend: bool,
+/// The documents of the customers `touched` names.
+fn customer_writes(state: &State, touched: &Touched) -> Vec<DocumentWrite> {
+    touched
+        .customers
+        .iter()
+        .map(|c| DocumentWrite::Customer(*c, Slice::customer(state, *c)))
+        .collect()
 }
 
-/// A stored key and value.
-pub type KeyValue = (Vec<u8>, Vec<u8>);
-
-/// The projection trees of one ledger.
-pub struct Projections {
-    customers: sled::Tree,
-    partners: sled::Tree,
-    expiring: sled::Tree,
-}
-
-fn doc_key(id: &[u8; 16]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(17);
-    k.push(b'd');
-    k.extend_from_slice(id);
-    k
-}
-
-/// A block of a partner's customer list.
-fn block_key(id: &[u8; 16], block: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(25);
-    k.push(b'l');
-    k.extend_from_slice(id);
-    k.extend_from_slice(&block.to_be_bytes());
-    k
-}
-
-fn day_key(day: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9);
-    k.push(b'd');
-    k.extend_from_slice(&day.to_be_bytes());
-    k
-}
-
-/// Writes to one projection tree, applied key by key with the checkpoint last.
-///
-/// Not a sled `Batch`: a batch holds sled's process-wide write lock for its whole length, and a large one would stall
-/// the ledger's commits meanwhile. Not being atomic is safe because the checkpoint is written last: after a crash in
-/// the middle, the stored checkpoint still says where the documents are known to be complete, and catching up from
-/// it rewrites every document an event after it touched.
-#[derive(Default)]
-struct Writes(Vec<(Vec<u8>, Option<Vec<u8>>)>);
-
-impl Writes {
-    fn insert(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
-        self.0.push((key.into(), Some(value.into())));
-    }
-    fn remove(&mut self, key: impl Into<Vec<u8>>) {
-        self.0.push((key.into(), None));
-    }
-    fn apply(self, tree: &sled::Tree, checkpoint: &[u8; 8]) -> Result<(), StoreError> {
-        for (k, v) in self.0 {
-            match v {
-                Some(v) => tree.insert(k, v)?,
-                None => tree.remove(k)?,
-            };
-        }
-        tree.insert(CHECKPOINT, &checkpoint[..])?;
-        Ok(())
-    }
-}
-
-/// A document's bytes: postcard, compact and fast, since documents are internal and rewritten often.
-fn encode<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
-    postcard::to_allocvec(v).unwrap_or_default()
-}
-
-fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes)
-        .map_err(|e| corrupt(format!("a projection document does not decode: {e}")))
-}
-
-impl Projections {
-    /// Opens (creating if needed) the projection trees in the ledger's database.
-    pub fn open(store: &SledStore) -> Result<Projections, StoreError> {
-        Ok(Projections {
-            customers: store.tree("proj.customers")?,
-            partners: store.tree("proj.partners")?,
-            expiring: store.tree("proj.expiring")?,
+/// The profiles of the partners `touched` names, and the blocks of partners' customer lists its pairs fall in.
+fn partner_writes(state: &State, touched: &Touched) -> Vec<DocumentWrite> {
+    let mut b: Vec<DocumentWrite> = touched
+        .partners
+        .iter()
+        .map(|p| DocumentWrite::PartnerProfile(*p, Slice::partner_profile(state, *p)))
+        .collect();
+    let blocks: HashSet<(PartnerId, u64)> = touched
+        .pairs
+        .iter()
+        .filter_map(|pair| {
+            state
+                .partner_customer_ordinal
+                .get(pair)
+                .map(|ordinal| (pair.0, ordinal / BLOCK))
         })
+        .collect();
+    for (p, block) in blocks {
+        let list = state
+            .partner_customers
+            .get(&p)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let start = usize::try_from(block * BLOCK)
+            .unwrap_or(usize::MAX)
+            .min(list.len());
+        let end = usize::try_from((block + 1) * BLOCK)
+            .unwrap_or(usize::MAX)
+            .min(list.len());
+        b.push(DocumentWrite::PartnerCustomers {
+            partner: p,
+            block,
+            customers: list[start..end].to_vec(),
+        });
     }
+    b
+}
 
-    fn tree(&self, name: &str) -> Option<&sled::Tree> {
-        match name {
-            "customers" => Some(&self.customers),
-            "partners" => Some(&self.partners),
-            "expiring" => Some(&self.expiring),
-            _ => None,
-        }
+/// The lists of the days `touched` names (every day when it says so; the caller clears the model first).
+fn expiring_writes(state: &State, touched: &Touched) -> Vec<DocumentWrite> {
+    if touched.days.is_empty() && !touched.all_days {
+        return Vec::new();
     }
-
-    /// The last position a projection reflects (0 when it was never built).
-    pub fn checkpoint(&self, name: &str) -> Result<Position, StoreError> {
-        let Some(tree) = self.tree(name) else {
-            return Ok(Position(0));
+    // One pass over the admin relationships gathers the lists of the days to write.
+    let mut lists: std::collections::BTreeMap<u64, Vec<ExpiringEntry>> = if touched.all_days {
+        Default::default()
+    } else {
+        touched.days.iter().map(|d| (*d, Vec::new())).collect()
+    };
+    for a in state.admin.values() {
+        let (AdminStatus::Active, Some(ends_at)) = (a.status, a.ends_at) else {
+            continue;
         };
-        Ok(tree
-            .get(CHECKPOINT)?
-            .and_then(|v| Position::from_key(&v))
-            .unwrap_or_default())
+        let day = day_of(ends_at);
+        let list = if touched.all_days {
+            lists.entry(day).or_default()
+        } else {
+            match lists.get_mut(&day) {
+                Some(l) => l,
+                None => continue,
+            }
+        };
+        list.push(ExpiringEntry {
+            admin_relationship: a.id,
+            name: a.name.clone(),
+            partner: a.partner,
+            partner_name: state
+                .partners
+                .get(&a.partner)
+                .map(|p| p.name.clone())
+                .unwrap_or_default(),
+            customer: a.customer,
+            company_name: state
+                .customers
+                .get(&a.customer)
+                .map(|c| c.company_name.clone())
+                .unwrap_or_default(),
+            roles: a.roles.clone(),
+            ends_at,
+            auto_extend: a.auto_extend,
+        });
+    }
+    lists
+        .into_iter()
+        .map(|(day, mut entries)| {
+            entries.sort_by_key(|e| (e.ends_at, e.admin_relationship));
+            DocumentWrite::ExpiringDay { day, entries }
+        })
+        .collect()
+}
+
+/// The read models of one ledger, kept by its store.
+#[derive(Clone, Copy)]
+pub struct Projections<'a> {
+    store: &'a dyn Store,
+}
+
+impl<'a> Projections<'a> {
+    /// The read models of the ledger `store` holds.
+    pub fn open(store: &'a dyn Store) -> Projections<'a> {
+        Projections { store }
     }
 
-    /// The oldest checkpoint of all projections.
+    fn models(&self) -> &dyn ReadModelStore {
+        self.store.read_models()
+    }
+
+    /// The last position a read model reflects (0 when it was never built).
+    pub fn checkpoint(&self, model: ReadModel) -> Result<Position, StoreError> {
+        self.models().checkpoint(model)
+    }
+
+    /// The oldest checkpoint of all read models.
     pub fn oldest_checkpoint(&self) -> Result<Position, StoreError> {
         let mut oldest = Position(u64::MAX);
-        for name in NAMES {
-            oldest = oldest.min(self.checkpoint(name)?);
+        for model in ReadModel::ALL {
+            oldest = oldest.min(self.checkpoint(model)?);
         }
         Ok(oldest)
     }
 
-    /// Rewrites the documents of `touched` from `state`, which reflects the log up to `head`, in every projection.
+    /// Rewrites the documents of `touched` from `state`, which reflects the log up to `head`, in every read model.
     pub fn update(
         &self,
         state: &State,
         touched: &Touched,
         head: Position,
     ) -> Result<(), StoreError> {
-        self.update_only(&NAMES, state, touched, head)
+        self.update_only(&ReadModel::ALL, state, touched, head)
     }
 
-    /// As [`Self::update`], for the named projections only (the others keep their documents and checkpoints).
+    /// As [`Self::update`], for the given read models only (the others keep their documents and checkpoints).
     pub fn update_only(
         &self,
-        names: &[&str],
+        models: &[ReadModel],
         state: &State,
         touched: &Touched,
         head: Position,
     ) -> Result<(), StoreError> {
-        let checkpoint = head.to_key();
-        if names.contains(&"customers") {
-            self.update_customers(state, touched, &checkpoint)?;
-        }
-        if names.contains(&"partners") {
-            self.update_partners(state, touched, &checkpoint)?;
-        }
-        if names.contains(&"expiring") {
-            self.update_expiring(state, touched, &checkpoint)?;
+        for model in models {
+            if *model == ReadModel::Expiring && touched.all_days {
+                self.models().clear(*model)?;
+            }
+            let writes = match model {
+                ReadModel::Customers => customer_writes(state, touched),
+                ReadModel::Partners => partner_writes(state, touched),
+                ReadModel::Expiring => expiring_writes(state, touched),
+            };
+            self.models().write(*model, writes, head)?;
         }
         Ok(())
     }
 
-    fn update_customers(
-        &self,
-        state: &State,
-        touched: &Touched,
-        checkpoint: &[u8; 8],
-    ) -> Result<(), StoreError> {
-        let mut b = Writes::default();
-        for c in &touched.customers {
-            match Slice::customer(state, *c) {
-                Some(s) => b.insert(doc_key(c.as_bytes()), encode(&s)),
-                None => b.remove(doc_key(c.as_bytes())),
-            }
-        }
-        b.apply(&self.customers, checkpoint)
-    }
-
-    fn update_partners(
-        &self,
-        state: &State,
-        touched: &Touched,
-        checkpoint: &[u8; 8],
-    ) -> Result<(), StoreError> {
-        let mut b = Writes::default();
-        for p in &touched.partners {
-            match Slice::partner_profile(state, *p) {
-                Some(s) => b.insert(doc_key(p.as_bytes()), encode(&s)),
-                None => b.remove(doc_key(p.as_bytes())),
-            }
-        }
-        let blocks: HashSet<(PartnerId, u64)> = touched
-            .pairs
-            .iter()
-            .filter_map(|pair| {
-                state
-                    .partner_customer_ordinal
-                    .get(pair)
-                    .map(|ordinal| (pair.0, ordinal / BLOCK))
-            })
-            .collect();
-        for (p, block) in blocks {
-            let list = state
-                .partner_customers
-                .get(&p)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            let start = usize::try_from(block * BLOCK)
-                .unwrap_or(usize::MAX)
-                .min(list.len());
-            let end = usize::try_from((block + 1) * BLOCK)
-                .unwrap_or(usize::MAX)
-                .min(list.len());
-            b.insert(block_key(p.as_bytes(), block), encode(&list[start..end]));
-        }
-        b.apply(&self.partners, checkpoint)
-    }
-
-    fn update_expiring(
-        &self,
-        state: &State,
-        touched: &Touched,
-        checkpoint: &[u8; 8],
-    ) -> Result<(), StoreError> {
-        if touched.days.is_empty() && !touched.all_days {
-            return Writes::default().apply(&self.expiring, checkpoint);
-        }
-        // One pass over the admin relationships gathers the lists of the days to write.
-        let mut lists: std::collections::BTreeMap<u64, Vec<ExpiringEntry>> = if touched.all_days {
-            Default::default()
-        } else {
-            touched.days.iter().map(|d| (*d, Vec::new())).collect()
-        };
-        for a in state.admin.values() {
-            let (AdminStatus::Active, Some(ends_at)) = (a.status, a.ends_at) else {
-                continue;
-            };
-            let day = day_of(ends_at);
-            let list = if touched.all_days {
-                lists.entry(day).or_default()
-            } else {
-                match lists.get_mut(&day) {
-                    Some(l) => l,
-                    None => continue,
-                }
-            };
-            list.push(ExpiringEntry {
-                admin_relationship: a.id,
-                name: a.name.clone(),
-                partner: a.partner,
-                partner_name: state
-                    .partners
-                    .get(&a.partner)
-                    .map(|p| p.name.clone())
-                    .unwrap_or_default(),
-                customer: a.customer,
-                company_name: state
-                    .customers
-                    .get(&a.customer)
-                    .map(|c| c.company_name.clone())
-                    .unwrap_or_default(),
-                roles: a.roles.clone(),
-                ends_at,
-                auto_extend: a.auto_extend,
-            });
-        }
-        if touched.all_days {
-            self.expiring.clear()?;
-        }
-        let mut b = Writes::default();
-        for (day, mut list) in lists {
-            if list.is_empty() {
-                b.remove(day_key(day));
-            } else {
-                list.sort_by_key(|e| (e.ends_at, e.admin_relationship));
-                b.insert(day_key(day), encode(&list));
-            }
-        }
-        b.apply(&self.expiring, checkpoint)
-    }
-
-    /// Brings every projection up to the log's head, given the write model at that head.
-    pub fn catch_up(&self, store: &dyn EventStore, state: &State) -> Result<(), StoreError> {
-        let head = store.head().position;
+    /// Brings every read model up to the log's head, given the write model at that head.
+    pub fn catch_up(&self, state: &State) -> Result<(), StoreError> {
+        let head = self.store.head().position;
         let from = self.oldest_checkpoint()?;
         if from == head {
             return Ok(());
         }
         if from > head {
-            self.clear(&NAMES)?;
+            self.clear(&ReadModel::ALL)?;
             return self.update(state, &Touched::everything(state), head);
         }
         let mut touched = Touched {
@@ -473,63 +354,50 @@ impl Projections {
             all_days: true,
             ..Touched::default()
         };
-        for item in store.read(from, None) {
+        for item in self.store.read(from, None) {
             let (_, event) = item?.decode()?;
             touched.add(state, &event);
         }
         self.update(state, &touched, head)
     }
 
-    /// Empties projections (documents and checkpoints).
-    pub fn clear(&self, names: &[&str]) -> Result<(), StoreError> {
-        for name in names {
-            if let Some(t) = self.tree(name) {
-                t.clear()?;
-            }
+    /// Empties read models (documents and checkpoints).
+    pub fn clear(&self, models: &[ReadModel]) -> Result<(), StoreError> {
+        for model in models {
+            self.models().clear(*model)?;
         }
         Ok(())
     }
 
-    /// Drops the named projections and rebuilds them from the whole log; `progress` sees each folded position.
+    /// Drops the given read models and rebuilds them from the whole log; `progress` sees each folded position.
     /// Returns the folded state.
     pub fn rebuild(
         &self,
-        store: &dyn EventStore,
-        names: &[&str],
+        models: &[ReadModel],
         progress: impl FnMut(Position),
-    ) -> Result<State, crate::ledger::OpenError> {
-        let state = crate::ledger::replay(store, progress)?;
-        self.clear(names)?;
+    ) -> Result<State, OpenError> {
+        let state = crate::replay::replay(self.store, progress)?;
+        self.clear(models)?;
         self.update_only(
-            names,
+            models,
             &state,
             &Touched::everything(&state),
-            store.head().position,
+            self.store.head().position,
         )?;
         Ok(state)
     }
 
     /// The stored slice of a customer.
     pub fn customer(&self, id: CustomerId) -> Result<Option<Slice>, StoreError> {
-        match self.customers.get(doc_key(id.as_bytes()))? {
-            None => Ok(None),
-            Some(v) => decode(&v).map(Some),
-        }
+        self.models().customer(id)
     }
 
     /// The stored slice of a partner: its profile, its customer list, and the documents of those customers.
     pub fn partner(&self, id: PartnerId) -> Result<Option<Slice>, StoreError> {
-        let Some(v) = self.partners.get(doc_key(id.as_bytes()))? else {
+        let Some(mut s) = self.models().partner_profile(id)? else {
             return Ok(None);
         };
-        let mut s: Slice = decode(&v)?;
-        let mut prefix = vec![b'l'];
-        prefix.extend_from_slice(id.as_bytes());
-        let mut customers: Vec<CustomerId> = Vec::new();
-        for item in self.partners.scan_prefix(&prefix) {
-            let (_, v) = item?;
-            customers.extend(decode::<Vec<CustomerId>>(&v)?);
-        }
+        let customers = self.models().partner_customers(id)?;
         for c in &customers {
             if let Some(part) = self.customer(*c)? {
                 s.absorb(part);
@@ -540,19 +408,16 @@ impl Projections {
     }
 
     /// The stored slice of a subscription: its customer's document, found through the subscription's first event.
-    pub fn subscription(
-        &self,
-        store: &dyn EventStore,
-        id: SubscriptionId,
-    ) -> Result<Option<Slice>, StoreError> {
-        let Some(first) = store
+    pub fn subscription(&self, id: SubscriptionId) -> Result<Option<Slice>, StoreError> {
+        let Some(first) = self
+            .store
             .history(&EntityRef::Subscription(id), Position(0))?
             .first()
             .copied()
         else {
             return Ok(None);
         };
-        let Some(stored) = store.get(first)? else {
+        let Some(stored) = self.store.get(first)? else {
             return Ok(None);
         };
         let (_, event) = stored.decode()?;
@@ -571,41 +436,16 @@ impl Projections {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Vec<ExpiringEntry>, StoreError> {
-        let mut out = Vec::new();
-        for item in self
-            .expiring
-            .range(day_key(day_of(from))..=day_key(day_of(to)))
-        {
-            let (k, v) = item?;
-            if k.as_ref() == CHECKPOINT {
-                continue;
-            }
-            let list: Vec<ExpiringEntry> = decode(&v)?;
-            out.extend(
-                list.into_iter()
-                    .filter(|e| e.ends_at >= from && e.ends_at <= to),
-            );
-        }
-        Ok(out)
+        Ok(self
+            .models()
+            .expiring_days(day_of(from), day_of(to))?
+            .into_iter()
+            .filter(|e| e.ends_at >= from && e.ends_at <= to)
+            .collect())
     }
 
-    /// Every stored document of a projection, as raw bytes in key order (for tests comparing rebuilds).
-    pub fn dump(&self, name: &str) -> Result<Vec<KeyValue>, StoreError> {
-        let Some(tree) = self.tree(name) else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        for item in tree.iter() {
-            let (k, v) = item?;
-            out.push((k.to_vec(), v.to_vec()));
-        }
-        Ok(out)
-    }
-}
-
-fn corrupt(message: String) -> StoreError {
-    StoreError::Corrupt {
-        position: None,
-        message,
+    /// Every stored document of a read model as the store keeps it, in key order (for tests comparing rebuilds).
+    pub fn dump(&self, model: ReadModel) -> Result<Vec<KeyValue>, StoreError> {
+        self.models().dump(model)
     }
 }

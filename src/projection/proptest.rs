@@ -13,13 +13,13 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::json;
 
-use super::{Projections, NAMES};
+use super::Projections;
 use crate::domain::proptests::{make, prelude, WEIGHTED};
 use crate::domain::view::{customer_view, partner_view, subscription_view};
 use crate::domain::{parse_line, Code, Event, Position, Timestamp};
 use crate::ledger::{replay, Ledger, LedgerConfig, Outcome};
 use crate::query::{self, AsOfSpec};
-use crate::store::EventStore;
+use crate::store::ReadModel;
 
 fn cases() -> u32 {
     std::env::var("PROJECTION_CASES")
@@ -32,10 +32,25 @@ fn cases() -> u32 {
 fn projections_rebuilt_from_scratch_equal_incremental_ones_and_the_write_models_views() {
     let types = Mutex::new(BTreeSet::<String>::new());
     let codes = Mutex::new(BTreeSet::<String>::new());
-    let mut runner = TestRunner::new(Config {
-        cases: cases(),
-        ..Config::default()
-    });
+    // A fixed seed (PROJECTION_SEED picks another): which event types and refusal codes 1,000 random cases reach
+    // is itself asserted below, and with a fresh seed each run a rare one (DelegatedAdminTerminated) was seen missing
+    // once, failing the suite by chance.
+    let seed: u64 = std::env::var("PROJECTION_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_261_130);
+    let mut seed_bytes = [0u8; 32];
+    seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    let mut runner = TestRunner::new_with_rng(
+        Config {
+            cases: cases(),
+            ..Config::default()
+        },
+        proptest::test_runner::TestRng::from_seed(
+            proptest::test_runner::RngAlgorithm::ChaCha,
+            &seed_bytes,
+        ),
+    );
     let step = (any::<u8>(), any::<[u8; 4]>(), 0i64..40, 0u8..24, 1usize..8);
     let result = runner.run(&prop::collection::vec(step, 50..110), |steps| {
         let dir = tempfile::tempdir().unwrap();
@@ -90,12 +105,12 @@ fn projections_rebuilt_from_scratch_equal_incremental_ones_and_the_write_models_
             types.lock().unwrap().insert(e.unwrap().envelope().unwrap().event_type);
         }
 
-        let projections: &Projections = ledger.projections();
+        let projections: Projections = ledger.projections();
         let head = store.head().position;
-        for name in NAMES {
-            prop_assert_eq!(projections.checkpoint(name).unwrap(), head);
+        for model in ReadModel::ALL {
+            prop_assert_eq!(projections.checkpoint(model).unwrap(), head);
         }
-        let incremental: Vec<_> = NAMES.iter().map(|n| projections.dump(n).unwrap()).collect();
+        let incremental: Vec<_> = ReadModel::ALL.iter().map(|m| projections.dump(*m).unwrap()).collect();
         let state = replay(store, |_| {}).unwrap();
         let as_of = query::resolve(store, None).unwrap();
         let at_head = Some(AsOfSpec::Position(head));
@@ -141,9 +156,9 @@ fn projections_rebuilt_from_scratch_equal_incremental_ones_and_the_write_models_
             .map(|e| (e.ends_at, e.admin_relationship))
             .collect();
         prop_assert_eq!(listed, active);
-        projections.rebuild(store, &NAMES, |_| {}).unwrap();
-        let rebuilt: Vec<_> = NAMES.iter().map(|n| projections.dump(n).unwrap()).collect();
-        for (i, name) in NAMES.iter().enumerate() {
+        projections.rebuild(&ReadModel::ALL, |_| {}).unwrap();
+        let rebuilt: Vec<_> = ReadModel::ALL.iter().map(|m| projections.dump(*m).unwrap()).collect();
+        for (i, name) in ReadModel::NAMES.iter().enumerate() {
             let (a, b) = (&incremental[i], &rebuilt[i]);
             if a != b {
                 let ka: BTreeSet<_> = a.iter().map(|(k, _)| hex::encode(k)).collect();

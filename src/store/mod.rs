@@ -1,20 +1,37 @@
 //! The event log: bytes on disk, positions, the hash chain, indexes and durability. It knows nothing of the rules.
 
 mod envelope;
-mod index;
 pub mod journal;
-pub mod segment;
-mod sled_store;
+mod sealed;
+mod seam;
+mod sled;
 pub mod upcast;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 pub use envelope::{
     canonical, chain_hash, check, entity_prefix, seal, ChainBreak, Envelope, NewEvent, GENESIS_HASH,
 };
-pub use sled_store::{Fault, FaultPlan, Prepared, Room, SledStore, StoreOptions, Written};
+pub use sealed::{SealedBatch, StagedBatch};
+pub use seam::{
+    ConsumerStore, DocumentWrite, EventStore, KeyValue, ReadModel, ReadModelStore, RefusalStore,
+    Store,
+};
+#[cfg(feature = "bench")]
+pub use sled::baseline::{raw_sled_baseline, RawBaseline};
+pub use sled::segment;
+#[cfg(test)]
+pub use sled::{Fault, FaultPlan};
 
-use crate::domain::{CommandId, EntityRef, Position};
+/// Opens (or creates, as `options` say) the ledger kept in the data folder `dir`, on the embedded sled backend:
+/// checks the folder's lock and format, upgrades an older format, checks the head and re-verifies the newest events.
+pub fn open(dir: &Path, options: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(sled::SledStore::open(dir, options)?))
+}
+
+use crate::domain::{CommandId, Position};
 
 /// The last event of the log, as recorded by the head marker.
 #[derive(Clone, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
@@ -142,7 +159,7 @@ pub enum StoreError {
     },
     /// sled failed; react as for `Io`.
     #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
+    Sled(#[from] ::sled::Error),
     /// A stored event does not decode: the data is damaged; refuse writes and run `verify`.
     #[error("event {position} does not decode: {message}")]
     Codec { position: Position, message: String },
@@ -184,25 +201,37 @@ pub struct StoreCounters {
     pub commands: u64,
 }
 
-/// An append-only, gapless, hash-chained event log. Implementations must pass `tests/store_conformance.rs`.
-pub trait EventStore: Send + Sync {
-    /// The last event (position 0 and the genesis hash when empty).
-    fn head(&self) -> Head;
-    /// Appends every entry's events after the head in order, atomically, and makes them durable before returning.
-    /// Returns each entry's positions.
-    fn commit(&self, entries: &[CommitEntry]) -> Result<Vec<Vec<Position>>, StoreError>;
-    /// The record of a committed command.
-    fn command(&self, id: CommandId) -> Result<Option<CommandRecord>, StoreError>;
-    /// The event at a position.
-    fn get(&self, position: Position) -> Result<Option<StoredEvent>, StoreError>;
-    /// Events after `after`, up to and including `to`, in order.
-    fn read(
-        &self,
-        after: Position,
-        to: Option<Position>,
-    ) -> Box<dyn Iterator<Item = Result<StoredEvent, StoreError>> + '_>;
-    /// The positions of an entity's events after `after`, in order, read from its index.
-    fn history(&self, entity: &EntityRef, after: Position) -> Result<Vec<Position>, StoreError>;
-    /// Durability and batching counters.
-    fn counters(&self) -> StoreCounters;
+/// How to open a ledger's store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Create the ledger if the folder is missing or empty.
+    pub create: bool,
+    /// sled's page cache in bytes (sled's own default is 1 GiB; see docs/ARCHITECTURE.md).
+    pub cache_bytes: u64,
+    /// How many of the newest events are re-verified at open.
+    pub tail_check: u64,
+    /// Check the head marker and the tail at open. Only `verify` turns this off, to report damage itself.
+    pub check_on_open: bool,
+    /// Flush the history index once this many positions wait in memory (it is also flushed every
+    /// `index_interval` and at close).
+    pub index_flush_positions: usize,
+    pub index_interval: Duration,
+    /// Free space the ledger keeps on its disk: a batch that would leave less is not written (its commands are
+    /// answered `unknown`, writing goes on once space is freed). sled cannot recover files it failed to write for
+    /// want of space (docs/recovery.md), so it must never see a full disk.
+    pub min_free_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            create: true,
+            cache_bytes: 64 * 1024 * 1024,
+            tail_check: 1024,
+            check_on_open: true,
+            index_flush_positions: 600_000,
+            index_interval: Duration::from_secs(10),
+            min_free_bytes: 32 * 1024 * 1024,
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //!
 //! To change an event's `data` shape: bump [`crate::domain::SCHEMA_VERSION`] (or give the type its own version),
 //! add an [`Upcaster`] from the old version to [`UPCASTERS`], and keep `fixtures/golden/` replaying to the same views
-//! (`tests/golden.rs`). Today every type is at version 1 and no step is needed.
+//! (`tests/suite/golden.rs`). Today every type is at version 1 and no step is needed.
 
 use serde_json::Value;
 

@@ -1,0 +1,404 @@
+//! The ledger: one writer that sequences commands, with group commit, in a pipeline of four threads, so that
+//! deciding, durability and read models overlap instead of taking turns:
+//! - the **writer** (`writer.rs`) takes every command already queued (up to `max_batch`), decides each against the
+//!   write model (which includes the earlier commands of the same batch, and of batches still being made durable),
+//!   seals the batch's envelopes and hands it to the committer;
+//! - the **committer** (`committer.rs`) stages every batch handed to it so far as one atomic write in the store;
+//! - the **syncer** (`syncer.rs`) makes every staged batch durable with one settle (group commit), files their
+//!   refusals, and only then answers every command of those batches;
+//! - the **projector** (`projector.rs`) applies each durable batch to the [`Live`] write model that "now" views read,
+//!   rewrites the read-model documents of the entities that changed every `projection_interval`, and writes a
+//!   write-model snapshot every `snapshot_every` events and at close.
+//!
+//! A failed write that left nothing behind is survived: that batch and every batch decided on top of it are answered
+//! `unknown`, and the writer goes on from the durable state. Any other storage failure stops all writes (fail-stop).
+//! `integrity.rs` verifies the whole chain in the background; `metrics.rs` counts; `outcome.rs` is the answer's
+//! wire shape.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::domain::{CommandId, Position, Submitted, Timestamp};
+use crate::projection::Projections;
+use crate::store::{RefusalStore, Store, StoreError, StoreOptions};
+
+mod committer;
+#[cfg(test)]
+mod fault_tests;
+mod integrity;
+mod live;
+mod metrics;
+mod outcome;
+mod projector;
+mod syncer;
+mod writer;
+
+pub use crate::replay::{load_state, replay, replay_onto, OpenError};
+pub use integrity::{Integrity, IntegrityStatus};
+pub use live::{Live, CATCH_UP_TIMEOUT};
+pub use metrics::{Histograms, Stats, BATCH_BUCKETS, LATENCY_BUCKETS};
+pub use outcome::Outcome;
+
+use committer::{Committer, Handoff};
+use metrics::WriterCounters;
+use projector::{Batch, Projector};
+use syncer::Syncer;
+use writer::{Decided, Job, Writer};
+
+/// A source of the ledger clock; injected so tests can pin time.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| Timestamp::from_datetime(chrono::Utc::now()))
+}
+
+/// How to open a ledger.
+#[derive(Clone)]
+pub struct LedgerConfig {
+    pub data_dir: PathBuf,
+    pub store: StoreOptions,
+    /// The most commands decided and committed together.
+    pub max_batch: usize,
+    /// How many submitted commands may wait for the writer before `submit` waits too (backpressure).
+    pub queue: usize,
+    pub clock: Clock,
+    /// How often the projector writes the documents of the entities that changed to the read-model trees (they are
+    /// also written at close; "now" views never wait for this, they read the live state).
+    pub projection_interval: Duration,
+    /// Write a write-model snapshot after this many events (and at close, when at least `snapshot_at_close` events
+    /// came after the last one), so opening replays only what follows it.
+    pub snapshot_every: u64,
+    pub snapshot_at_close: u64,
+}
+
+impl LedgerConfig {
+    /// Defaults for a data folder.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            store: StoreOptions::default(),
+            max_batch: 4096,
+            queue: 65536,
+            clock: system_clock(),
+            projection_interval: Duration::from_millis(1000),
+            snapshot_every: 500_000,
+            snapshot_at_close: 10_000,
+        }
+    }
+}
+
+/// A pending answer to a command, which already has its `command_id`.
+pub struct Ticket {
+    rx: oneshot::Receiver<Outcome>,
+    command_id: CommandId,
+}
+
+impl Ticket {
+    /// Waits for the outcome on this thread.
+    pub fn wait(self) -> Outcome {
+        let id = self.command_id;
+        self.rx.blocking_recv().unwrap_or_else(|_| writer_gone(id))
+    }
+    /// The outcome if it is already there.
+    pub fn try_now(&mut self) -> Option<Outcome> {
+        self.rx.try_recv().ok()
+    }
+    /// Waits for the outcome asynchronously.
+    pub async fn outcome(self) -> Outcome {
+        let id = self.command_id;
+        self.rx.await.unwrap_or_else(|_| writer_gone(id))
+    }
+    /// The command's id (given by the client, or assigned when it was submitted).
+    pub fn command_id(&self) -> CommandId {
+        self.command_id
+    }
+}
+
+fn writer_gone(command_id: CommandId) -> Outcome {
+    Outcome::Unknown {
+        command_id,
+        message: "the ledger writer stopped before answering; retry with the same command_id"
+            .into(),
+    }
+}
+
+/// What the threads share.
+struct Shared {
+    store: Arc<dyn Store>,
+    counters: WriterCounters,
+    /// Set by the committer after a storage failure: nothing is written any more (fail-stop).
+    failed: AtomicBool,
+    /// The last writer batch made durable.
+    durable: AtomicU64,
+    /// Bumped by the committer when a write fails without leaving a trace: the writer then goes back to the durable
+    /// state and goes on (a failed write before any sync is survived).
+    epoch: AtomicU64,
+    /// Damage found by the background verification: the first bad position and what is wrong. Writes are refused.
+    damage: Mutex<Option<(Option<Position>, String)>>,
+    /// The background verification: how far it has checked the chain, and whether it finished.
+    verified: AtomicU64,
+    verify_done: AtomicBool,
+}
+
+impl Shared {
+    /// Why writes are stopped, for the `unknown` answers.
+    fn stopped_message(&self) -> String {
+        match &*self.damage.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((position, message)) => format!(
+                "writes are refused: the ledger is damaged{} ({message}); see docs/recovery.md",
+                position.map(|p| format!(" at position {p}")).unwrap_or_default()
+            ),
+            None => "writes are stopped after a storage failure; reopen the ledger and retry with the same command_id".into(),
+        }
+    }
+}
+
+/// An open ledger: a handle to submit commands and read the log. Dropping it (or [`Ledger::close`]) stops the writer
+/// after it has answered every queued command.
+pub struct Ledger {
+    head: watch::Receiver<Position>,
+    shared: Arc<Shared>,
+    live: Arc<Live>,
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    /// The writer, committer, syncer and projector, in the order they stop.
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The background verification, with its stop flag.
+    verifier: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StoreError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| StoreError::Io {
+            context: format!("cannot start the {name} thread"),
+            source: e,
+        })
+}
+
+impl Ledger {
+    /// Opens the ledger, rebuilds the write model (from its snapshot and the events after it) and starts the writer.
+    pub fn open(config: LedgerConfig) -> Result<Ledger, OpenError> {
+        let store = crate::store::open(&config.data_dir, &config.store)?;
+        let (state, snapshot_at) = load_state(&config.data_dir, store.as_ref(), |_| {})?;
+        let head = store.head();
+        Projections::open(&*store).catch_up(&state)?;
+        let live = Arc::new(Live::new(state.clone(), head.position));
+        let shared = Arc::new(Shared {
+            store: Arc::clone(&store),
+            counters: WriterCounters::default(),
+            failed: AtomicBool::new(false),
+            durable: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            damage: Mutex::new(None),
+            verified: AtomicU64::new(0),
+            verify_done: AtomicBool::new(false),
+        });
+        let (tx, rx) = mpsc::channel(config.queue.max(1));
+        let (head_tx, head_rx) = watch::channel(head.position);
+        // A few decided batches may wait for the committer: enough to keep it busy, few enough that a failure
+        // answers little speculative work as unknown.
+        let (commit_tx, commit_rx) = std::sync::mpsc::sync_channel::<Decided>(4);
+        let (project_tx, project_rx) = std::sync::mpsc::channel::<Batch>();
+        let projector = Projector {
+            store: Arc::clone(&store),
+            live: Arc::clone(&live),
+            dir: config.data_dir.clone(),
+            interval: config.projection_interval,
+            snapshot_every: config.snapshot_every,
+            snapshot_at_close: config.snapshot_at_close,
+            since_snapshot: head.position.0.saturating_sub(snapshot_at.0),
+        };
+        let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<Handoff>(4);
+        let committer = Committer {
+            shared: Arc::clone(&shared),
+            sync: sync_tx,
+        };
+        let syncer = Syncer {
+            shared: Arc::clone(&shared),
+            head: head_tx,
+            project: project_tx,
+        };
+        let writer = Writer {
+            shared: Arc::clone(&shared),
+            live: Arc::clone(&live),
+            epoch: 0,
+            state,
+            head,
+            clock: Arc::clone(&config.clock),
+            max_batch: config.max_batch.max(1),
+            seq: 0,
+            in_flight: HashMap::new(),
+            commit: commit_tx,
+        };
+        let threads = vec![
+            spawn("ledger-writer", move || writer.run(rx))?,
+            spawn("ledger-commit", move || committer.run(commit_rx))?,
+            spawn("ledger-sync", move || syncer.run(sync_rx))?,
+            spawn("ledger-project", move || projector.run(project_rx))?,
+        ];
+        Ok(Ledger {
+            head: head_rx,
+            shared,
+            live,
+            tx: Mutex::new(Some(tx)),
+            threads: Mutex::new(threads),
+            verifier: Mutex::new(None),
+        })
+    }
+
+    fn sender(&self) -> Option<mpsc::Sender<Job>> {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Queues a command from synchronous code (blocks while the queue is full). Must not be called from async code.
+    pub fn submit(&self, submitted: Submitted) -> Ticket {
+        self.submit_as(submitted, crate::access::Scope::All)
+    }
+
+    /// Queues a command from synchronous code on behalf of a principal confined to `scope`: a request, admin
+    /// relationship or subscription it names but may not see is decided as if it did not exist (docs/security.md).
+    pub fn submit_as(&self, submitted: Submitted, scope: crate::access::Scope) -> Ticket {
+        let (reply, rx) = oneshot::channel();
+        let job = Job::new(submitted, scope, reply);
+        let command_id = job.command_id();
+        if let Some(tx) = self.sender() {
+            let _ = tx.blocking_send(job);
+        }
+        Ticket { rx, command_id }
+    }
+
+    /// Queues a command from async code.
+    pub async fn submit_async(&self, submitted: Submitted) -> Ticket {
+        self.submit_async_as(submitted, crate::access::Scope::All)
+            .await
+    }
+
+    /// Queues a command from async code on behalf of a principal confined to `scope` (see [`Ledger::submit_as`]).
+    pub async fn submit_async_as(
+        &self,
+        submitted: Submitted,
+        scope: crate::access::Scope,
+    ) -> Ticket {
+        let (reply, rx) = oneshot::channel();
+        let job = Job::new(submitted, scope, reply);
+        let command_id = job.command_id();
+        if let Some(tx) = self.sender() {
+            let _ = tx.send(job).await;
+        }
+        Ticket { rx, command_id }
+    }
+
+    /// Submits and waits.
+    pub fn execute(&self, submitted: Submitted) -> Outcome {
+        self.submit(submitted).wait()
+    }
+
+    /// The event log, for reads.
+    pub fn store(&self) -> &dyn Store {
+        &*self.shared.store
+    }
+
+    /// The read models' stored documents (written every `projection_interval` and at close).
+    pub fn projections(&self) -> Projections<'_> {
+        Projections::open(&*self.shared.store)
+    }
+
+    /// The write model as of the last durable batch, for "now" views.
+    pub fn live(&self) -> &Live {
+        &self.live
+    }
+
+    /// Waits (up to [`CATCH_UP_TIMEOUT`]) until the live model reflects every event that was durable when it was
+    /// called, so a read reflects every command answered before it began (read-your-writes); returns the position
+    /// the live model reflects. The head moves before the projector applies a batch, so without this wait a read
+    /// right after an answer could judge against the state before that answer's events.
+    pub fn live_caught_up(&self) -> Position {
+        let head = self.store().head().position;
+        self.live.wait_for(head, CATCH_UP_TIMEOUT)
+    }
+
+    /// Holds the projector back while the guard lives, so the live model lags the head: a test hook that forces the
+    /// races a reader must survive (a stream or a view right after a commit). Nothing but tests calls it.
+    pub fn pause_projector(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.live.paused.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Follows the log's head: it changes after every durable batch. Readers of the log wait on it; it never makes the
+    /// writer wait.
+    pub fn watch_head(&self) -> watch::Receiver<Position> {
+        self.head.clone()
+    }
+
+    /// Commit latency and batch size histograms.
+    pub fn histograms(&self) -> Histograms {
+        let c = &self.shared.counters;
+        Histograms {
+            commit_latency_buckets: c
+                .latency
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            commit_latency_seconds_sum: c.latency_micros_sum.load(Ordering::Relaxed) as f64 / 1e6,
+            batch_size_buckets: c
+                .batch_sizes
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+        }
+    }
+
+    /// The refusal audit trail.
+    pub fn refusals(&self) -> &dyn RefusalStore {
+        self.shared.store.refusals()
+    }
+
+    /// Counters for tests and metrics.
+    pub fn stats(&self) -> Stats {
+        let s = self.store().counters();
+        let c = &self.shared.counters;
+        Stats {
+            batches: s.batches,
+            flushes: s.flushes,
+            fdatasyncs: s.fdatasyncs,
+            events: s.events,
+            committed: c.committed.load(Ordering::Relaxed),
+            refused: c.refused.load(Ordering::Relaxed),
+            duplicates: c.duplicates.load(Ordering::Relaxed),
+            unknown: c.unknown.load(Ordering::Relaxed),
+            largest_batch: c.largest_batch.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops accepting commands, lets the writer answer every queued one, writes the read models and (when due) a
+    /// snapshot, and waits for all of it.
+    pub fn close(&self) {
+        if let Some((stop, thread)) = self
+            .verifier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            stop.store(true, Ordering::SeqCst);
+            let _ = thread.join();
+        }
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

@@ -1,0 +1,104 @@
+//! The projector thread: applies each durable batch to the live write model that "now" views read, rewrites the
+//! read-model documents of the entities that changed every `projection_interval` (and at close), and writes a
+//! write-model snapshot every `snapshot_every` events (and at close, when enough came after the last one).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Live;
+use crate::domain::{Event, Position, Timestamp};
+use crate::projection::{Projections, Touched};
+use crate::store::Store;
+
+/// One durable batch's events, in position order.
+pub(super) type Batch = Vec<(Position, Timestamp, Event)>;
+
+/// Keeps the live model, the read models and the snapshot up with the log.
+pub(super) struct Projector {
+    pub(super) store: Arc<dyn Store>,
+    pub(super) live: Arc<Live>,
+    pub(super) dir: PathBuf,
+    pub(super) interval: Duration,
+    pub(super) snapshot_every: u64,
+    pub(super) snapshot_at_close: u64,
+    /// Events applied since the last snapshot.
+    pub(super) since_snapshot: u64,
+}
+
+impl Projector {
+    pub(super) fn run(mut self, rx: std::sync::mpsc::Receiver<Batch>) {
+        let mut touched = Touched::default();
+        let mut last_write = Instant::now();
+        loop {
+            let wait = self.interval.saturating_sub(last_write.elapsed());
+            match rx.recv_timeout(wait) {
+                Ok(events) => {
+                    self.since_snapshot += events.len() as u64;
+                    self.live.apply(&events, &mut touched);
+                    while let Ok(more) = rx.try_recv() {
+                        self.since_snapshot += more.len() as u64;
+                        self.live.apply(&more, &mut touched);
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            if last_write.elapsed() >= self.interval {
+                self.write_documents(&mut touched);
+                last_write = Instant::now();
+            }
+            if self.since_snapshot >= self.snapshot_every {
+                self.snapshot();
+            }
+        }
+        self.write_documents(&mut touched);
+        if self.since_snapshot >= self.snapshot_at_close {
+            self.snapshot();
+        }
+    }
+
+    /// Rewrites the documents of everything that changed since the last write. A failure loses nothing: the
+    /// checkpoints stay behind and the next open catches up.
+    fn write_documents(&self, touched: &mut Touched) {
+        if touched.is_empty() {
+            return;
+        }
+        // Documents are small; a few MiB covers a second's worth, twice over for sled's log.
+        if let Err(why) = self.store.room_for(8 * 1024 * 1024) {
+            tracing::warn!(%why, "read models are not updated; they catch up once there is room, or at the next open");
+            return;
+        }
+        let result = self.live.read(|state, position| {
+            Projections::open(&*self.store).update(state, touched, position)
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "read models could not be updated; they catch up at the next open");
+        }
+        *touched = Touched::default();
+    }
+
+    fn snapshot(&mut self) {
+        // The new snapshot is written beside the old one before it replaces it.
+        let previous =
+            std::fs::metadata(self.dir.join(crate::snapshot::FILE)).map_or(0, |m| m.len());
+        if let Err(why) = self.store.room_for(2 * previous.max(16 * 1024 * 1024)) {
+            tracing::warn!(%why, "the write-model snapshot is not written; the next open replays more");
+            return;
+        }
+        let result = self.live.read(|state, position| {
+            let hash = match self.store.get(position) {
+                Ok(Some(e)) => e.envelope().map(|env| env.hash),
+                Ok(None) => return Ok(0),
+                Err(e) => Err(e),
+            }?;
+            crate::snapshot::write(&self.dir, state, position, &hash)
+        });
+        match result {
+            Ok(_) => self.since_snapshot = 0,
+            Err(e) => {
+                tracing::warn!(error = %e, "the write-model snapshot could not be written; the next open replays more")
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The syncer thread: makes every staged batch durable with one settle for all that are queued (group commit),
+//! files their refusals, and only then answers every command of those batches, in order, publishes the head and
+//! hands the events to the projector. A failed group is answered `unknown` after the groups before it are durable.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::committer::{take_queued, Handoff};
+use super::projector::Batch;
+use super::writer::{Decided, Draft};
+use super::{Outcome, Shared};
+use crate::domain::Position;
+use crate::store::StagedBatch;
+
+/// How an `unknown` answer ends when the batch may have reached the disk.
+const RETRY: &str =
+    "it may or may not be committed: reopen the ledger and retry with the same command_id";
+
+/// Makes staged batches durable with one settle (on sled: one `flush()` + `fdatasync`) for all that are queued, files their refusals,
+/// answers their commands in order, and hands their events to the projector.
+pub(super) struct Syncer {
+    pub(super) shared: Arc<Shared>,
+    pub(super) head: watch::Sender<Position>,
+    pub(super) project: std::sync::mpsc::Sender<Batch>,
+}
+
+impl Syncer {
+    pub(super) fn run(self, rx: std::sync::mpsc::Receiver<Handoff>) {
+        while let Some(groups) = take_queued(&rx) {
+            self.sync(groups);
+        }
+    }
+
+    /// Syncs and answers the groups in order: runs of written groups share one sync; a failed group is answered
+    /// `unknown` after the groups before it are durable.
+    fn sync(&self, groups: Vec<Handoff>) {
+        const RETRY_NOW: &str = "nothing of it was written; retry with the same command_id";
+        let mut run = Vec::new();
+        for g in groups {
+            match g {
+                Handoff::Staged { batches, staged } => run.push((batches, staged)),
+                Handoff::Voided { batches, error } => {
+                    self.sync_run(std::mem::take(&mut run));
+                    if self.shared.failed.load(Ordering::SeqCst) {
+                        self.answer_unknown(batches, &format!("{error}; {RETRY}"));
+                    } else {
+                        self.answer_unknown(batches, &format!("{error}; {RETRY_NOW}"));
+                    }
+                }
+                Handoff::Failed { batches, error } => {
+                    self.sync_run(std::mem::take(&mut run));
+                    self.shared.failed.store(true, Ordering::SeqCst);
+                    self.answer_unknown(batches, &format!("{error}; {RETRY}"));
+                }
+            }
+        }
+        self.sync_run(run);
+    }
+
+    /// Makes a run of staged groups durable with one settle, then answers them in order.
+    fn sync_run(&self, groups: Vec<(Vec<Decided>, Option<StagedBatch>)>) {
+        if groups.is_empty() {
+            return;
+        }
+        if self.shared.failed.load(Ordering::SeqCst) {
+            let batches = groups.into_iter().flat_map(|(b, _)| b).collect();
+            return self.answer_unknown(batches, &self.shared.stopped_message());
+        }
+        let mut batches = Vec::new();
+        let mut written = Vec::new();
+        for (b, staged) in groups {
+            batches.extend(b);
+            written.extend(staged);
+        }
+        let appended = !written.is_empty();
+        if appended {
+            if let Err(e) = self.shared.store.settle(written) {
+                self.shared.failed.store(true, Ordering::SeqCst);
+                return self.answer_unknown(
+                    batches,
+                    &format!("storage failed while this command was in flight ({e}); {RETRY}"),
+                );
+            }
+        }
+        let c = &self.shared.counters;
+        // Filed before answering, so a client that was refused finds the refusal in the history right away.
+        let refusals: Vec<_> = batches
+            .iter_mut()
+            .flat_map(|b| std::mem::take(&mut b.refusals))
+            .collect();
+        if let Err(e) = self.shared.store.refusals().append(&refusals) {
+            tracing::warn!(error = %e, "refused commands could not be recorded in the audit trail");
+        }
+        let oldest = batches.iter().map(|b| b.started).min();
+        let entries: usize = batches.iter().map(|b| b.positions.len()).sum();
+        let mut events = Vec::new();
+        let mut last_seq = 0;
+        for b in batches {
+            last_seq = b.seq;
+            events.extend(b.events);
+            let positions = b.positions;
+            for (reply, draft) in b.drafts {
+                let outcome = match draft {
+                    Draft::Done(o) => o,
+                    Draft::Entry(n, command_id) => Outcome::Committed {
+                        command_id,
+                        positions: positions[n].clone(),
+                        duplicate: false,
+                    },
+                    Draft::DuplicateOfEntry(n, command_id) => Outcome::Committed {
+                        command_id,
+                        positions: positions[n].clone(),
+                        duplicate: true,
+                    },
+                    Draft::Duplicate(positions, command_id) => Outcome::Committed {
+                        command_id,
+                        positions,
+                        duplicate: true,
+                    },
+                };
+                let counter = match &outcome {
+                    Outcome::Committed {
+                        duplicate: false, ..
+                    } => &c.committed,
+                    Outcome::Committed {
+                        duplicate: true, ..
+                    } => &c.duplicates,
+                    Outcome::Refused { .. } => &c.refused,
+                    Outcome::Unknown { .. } => &c.unknown,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                let _ = reply.send(outcome);
+            }
+        }
+        self.shared.durable.store(last_seq, Ordering::SeqCst);
+        if appended {
+            c.largest_batch.fetch_max(entries as u64, Ordering::Relaxed);
+            if let Some(t) = oldest {
+                c.record_batch(t.elapsed(), entries);
+            }
+            self.head.send_replace(self.shared.store.head().position);
+            let _ = self.project.send(events);
+        }
+    }
+
+    fn answer_unknown(&self, batches: Vec<Decided>, message: &str) {
+        for b in batches {
+            for (reply, draft) in b.drafts {
+                let command_id = match &draft {
+                    Draft::Done(o) => o.command_id(),
+                    Draft::Entry(_, id)
+                    | Draft::DuplicateOfEntry(_, id)
+                    | Draft::Duplicate(_, id) => *id,
+                };
+                self.shared.counters.unknown.fetch_add(1, Ordering::Relaxed);
+                let _ = reply.send(Outcome::Unknown {
+                    command_id,
+                    message: message.to_string(),
+                });
+            }
+        }
+    }
+}

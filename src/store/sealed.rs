@@ -1,0 +1,116 @@
+//! Batches on their way into a store: sealed (positions, canonical envelopes and their hash chain, computed without
+//! touching the disk), then staged by a backend, then settled (durable and visible).
+//!
+//! Sealing is the same for every backend, so the chain a ledger writes does not depend on where it is stored.
+
+use super::envelope::seal;
+use super::journal::Committed;
+use super::{CommitEntry, Head};
+use crate::domain::{EntityRef, Position};
+
+/// A position and the exact bytes stored for it (the canonical envelope).
+pub type Row = (Position, Vec<u8>);
+
+/// A batch sealed and ready to stage: everything a commit computes before it touches the disk. Sealing is pure CPU
+/// work, so the writer seals the next batch while the previous one is being made durable.
+#[derive(Debug)]
+pub struct SealedBatch {
+    /// The head the batch extends.
+    pub(crate) base: Head,
+    pub(crate) rows: Vec<Row>,
+    pub(crate) journal: Vec<Committed>,
+    /// Each event's entities, for the history index.
+    pub(crate) index: Vec<(Position, Vec<EntityRef>)>,
+    pub(crate) new_head: Head,
+    pub(crate) positions: Vec<Vec<Position>>,
+}
+
+impl SealedBatch {
+    /// Seals `entries` after `base`: positions, envelopes and their hash chain, the journal entries and the index
+    /// entries. A store stages the result only if its head is still `base`.
+    pub fn seal(entries: &[CommitEntry], base: &Head) -> SealedBatch {
+        let mut position = base.position;
+        let mut prev = base.hash.clone();
+        let mut rows: Vec<Row> = Vec::with_capacity(entries.len());
+        let mut index = Vec::with_capacity(entries.len());
+        let mut journal = Vec::with_capacity(entries.len());
+        let mut positions_out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let mut positions = Vec::with_capacity(entry.events.len());
+            for ev in &entry.events {
+                position = position.next();
+                let (raw, hash) = seal(ev, position, &prev);
+                prev = hash;
+                rows.push((position, raw));
+                index.push((position, ev.event.entities()));
+                positions.push(position);
+            }
+            journal.push(Committed {
+                command_id: entry.command_id,
+                fingerprint: Some(entry.fingerprint),
+                first: positions.first().copied().unwrap_or(position),
+                count: u32::try_from(positions.len()).unwrap_or(u32::MAX),
+            });
+            positions_out.push(positions);
+        }
+        SealedBatch {
+            base: base.clone(),
+            rows,
+            journal,
+            index,
+            new_head: Head {
+                position,
+                hash: prev,
+            },
+            positions: positions_out,
+        }
+    }
+
+    /// Appends a batch sealed after this one, so both are staged together and settled by one sync. Refuses
+    /// (returning `next` unchanged) a batch that does not extend this one.
+    pub fn append(&mut self, next: SealedBatch) -> Result<(), Box<SealedBatch>> {
+        if next.base != self.new_head {
+            return Err(Box::new(next));
+        }
+        self.rows.extend(next.rows);
+        self.journal.extend(next.journal);
+        self.index.extend(next.index);
+        self.positions.extend(next.positions);
+        self.new_head = next.new_head;
+        Ok(())
+    }
+
+    /// The head after this batch.
+    pub fn head(&self) -> &Head {
+        &self.new_head
+    }
+
+    /// Each entry's positions.
+    pub fn positions(&self) -> &[Vec<Position>] {
+        &self.positions
+    }
+}
+
+/// A batch a store staged ([`super::Store::stage`]) and has not settled yet.
+#[derive(Debug)]
+pub struct StagedBatch {
+    pub(crate) events: usize,
+    /// The backend's number for its first journal record.
+    pub(crate) journal_seq: u64,
+    pub(crate) journal: Vec<Committed>,
+    pub(crate) index: Vec<(Position, Vec<EntityRef>)>,
+    pub(crate) new_head: Head,
+    pub(crate) positions: Vec<Vec<Position>>,
+}
+
+impl StagedBatch {
+    /// Each entry's positions.
+    pub fn positions(&self) -> &[Vec<Position>] {
+        &self.positions
+    }
+
+    /// The head after this batch.
+    pub fn head(&self) -> &Head {
+        &self.new_head
+    }
+}

@@ -1,0 +1,123 @@
+//! Write-model snapshots are a cache: one that belongs to the log shortens opening, and one that does not (damaged,
+//! foreign, beyond the head) is ignored, so the state after opening always equals a full replay of the log.
+
+use partner_ledger::domain::parse_line;
+use partner_ledger::ledger::{load_state, replay, Ledger, LedgerConfig};
+use partner_ledger::snapshot;
+use partner_ledger::store::{Store, StoreOptions};
+use partner_ledger::workload::{generate, WorkloadSpec};
+
+fn build(dir: &std::path::Path, commands: usize, seed: u64) {
+    let mut config = LedgerConfig::new(dir);
+    config.snapshot_at_close = 1;
+    let ledger = Ledger::open(config).unwrap();
+    let tickets: Vec<_> = generate(WorkloadSpec {
+        commands,
+        seed,
+        ..WorkloadSpec::default()
+    })
+    .map(|l| ledger.submit(parse_line(&l).unwrap()))
+    .collect();
+    for t in tickets {
+        t.wait();
+    }
+    ledger.close();
+}
+
+fn store(dir: &std::path::Path) -> std::sync::Arc<dyn Store> {
+    partner_ledger::store::open(
+        dir,
+        &StoreOptions {
+            create: false,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_snapshot_written_at_close_is_used_and_equals_a_full_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path(), 3_000, 1);
+    let owned = store(dir.path());
+    let s = &*owned;
+    let head = partner_ledger::store::EventStore::head(s).position;
+    assert_eq!(snapshot::covered(dir.path()), Some(head));
+    let (state, from) = load_state(dir.path(), s, |_| {}).unwrap();
+    assert_eq!(from, head, "the snapshot covers the whole log");
+    assert_eq!(state, replay(s, |_| {}).unwrap());
+}
+
+#[test]
+fn a_damaged_or_foreign_snapshot_is_ignored_and_the_log_is_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path(), 2_000, 2);
+    let path = dir.path().join(snapshot::FILE);
+    let good = std::fs::read(&path).unwrap();
+
+    // A flipped byte in the payload.
+    let mut damaged = good.clone();
+    let n = damaged.len();
+    damaged[n - 10] ^= 0x01;
+    std::fs::write(&path, &damaged).unwrap();
+    let owned = store(dir.path());
+    let s = &*owned;
+    let (state, from) = load_state(dir.path(), s, |_| {}).unwrap();
+    assert_eq!(from.0, 0, "a damaged snapshot is not used");
+    assert_eq!(state, replay(s, |_| {}).unwrap());
+    assert!(matches!(
+        snapshot::load(dir.path(), s),
+        Err(snapshot::Unusable::Rejected(why)) if why.contains("checksum")
+    ));
+    drop(owned);
+
+    // A truncated file.
+    std::fs::write(&path, &good[..good.len() / 2]).unwrap();
+    let owned = store(dir.path());
+    let s = &*owned;
+    assert!(matches!(
+        snapshot::load(dir.path(), s),
+        Err(snapshot::Unusable::Rejected(_))
+    ));
+    drop(owned);
+
+    // A snapshot of another ledger: its position exists here but with another hash.
+    let other = tempfile::tempdir().unwrap();
+    build(other.path(), 2_000, 3);
+    std::fs::copy(other.path().join(snapshot::FILE), &path).unwrap();
+    let owned = store(dir.path());
+    let s = &*owned;
+    assert!(matches!(
+        snapshot::load(dir.path(), s),
+        Err(snapshot::Unusable::Rejected(why)) if why.contains("another hash") || why.contains("beyond")
+    ));
+    let (state, from) = load_state(dir.path(), s, |_| {}).unwrap();
+    assert_eq!(from.0, 0);
+    assert_eq!(state, replay(s, |_| {}).unwrap());
+}
+
+#[test]
+fn a_ledger_reopened_from_its_snapshot_answers_its_earlier_commands_as_duplicates_and_appends_nothing(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path(), 2_000, 4);
+    // Continue the same workload's ids: a re-run of the same seed repeats every command id, so every command is a
+    // duplicate answered from the journal, decided against the snapshot-loaded state.
+    let ledger = Ledger::open(LedgerConfig::new(dir.path())).unwrap();
+    let head = partner_ledger::store::EventStore::head(ledger.store()).position;
+    for line in generate(WorkloadSpec {
+        commands: 2_000,
+        seed: 4,
+        ..WorkloadSpec::default()
+    }) {
+        match ledger.execute(parse_line(&line).unwrap()) {
+            partner_ledger::ledger::Outcome::Committed { duplicate, .. } => assert!(duplicate),
+            partner_ledger::ledger::Outcome::Refused { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        partner_ledger::store::EventStore::head(ledger.store()).position,
+        head
+    );
+}

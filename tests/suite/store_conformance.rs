@@ -1,0 +1,204 @@
+//! Conformance tests for `Store` backends (`src/store/seam.rs`), and a model test: the store behaves like a `Vec` of
+//! events even across close and reopen (sled tests its trees against a `BTreeMap` the same way). A second backend runs
+//! the same checks by adding its `open` function to `backends()`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use partner_ledger::domain::{
+    Actor, CommandId, CustomerId, EntityRef, Event, EventId, PartnerId, Position, Role, Timestamp,
+};
+use partner_ledger::store::{check, CommitEntry, NewEvent, Store, StoreOptions, GENESIS_HASH};
+use proptest::prelude::*;
+
+type Opener = fn(&Path) -> Arc<dyn Store>;
+
+fn open_sled(dir: &Path) -> Arc<dyn Store> {
+    partner_ledger::store::open(dir, &StoreOptions::default()).unwrap()
+}
+
+fn backends() -> Vec<(&'static str, Opener)> {
+    vec![("sled", open_sled as Opener)]
+}
+
+fn id<T: std::str::FromStr>(n: u64, prefix: u32) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    format!("{prefix:08x}-0000-4000-8000-{n:012x}")
+        .parse()
+        .unwrap()
+}
+
+fn event(customer: u64, partner: u64) -> Event {
+    if partner == 0 {
+        Event::CustomerAgreementAccepted {
+            customer: id(customer + 1, 0xc0),
+            accepted_by: id(customer + 1, 0xc0),
+        }
+    } else {
+        Event::AzurePlanCreated {
+            billing_partner: id::<PartnerId>(partner, 0xb0),
+            customer: id::<CustomerId>(customer + 1, 0xc0),
+        }
+    }
+}
+
+fn entry(command: u64, events: &[(u64, u64)]) -> CommitEntry {
+    let command_id: CommandId = id(command + 1, 0xcc);
+    CommitEntry {
+        command_id,
+        fingerprint: [u8::try_from(command % 251).unwrap(); 16],
+        events: events
+            .iter()
+            .map(|(c, p)| NewEvent {
+                event_id: EventId::new(uuid::Uuid::new_v4()).unwrap(),
+                event: event(*c, *p),
+                at: "2024-01-01T00:00:00Z".parse::<Timestamp>().unwrap(),
+                recorded_at: "2026-11-24T00:00:00Z".parse().unwrap(),
+                command_id,
+                correlation_id: None,
+                actor: Actor {
+                    tenant: id(1, 0xff),
+                    user: "ops".into(),
+                    role: Role::Operator,
+                },
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn an_empty_store_has_the_genesis_head_and_nothing_to_read() {
+    for (name, open) in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        assert_eq!(store.head().position, Position(0), "{name}");
+        assert_eq!(store.head().hash, GENESIS_HASH, "{name}");
+        assert_eq!(store.read(Position(0), None).count(), 0, "{name}");
+        assert!(store.get(Position(1)).unwrap().is_none(), "{name}");
+        assert!(store.command(id(1, 0xcc)).unwrap().is_none(), "{name}");
+    }
+}
+
+#[test]
+fn a_batch_gets_contiguous_positions_records_and_index_entries() {
+    for (name, open) in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let positions = store
+            .commit(&[
+                entry(0, &[(1, 7), (1, 0)]),
+                entry(1, &[]),
+                entry(2, &[(2, 7)]),
+            ])
+            .unwrap();
+        assert_eq!(
+            positions,
+            vec![vec![Position(1), Position(2)], vec![], vec![Position(3)]],
+            "{name}"
+        );
+        assert_eq!(store.head().position, Position(3));
+        assert_eq!(
+            store.command(id(2, 0xcc)).unwrap().unwrap().positions,
+            Vec::<Position>::new(),
+            "{name}: empty commands are remembered"
+        );
+        assert_eq!(
+            store.command(id(1, 0xcc)).unwrap().unwrap().fingerprint,
+            Some([0; 16])
+        );
+        let partner = EntityRef::Partner(id(7, 0xb0));
+        assert_eq!(
+            store.history(&partner, Position(0)).unwrap(),
+            vec![Position(1), Position(3)],
+            "{name}"
+        );
+        assert_eq!(
+            store.history(&partner, Position(1)).unwrap(),
+            vec![Position(3)],
+            "{name}: history is after `after`"
+        );
+        assert_eq!(
+            store
+                .history(&EntityRef::Customer(id(2, 0xc0)), Position(0))
+                .unwrap(),
+            vec![Position(1), Position(2)],
+            "{name}"
+        );
+        let read: Vec<u64> = store
+            .read(Position(1), Some(Position(2)))
+            .map(|e| e.unwrap().position.0)
+            .collect();
+        assert_eq!(read, vec![2], "{name}: from is exclusive, to inclusive");
+        let mut prev = GENESIS_HASH.to_string();
+        for e in store.read(Position(0), None) {
+            let e = e.unwrap();
+            let env = check(&e.raw, e.position, &prev).unwrap();
+            prev = env.hash;
+        }
+        assert_eq!(prev, store.head().hash, "{name}: the head is the last hash");
+        let c = store.counters();
+        assert_eq!(
+            (c.batches, c.flushes, c.fdatasyncs, c.events, c.commands),
+            (1, 1, 1, 3, 3),
+            "{name}"
+        );
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Commit(Vec<Vec<(u64, u64)>>),
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => prop::collection::vec(prop::collection::vec((0u64..4, 0u64..3), 0..4), 1..5).prop_map(Op::Commit),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #[test]
+    fn the_store_behaves_like_a_vec_across_reopen(ops in prop::collection::vec(op(), 1..12)) {
+        for (_, open) in backends() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = open(dir.path());
+            let mut model: Vec<(u64, Event)> = Vec::new();
+            let mut commands = 0u64;
+            for op in &ops {
+                match op {
+                    Op::Reopen => {
+                        drop(store);
+                        store = open(dir.path());
+                    }
+                    Op::Commit(batch) => {
+                        let entries: Vec<CommitEntry> = batch.iter().map(|evs| { commands += 1; entry(commands, evs) }).collect();
+                        let got = store.commit(&entries).unwrap();
+                        for (e, ps) in entries.iter().zip(&got) {
+                            prop_assert_eq!(ps.len(), e.events.len());
+                            for (ev, p) in e.events.iter().zip(ps) {
+                                model.push((p.0, ev.event.clone()));
+                            }
+                        }
+                    }
+                }
+                let stored: Vec<(u64, Event)> = store
+                    .read(Position(0), None)
+                    .map(|e| { let e = e.unwrap(); (e.position.0, e.envelope().unwrap().event().unwrap()) })
+                    .collect();
+                let expected: Vec<(u64, Event)> = model.iter().enumerate().map(|(i, (_, e))| (i as u64 + 1, e.clone())).collect();
+                prop_assert_eq!(&stored, &expected);
+                prop_assert_eq!(store.head().position.0, model.len() as u64);
+                for c in 0..4u64 {
+                    let customer = EntityRef::Customer(id(c + 1, 0xc0));
+                    let want: Vec<Position> = model.iter().filter(|(_, e)| e.entities().contains(&customer)).map(|(p, _)| Position(*p)).collect();
+                    prop_assert_eq!(store.history(&customer, Position(0)).unwrap(), want);
+                }
+            }
+        }
+    }
+}
