@@ -7,8 +7,6 @@
 //! the subscriptions it is partner of record of; a customer sees its own tenant; operators, `system` and auditors see
 //! everything, and auditors change nothing.
 
-use serde::Deserialize;
-
 use crate::domain::view::CustomerView;
 use crate::domain::{
     Actor, AdminRelationshipId, CustomerId, PartnerId, RequestId, Role, State, Submitted,
@@ -142,19 +140,19 @@ impl Principal {
                 message: "partners and customers act at the ledger clock; leave out `at` (only operators and system set business time)".into(),
             });
         }
-        let named = Named::of(cmd);
+        let named = cmd.body.parties();
         match self.scope() {
             Scope::All => Ok(()),
             Scope::Partner(me) => {
                 // Only the tenants the command names itself: a request or admin relationship of another tenant is
                 // answered by the writer as if it did not exist (`Scope::hidden`), never by naming its owner.
-                let acts_for = named.partner.or(named.provider);
+                let acts_for = named.partners.first().copied();
                 match acts_for {
                     Some(p) if p == me => Ok(()),
                     // A provider removes its linked reseller's relationship (R32: actor the provider, partner the
                     // reseller).
                     Some(p)
-                        if named.command == "RemoveRelationship"
+                        if matches!(cmd.body, crate::domain::Body::RemoveRelationship(_))
                             && state.links.contains(&(me, p)) =>
                     {
                         Ok(())
@@ -170,7 +168,7 @@ impl Principal {
                 Some(c) => Err(not_yours(format!(
                     "acting for customer {c}, which is not {me}"
                 ))),
-                None => match named.partner.or(named.provider) {
+                None => match named.partners.first() {
                     Some(p) => Err(not_yours(format!(
                         "acting for partner {p}, as customer {me}"
                     ))),
@@ -240,46 +238,6 @@ pub struct Denial {
     /// `actor_mismatch`, `not_your_tenant`, `explicit_time_not_allowed` or `read_only`.
     pub reason: &'static str,
     pub message: String,
-}
-
-/// The ids a command names, read from its wire form.
-#[derive(Deserialize, Default)]
-struct Named {
-    #[serde(rename = "type", default)]
-    command: String,
-    partner: Option<PartnerId>,
-    provider: Option<PartnerId>,
-    customer: Option<CustomerId>,
-}
-
-impl Named {
-    fn of(cmd: &Submitted) -> Named {
-        serde_json::to_value(&cmd.body)
-            .ok()
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_default()
-    }
-}
-
-/// The parties an event names, read from its envelope's `data`.
-#[derive(Deserialize, Default)]
-struct Parties {
-    subscription: Option<SubscriptionId>,
-    partner: Option<PartnerId>,
-    provider: Option<PartnerId>,
-    reseller: Option<PartnerId>,
-    billing_partner: Option<PartnerId>,
-    partner_of_record: Option<PartnerId>,
-    reseller_of_record: Option<PartnerId>,
-    customer: Option<CustomerId>,
-}
-
-#[derive(Deserialize)]
-struct EnvelopeParties {
-    #[serde(default)]
-    position: u64,
-    #[serde(default)]
-    data: Parties,
 }
 
 impl Scope {
@@ -353,37 +311,26 @@ impl Scope {
         if *self == Scope::All {
             return true;
         }
-        let Ok(EnvelopeParties { position, data: p }) =
-            serde_json::from_slice::<EnvelopeParties>(envelope)
-        else {
+        let Some((position, event)) = crate::store::decode_envelope(envelope) else {
             return false;
         };
+        let p = event.parties();
         match *self {
             Scope::All => true,
             Scope::Customer(me) => p.customer == Some(me),
             Scope::Partner(me) => {
                 if let Some(s) = p.subscription {
-                    return self.sees_subscription(state, s)
-                        || p.billing_partner == Some(me)
-                        || p.partner_of_record == Some(me);
+                    return self.sees_subscription(state, s) || p.partners.contains(&me);
                 }
-                let named = [
-                    p.partner,
-                    p.provider,
-                    p.reseller,
-                    p.billing_partner,
-                    p.partner_of_record,
-                    p.reseller_of_record,
-                ];
-                if named.iter().any(Option::is_some) {
-                    return named.contains(&Some(me));
+                if !p.partners.is_empty() {
+                    return p.partners.contains(&me);
                 }
                 // Involvement starts at an event that names the partner and never ends.
                 p.customer.is_some_and(|c| {
                     state
                         .involved_at
                         .get(&(me, c))
-                        .is_some_and(|since| !at_its_position || *since <= position)
+                        .is_some_and(|since| !at_its_position || *since <= position.0)
                 })
             }
         }
@@ -494,6 +441,23 @@ mod tests {
                 .unwrap_err()
                 .reason,
             "not_your_tenant"
+        );
+    }
+
+    /// The provider that removed its linked reseller's relationship (R32) sees that removal: `removed_by` names it
+    /// as a party. A partner it does not name does not see it.
+    #[test]
+    fn a_provider_sees_the_removal_it_made_for_its_reseller() {
+        let removal = format!(
+            r#"{{"position":9,"type":"ResellerRelationshipRemoved","data":{{"partner":"{R}","customer":"{C}","removed_by":"{P}"}}}}"#
+        );
+        let state = State::new();
+        let sees = |tenant: &str| agent(tenant).scope().sees_event(&state, removal.as_bytes());
+        assert!(sees(R), "the reseller");
+        assert!(sees(P), "its provider, which removed it");
+        assert!(
+            !sees("b0000000-0000-4000-8000-00000000000b"),
+            "another partner"
         );
     }
 }

@@ -27,7 +27,7 @@ use tokio::sync::watch;
 
 use crate::access::Principal;
 use crate::domain::command::MAX_COMMAND_BYTES;
-use crate::domain::{parse_line, parse_line_as, CustomerId, EntityRef, PartnerId, SubscriptionId};
+use crate::domain::{parse_line_as, CustomerId, EntityRef, PartnerId, SubscriptionId};
 use crate::ledger::{Ledger, Outcome};
 use crate::query::{self, AsOfSpec};
 
@@ -328,10 +328,21 @@ async fn scheduler(ledger: Arc<Ledger>, interval: Duration, mut stopping: watch:
 
 /// The scheduler's `AdvanceClock` to the current time (actor `system`, user `scheduler`).
 pub fn clock_advance() -> Option<crate::domain::Submitted> {
-    let now = crate::domain::Timestamp::from_datetime(chrono::Utc::now());
-    let line = json!({"type": "AdvanceClock", "to": now.to_string(),
-        "actor": {"tenant": "00000000-0000-4000-8000-00000000005c", "user": "scheduler", "role": "system"}});
-    parse_line(&line.to_string()).ok()
+    use crate::domain::command::{body, Actor, Body, Role};
+    let tenant = "00000000-0000-4000-8000-00000000005c".parse().ok()?;
+    Some(crate::domain::Submitted {
+        command_id: None,
+        at: None,
+        actor: Actor {
+            tenant,
+            user: "scheduler".into(),
+            role: Role::System,
+        },
+        correlation_id: None,
+        body: Body::AdvanceClock(body::AdvanceClock {
+            to: crate::domain::Timestamp::from_datetime(chrono::Utc::now()),
+        }),
+    })
 }
 
 /// A request that cannot be served, ready to send (boxed: a `Response` is large).
@@ -451,6 +462,7 @@ fn outcome_response(o: &Outcome) -> Response {
         Outcome::Committed { .. } => StatusCode::OK,
         Outcome::Refused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         Outcome::Unknown { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        Outcome::Invalid { .. } => StatusCode::BAD_REQUEST,
     };
     (status, Json(o.to_json())).into_response()
 }
@@ -572,11 +584,10 @@ async fn post_commands(
             match parse_line_as(text.trim(), actor.as_ref()) {
                 Err(e) => {
                     s.metrics.invalid.fetch_add(1, Ordering::Relaxed);
-                    (
-                        StatusCode::BAD_REQUEST,
-                        Json(json!({"outcome": "invalid", "line": 1, "message": e.0})),
-                    )
-                        .into_response()
+                    outcome_response(&Outcome::Invalid {
+                        line: 1,
+                        message: e.0,
+                    })
                 }
                 Ok(cmd) => {
                     if let Err(r) = authorise(&s, &who, &[(1, &cmd)]).await {
@@ -594,13 +605,16 @@ async fn post_commands(
         }
         "application/x-ndjson" => {
             enum Pending {
-                Invalid(usize, String),
+                Invalid(Outcome),
                 Ticket(crate::ledger::Ticket),
             }
             let scope = who.scope();
             async fn submit(s: &AppState, p: Parsed, scope: crate::access::Scope) -> Pending {
                 match p {
-                    Parsed::Invalid(n, m) => Pending::Invalid(n, m),
+                    Parsed::Invalid(line, message) => Pending::Invalid(Outcome::Invalid {
+                        line: line as u64,
+                        message,
+                    }),
                     Parsed::Command(_, cmd) => {
                         Pending::Ticket(s.ledger.submit_async_as(cmd, scope).await)
                     }
@@ -633,9 +647,9 @@ async fn post_commands(
             let mut out = Vec::with_capacity(pending.len() * 96);
             for p in pending {
                 let v = match p {
-                    Pending::Invalid(line, message) => {
+                    Pending::Invalid(invalid) => {
                         s.metrics.invalid.fetch_add(1, Ordering::Relaxed);
-                        json!({"outcome": "invalid", "line": line, "message": message})
+                        invalid.to_json()
                     }
                     Pending::Ticket(t) => t.outcome().await.to_json(),
                 };
@@ -681,7 +695,10 @@ fn parse_as_of(p: &AsOfParam, ledger: &Ledger) -> Result<Option<AsOfSpec>, Rejec
     Ok(spec)
 }
 
-fn parse_id<T: std::str::FromStr<Err = String>>(kind: &str, s: &str) -> Result<T, Rejection> {
+fn parse_id<T: std::str::FromStr<Err = crate::domain::ParseError>>(
+    kind: &str,
+    s: &str,
+) -> Result<T, Rejection> {
     s.parse().map_err(|e| {
         reject(
             StatusCode::BAD_REQUEST,

@@ -354,7 +354,7 @@ pub fn filter_of(
     partner: Option<&str>,
     types: Option<&str>,
 ) -> Result<Filter, Rejection> {
-    let bad = |kind: &str, e: String| {
+    let bad = |kind: &str, e: crate::domain::ParseError| {
         reject(
             StatusCode::BAD_REQUEST,
             "invalid_id",

@@ -14,7 +14,7 @@ use anyhow::Context;
 
 use crate::domain::command::MAX_COMMAND_BYTES;
 use crate::domain::parse_line;
-use crate::ledger::{Ledger, LedgerConfig, Ticket};
+use crate::ledger::{Ledger, LedgerConfig, Outcome, Ticket};
 
 enum Pending {
     Invalid { line: u64, message: String },
@@ -153,30 +153,26 @@ pub fn run(data: &Path, file: &str) -> anyhow::Result<ExitCode> {
             }
             Err(TryRecvError::Disconnected) => break,
         };
-        let json = match pending {
-            Pending::Invalid { line, message } => {
-                invalid += 1;
-                serde_json::json!({"outcome": "invalid", "line": line, "message": message})
-            }
+        let outcome = match pending {
+            Pending::Invalid { line, message } => Outcome::Invalid { line, message },
             Pending::Submitted(mut ticket) => {
-                let outcome = match ticket.try_now() {
+                match ticket.try_now() {
                     Some(o) => o,
                     None => {
                         // Everything before this command is printed; show it before waiting for the next batch.
                         w.flush()?;
                         ticket.wait()
                     }
-                };
-                let json = outcome.to_json();
-                match json["outcome"].as_str() {
-                    Some("committed") => committed += 1,
-                    Some("refused") => refused += 1,
-                    _ => unknown += 1,
                 }
-                json
             }
         };
-        serde_json::to_writer(&mut w, &json)?;
+        match outcome {
+            Outcome::Committed { .. } => committed += 1,
+            Outcome::Refused { .. } => refused += 1,
+            Outcome::Unknown { .. } => unknown += 1,
+            Outcome::Invalid { .. } => invalid += 1,
+        }
+        serde_json::to_writer(&mut w, &outcome.to_json())?;
         w.write_all(b"\n")?;
     }
     w.flush()?;

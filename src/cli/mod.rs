@@ -472,7 +472,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             include_refusals,
         } => {
             let store = open_existing(&cli.data)?;
-            let parse_err = |e: String| anyhow::anyhow!("{kind} id: {e}");
+            let parse_err = |e: crate::domain::ParseError| anyhow::anyhow!("{kind} id: {e}");
             let entity = match kind.as_str() {
                 "customer" => EntityRef::Customer(id.parse().map_err(parse_err)?),
                 "partner" => EntityRef::Partner(id.parse().map_err(parse_err)?),
@@ -817,7 +817,7 @@ fn demo(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
             ledger.store().head().position
         );
     }
-    let id: CustomerId = CONTOSO.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let id: CustomerId = CONTOSO.parse()?;
     match query::customer(ledger.store(), id, None)? {
         Some(answer) => print!("{}", render::customer_table(&answer.view)),
         None => println!("Contoso is not in this ledger."),

@@ -11,22 +11,36 @@ use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
+/// Why text is not a valid id, time, country or program id. The messages name the offending text (shortened).
+#[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("`{0}` is not a lowercase hyphenated UUID")]
+    NotLowercaseUuid(String),
+    #[error("`{0}` is not a UUID: {1}")]
+    NotUuid(String, String),
+    #[error("the nil UUID is not a valid id")]
+    NilUuid,
+    #[error("`{0}` is not an RFC 3339 time: {1}")]
+    NotRfc3339(String, String),
+    #[error("`{0}` is not an ISO 3166-1 alpha-2 country code")]
+    NotCountry(String),
+    #[error("partner_id `{0}` must be a string of 1 to 20 digits")]
+    NotProgramId(String),
+}
+
 /// Parses the one accepted spelling of an id: 36 characters, lowercase hex, hyphenated, not nil.
-pub fn parse_uuid(s: &str) -> Result<Uuid, String> {
+pub fn parse_uuid(s: &str) -> Result<Uuid, ParseError> {
     let ok_shape = s.len() == 36
         && s.bytes().enumerate().all(|(i, b)| match i {
             8 | 13 | 18 | 23 => b == b'-',
             _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
         });
     if !ok_shape {
-        return Err(format!(
-            "`{}` is not a lowercase hyphenated UUID",
-            truncate_for_message(s)
-        ));
+        return Err(ParseError::NotLowercaseUuid(truncate_for_message(s)));
     }
-    let id = Uuid::parse_str(s).map_err(|e| format!("`{s}` is not a UUID: {e}"))?;
+    let id = Uuid::parse_str(s).map_err(|e| ParseError::NotUuid(s.to_string(), e.to_string()))?;
     if id.is_nil() {
-        return Err("the nil UUID is not a valid id".to_string());
+        return Err(ParseError::NilUuid);
     }
     Ok(id)
 }
@@ -50,9 +64,9 @@ macro_rules! uuid_id {
 
         impl $name {
             /// Wraps an already validated UUID; the nil UUID is rejected.
-            pub fn new(id: Uuid) -> Result<Self, String> {
+            pub fn new(id: Uuid) -> Result<Self, ParseError> {
                 if id.is_nil() {
-                    Err("the nil UUID is not a valid id".to_string())
+                    Err(ParseError::NilUuid)
                 } else {
                     Ok(Self(id))
                 }
@@ -68,8 +82,8 @@ macro_rules! uuid_id {
         }
 
         impl FromStr for $name {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
+            type Err = ParseError;
+            fn from_str(s: &str) -> Result<Self, ParseError> {
                 parse_uuid(s).map(Self)
             }
         }
@@ -216,11 +230,11 @@ impl Timestamp {
 }
 
 impl FromStr for Timestamp {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
         DateTime::parse_from_rfc3339(s)
             .map(|t| Self(t.with_timezone(&Utc)))
-            .map_err(|e| format!("`{}` is not an RFC 3339 time: {e}", truncate_for_message(s)))
+            .map_err(|e| ParseError::NotRfc3339(truncate_for_message(s), e.to_string()))
     }
 }
 
@@ -273,16 +287,13 @@ impl Country {
 }
 
 impl FromStr for Country {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
         let b = s.as_bytes();
         if b.len() == 2 && super::country::is_assigned(s) {
             Ok(Self([b[0], b[1]]))
         } else {
-            Err(format!(
-                "`{}` is not an ISO 3166-1 alpha-2 country code",
-                truncate_for_message(s)
-            ))
+            Err(ParseError::NotCountry(truncate_for_message(s)))
         }
     }
 }
@@ -318,15 +329,12 @@ impl<'de> Deserialize<'de> for Country {
 pub struct ProgramId(String);
 
 impl FromStr for ProgramId {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
         if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) {
             Ok(Self(s.to_string()))
         } else {
-            Err(format!(
-                "partner_id `{}` must be a string of 1 to 20 digits",
-                truncate_for_message(s)
-            ))
+            Err(ParseError::NotProgramId(truncate_for_message(s)))
         }
     }
 }

@@ -10,6 +10,7 @@ mod customer;
 mod delegated_admin;
 pub mod event;
 pub mod ids;
+pub mod parties;
 mod partner;
 pub mod refusal;
 mod relationship;
@@ -29,6 +30,7 @@ pub use command::{
 };
 pub use event::{EntityRef, Event, SCHEMA_VERSION};
 pub use ids::*;
+pub use parties::Parties;
 pub use refusal::{Code, Refusal, RefusalRecord, Rule};
 pub use state::State;
 

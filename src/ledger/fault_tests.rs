@@ -207,6 +207,7 @@ fn matrix_case(plan: FaultPlan) -> (u64, usize, usize) {
                     unknown.push(n);
                 }
                 Outcome::Refused { refusal, .. } => panic!("{plan:?}: refused {refusal:?}"),
+                Outcome::Invalid { message, .. } => panic!("{plan:?}: invalid {message}"),
             }
         }
     }

@@ -22,6 +22,8 @@ pub enum Outcome {
         command_id: CommandId,
         message: String,
     },
+    /// The line was not a valid command (it never reached the ledger); `line` counts from 1 in its request or file.
+    Invalid { line: u64, message: String },
 }
 
 impl Outcome {
@@ -64,15 +66,21 @@ impl Outcome {
                 "outcome": "unknown",
                 "message": message,
             }),
+            Outcome::Invalid { line, message } => json!({
+                "outcome": "invalid",
+                "line": line,
+                "message": message,
+            }),
         }
     }
 
-    /// The command id the outcome is about.
-    pub fn command_id(&self) -> CommandId {
+    /// The command id the outcome is about (none for an invalid line).
+    pub fn command_id(&self) -> Option<CommandId> {
         match self {
             Outcome::Committed { command_id, .. }
             | Outcome::Refused { command_id, .. }
-            | Outcome::Unknown { command_id, .. } => *command_id,
+            | Outcome::Unknown { command_id, .. } => Some(*command_id),
+            Outcome::Invalid { .. } => None,
         }
     }
 }

@@ -128,7 +128,8 @@ impl Syncer {
                         duplicate: true, ..
                     } => &c.duplicates,
                     Outcome::Refused { .. } => &c.refused,
-                    Outcome::Unknown { .. } => &c.unknown,
+                    // The writer never answers `invalid`: lines that are not commands never reach it.
+                    Outcome::Unknown { .. } | Outcome::Invalid { .. } => &c.unknown,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 let _ = reply.send(outcome);
@@ -149,7 +150,14 @@ impl Syncer {
         for b in batches {
             for (reply, draft) in b.drafts {
                 let command_id = match &draft {
-                    Draft::Done(o) => o.command_id(),
+                    Draft::Done(o) => match o.command_id() {
+                        Some(id) => id,
+                        // An answer about no command (never made by the writer) is passed on as it is.
+                        None => {
+                            let _ = reply.send(o.clone());
+                            continue;
+                        }
+                    },
                     Draft::Entry(_, id)
                     | Draft::DuplicateOfEntry(_, id)
                     | Draft::Duplicate(_, id) => *id,

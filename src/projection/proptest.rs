@@ -95,6 +95,7 @@ fn projections_rebuilt_from_scratch_equal_incremental_ones_and_the_write_models_
                     codes.lock().unwrap().insert(refusal.code.as_str());
                 }
                 Outcome::Unknown { message, .. } => prop_assert!(false, "storage failed: {message}"),
+                Outcome::Invalid { message, .. } => prop_assert!(false, "invalid: {message}"),
                 Outcome::Committed { .. } => {}
             }
         }

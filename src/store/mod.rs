@@ -146,6 +146,30 @@ impl StoredEvent {
     }
 }
 
+/// The position and the event of envelope bytes (`None` when they do not decode): for readers that hold the bytes
+/// alone, such as access control judging what a stream may carry. Reads `position`, `type`, `data` and
+/// `schema_version` (the current one when absent), bringing older versions up through the upcasters.
+pub fn decode_envelope(raw: &[u8]) -> Option<(Position, crate::domain::Event)> {
+    #[derive(serde::Deserialize)]
+    struct Parts {
+        position: Position,
+        #[serde(rename = "type")]
+        event_type: String,
+        #[serde(default)]
+        schema_version: Option<u32>,
+        data: serde_json::Value,
+    }
+    let p: Parts = serde_json::from_slice(raw).ok()?;
+    let version = p.schema_version.unwrap_or(crate::domain::SCHEMA_VERSION);
+    let (event_type, data) = if version == crate::domain::SCHEMA_VERSION {
+        (p.event_type, p.data)
+    } else {
+        upcast::upcast(&p.event_type, version, p.data).ok()?
+    };
+    let event = crate::domain::Event::from_parts(&event_type, data).ok()?;
+    Some((p.position, event))
+}
+
 /// Storage failures. None of them is a business answer; each says how a caller should react.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

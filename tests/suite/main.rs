@@ -21,6 +21,7 @@ mod hostile_http;
 mod hostile_input;
 mod ledger;
 mod never_panic;
+mod parties;
 mod resume_and_ack;
 mod server;
 mod snapshot;

@@ -266,7 +266,7 @@ fn an_unknown_answer_names_the_command_id_to_retry_with() {
     let assigned = ticket.command_id();
     let outcome = ticket.wait();
     assert!(matches!(outcome, Outcome::Committed { .. }), "{outcome:?}");
-    assert_eq!(outcome.command_id(), assigned);
+    assert_eq!(outcome.command_id(), Some(assigned));
     ledger.close();
     // The writer is gone: every answer is unknown, and names the id to retry with.
     match ledger.execute(parse_line(with_id).unwrap()) {
