@@ -9,8 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::response::Response;
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -288,7 +287,7 @@ impl Auth {
     }
 
     /// Logs a denied request and counts it for `/metrics`, then answers it.
-    pub fn deny(&self, who: &str, route: &str, d: Denied) -> Response {
+    pub fn deny(&self, who: &str, route: &str, d: Denied) -> super::ApiError {
         tracing::warn!(principal = who, route, status = d.status.as_u16(), reason = d.reason, message = ?d.message, "request denied");
         *self
             .denied
@@ -296,19 +295,13 @@ impl Auth {
             .unwrap_or_else(|e| e.into_inner())
             .entry((d.status.as_u16(), d.reason))
             .or_default() += 1;
-        let mut r = (
-            d.status,
-            Json(json!({"error": if d.status == StatusCode::UNAUTHORIZED { "unauthorized" } else { "forbidden" },
-                        "reason": d.reason, "message": d.message})),
-        )
-            .into_response();
         if d.status == StatusCode::UNAUTHORIZED {
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
+            super::ApiError::new(d.status, "unauthorized", d.message)
+                .with("reason", d.reason)
+                .unauthorized()
+        } else {
+            super::ApiError::new(d.status, "forbidden", d.message).with("reason", d.reason)
         }
-        r
     }
 
     /// Denied requests so far, by status and reason.
@@ -332,7 +325,11 @@ pub fn forbidden(reason: &'static str, message: impl Into<String>) -> Denied {
 }
 
 /// Middleware: authenticates every request and hands the [`Principal`] to the handlers as an extension.
-pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+pub async fn authenticate(
+    State(s): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, super::ApiError> {
     let auth = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -341,9 +338,9 @@ pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Nex
         Ok((p, credential)) => {
             req.extensions_mut().insert(p);
             req.extensions_mut().insert(credential);
-            next.run(req).await
+            Ok(next.run(req).await)
         }
-        Err(d) => s.auth.deny("anonymous", req.uri().path(), d),
+        Err(d) => Err(s.auth.deny("anonymous", req.uri().path(), d)),
     }
 }
 

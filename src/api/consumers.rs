@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::stream::{filter_of, respond, Filter};
-use super::{error, reject, AppState, Rejection};
+use super::{ApiError, AppState};
 use crate::domain::Position;
 use crate::store::{ConsumerStore, StoreError};
 
@@ -84,7 +84,7 @@ impl Consumers {
     }
 }
 
-fn valid_name(name: &str) -> Result<(), Rejection> {
+fn valid_name(name: &str) -> Result<(), ApiError> {
     if !name.is_empty()
         && name.len() <= 64
         && name
@@ -93,7 +93,7 @@ fn valid_name(name: &str) -> Result<(), Rejection> {
     {
         Ok(())
     } else {
-        Err(reject(
+        Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_name",
             "a consumer name is 1 to 64 letters, digits, '-', '_' or '.'",
@@ -101,20 +101,28 @@ fn valid_name(name: &str) -> Result<(), Rejection> {
     }
 }
 
-fn internal(e: StoreError) -> Response {
-    if let StoreError::WriteFailed { message } = &e {
-        return error(
-            StatusCode::INSUFFICIENT_STORAGE,
-            "insufficient_storage",
-            message.clone(),
-        );
+fn internal(e: StoreError) -> ApiError {
+    if let StoreError::WriteFailed { .. } = &e {
+        return ApiError::from(e);
     }
     tracing::error!(error = %e, "consumer store failed");
-    error(
+    ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
         "internal",
         "the consumer store failed; see the server log",
     )
+}
+
+fn failed(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        format!("the {what} failed"),
+    )
+}
+
+fn no_consumer(name: &str) -> ApiError {
+    ApiError::not_found("not_found", format!("no consumer {name}"))
 }
 
 fn with_lag(c: &Consumer, head: Position) -> serde_json::Value {
@@ -138,10 +146,8 @@ pub async fn create(
     State(s): State<AppState>,
     Path(name): Path<String>,
     body: Option<Json<CreateBody>>,
-) -> Response {
-    if let Err(r) = valid_name(&name) {
-        return *r;
-    }
+) -> Result<Response, ApiError> {
+    valid_name(&name)?;
     let body = body.map(|b| b.0).unwrap_or(CreateBody {
         customer: None,
         partner: None,
@@ -149,109 +155,84 @@ pub async fn create(
         from: 0,
     });
     let types = body.types.join(",");
-    let filter = match filter_of(
+    let filter = filter_of(
         body.customer.as_deref(),
         body.partner.as_deref(),
         Some(&types),
-    ) {
-        Ok(f) => f,
-        Err(r) => return *r,
-    };
+    )?;
     let head = s.ledger.store().head().position;
     if body.from > head.0 {
-        return beyond_head("from", body.from, head);
+        return Err(beyond_head("from", body.from, head));
     }
     let consumers = Arc::clone(&s.consumers);
     // On a blocking thread: the lock may wait for acks that sync, and creating syncs too.
-    let created = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let _changing = consumers.lock();
-        match consumers.get(&name) {
-            Err(e) => internal(e),
-            Ok(Some(existing)) if existing.filter == filter => {
-                (StatusCode::OK, Json(with_lag(&existing, head))).into_response()
+        match consumers.get(&name).map_err(internal)? {
+            Some(existing) if existing.filter == filter => {
+                Ok((StatusCode::OK, Json(with_lag(&existing, head))).into_response())
             }
-            Ok(Some(_)) => error(
+            Some(_) => Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "consumer_exists",
                 format!("consumer {name} exists with another filter; delete it first"),
-            ),
-            Ok(None) => {
+            )),
+            None => {
                 let c = Consumer {
                     name,
                     filter,
                     checkpoint: Position(body.from),
                 };
-                match consumers.put(&c) {
-                    Ok(()) => (StatusCode::CREATED, Json(with_lag(&c, head))).into_response(),
-                    Err(e) => internal(e),
-                }
+                consumers.put(&c).map_err(internal)?;
+                Ok((StatusCode::CREATED, Json(with_lag(&c, head))).into_response())
             }
         }
     })
-    .await;
-    created.unwrap_or_else(|_| {
-        error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the creation failed",
-        )
-    })
+    .await
+    .unwrap_or_else(|_| Err(failed("creation")))
 }
 
 /// `GET /v1/consumers`: every consumer with its checkpoint and lag.
-pub async fn list(State(s): State<AppState>) -> Response {
+pub async fn list(State(s): State<AppState>) -> Result<Response, ApiError> {
     let head = s.ledger.store().head().position;
-    match s.consumers.all() {
-        Ok(all) => Json(all.iter().map(|c| with_lag(c, head)).collect::<Vec<_>>()).into_response(),
-        Err(e) => internal(e),
-    }
+    let all = s.consumers.all().map_err(internal)?;
+    Ok(Json(all.iter().map(|c| with_lag(c, head)).collect::<Vec<_>>()).into_response())
 }
 
 /// `GET /v1/consumers/{name}`.
-pub async fn show(State(s): State<AppState>, Path(name): Path<String>) -> Response {
-    match s.consumers.get(&name) {
-        Ok(Some(c)) => Json(with_lag(&c, s.ledger.store().head().position)).into_response(),
-        Ok(None) => error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no consumer {name}"),
-        ),
-        Err(e) => internal(e),
+pub async fn show(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    match s.consumers.get(&name).map_err(internal)? {
+        Some(c) => Ok(Json(with_lag(&c, s.ledger.store().head().position)).into_response()),
+        None => Err(no_consumer(&name)),
     }
 }
 
 /// `DELETE /v1/consumers/{name}`.
-pub async fn remove(State(s): State<AppState>, Path(name): Path<String>) -> Response {
+pub async fn remove(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     let consumers = Arc::clone(&s.consumers);
     let n = name.clone();
     match tokio::task::spawn_blocking(move || consumers.delete(&n)).await {
-        Ok(Ok(true)) => StatusCode::NO_CONTENT.into_response(),
-        Ok(Ok(false)) => error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no consumer {name}"),
-        ),
-        Ok(Err(e)) => internal(e),
-        Err(_) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the deletion failed",
-        ),
+        Ok(Ok(true)) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Ok(Ok(false)) => Err(no_consumer(&name)),
+        Ok(Err(e)) => Err(internal(e)),
+        Err(_) => Err(failed("deletion")),
     }
 }
 
 /// A resume point or starting point after the log's head: 400, naming the head (the positions in between do not
 /// exist yet, and accepting it would skip them once they do).
-pub(super) fn beyond_head(what: &str, asked: u64, head: Position) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(json!({
-            "error": "beyond_head",
-            "message": format!("{what} {asked} is after the log's head {head}; resume at or before the head"),
-            "head": head,
-        })),
+pub(super) fn beyond_head(what: &str, asked: u64, head: Position) -> ApiError {
+    ApiError::bad_request(
+        "beyond_head",
+        format!("{what} {asked} is after the log's head {head}; resume at or before the head"),
     )
-        .into_response()
+    .with("head", head)
 }
 
 /// `GET /v1/consumers/{name}/events`: the consumer's filter, from its checkpoint (or a later `Last-Event-ID`).
@@ -261,24 +242,15 @@ pub async fn events(
     axum::Extension(credential): axum::Extension<super::auth::Credential>,
     Path(name): Path<String>,
     headers: HeaderMap,
-) -> Response {
-    match s.consumers.get(&name) {
-        Ok(Some(c)) => {
-            let head = s.ledger.store().head().position;
-            let after = match super::stream::resume_point(&headers, Some(c.checkpoint.0), head) {
-                Ok(p) => p.max(c.checkpoint),
-                Err(r) => return *r,
-            };
-            // The operations gate let only principals who read everything (operators, system, auditors) this far.
-            respond(&s, &headers, c.filter, (&who, credential), after)
-        }
-        Ok(None) => error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no consumer {name}"),
-        ),
-        Err(e) => internal(e),
-    }
+) -> Result<Response, ApiError> {
+    let Some(c) = s.consumers.get(&name).map_err(internal)? else {
+        return Err(no_consumer(&name));
+    };
+    let head = s.ledger.store().head().position;
+    let after =
+        super::stream::resume_point(&headers, Some(c.checkpoint.0), head)?.max(c.checkpoint);
+    // The operations gate let only principals who read everything (operators, system, auditors) this far.
+    Ok(respond(&s, &headers, c.filter, (&who, credential), after))
 }
 
 #[derive(Deserialize)]
@@ -292,54 +264,37 @@ pub async fn ack(
     State(s): State<AppState>,
     Path(name): Path<String>,
     Json(body): Json<AckBody>,
-) -> Response {
+) -> Result<Response, ApiError> {
     let consumers = Arc::clone(&s.consumers);
     let head = s.ledger.store().head().position;
-    let result =
-        tokio::task::spawn_blocking(move || -> Result<Result<Consumer, Rejection>, StoreError> {
-            let _changing = consumers.lock();
-            let Some(mut c) = consumers.get(&name)? else {
-                return Ok(Err(reject(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("no consumer {name}"),
-                )));
-            };
-            let p = Position(body.position);
-            if p < c.checkpoint {
-                return Ok(Err(reject(
-                    StatusCode::CONFLICT,
-                    "ack_backwards",
-                    format!(
-                        "consumer {name} is at {}; a checkpoint never moves back to {p}",
-                        c.checkpoint
-                    ),
-                )));
-            }
-            if p > head {
-                return Ok(Err(Box::new(
-                    (
-                        StatusCode::BAD_REQUEST,
-                        Json(json!({"error": "ack_beyond_head",
-                            "message": format!("position {p} is after the log's head {head}"),
-                            "head": head})),
-                    )
-                        .into_response(),
-                )));
-            }
-            c.checkpoint = p;
-            consumers.put(&c)?;
-            Ok(Ok(c))
-        })
-        .await;
-    match result {
-        Ok(Ok(Ok(c))) => Json(with_lag(&c, head)).into_response(),
-        Ok(Ok(Err(r))) => *r,
-        Ok(Err(e)) => internal(e),
-        Err(_) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the acknowledgement failed",
-        ),
-    }
+    let c = tokio::task::spawn_blocking(move || -> Result<Consumer, ApiError> {
+        let _changing = consumers.lock();
+        let Some(mut c) = consumers.get(&name).map_err(internal)? else {
+            return Err(no_consumer(&name));
+        };
+        let p = Position(body.position);
+        if p < c.checkpoint {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "ack_backwards",
+                format!(
+                    "consumer {name} is at {}; a checkpoint never moves back to {p}",
+                    c.checkpoint
+                ),
+            ));
+        }
+        if p > head {
+            return Err(ApiError::bad_request(
+                "ack_beyond_head",
+                format!("position {p} is after the log's head {head}"),
+            )
+            .with("head", head));
+        }
+        c.checkpoint = p;
+        consumers.put(&c).map_err(internal)?;
+        Ok(c)
+    })
+    .await
+    .unwrap_or_else(|_| Err(failed("acknowledgement")))?;
+    Ok(Json(with_lag(&c, head)).into_response())
 }

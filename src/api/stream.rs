@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::auth::Credential;
-use super::{reject, AppState, Rejection};
+use super::{ApiError, AppState};
 use crate::access::{Principal, Scope};
 use crate::domain::{CustomerId, EntityRef, PartnerId, Position};
 use crate::ledger::Ledger;
@@ -353,9 +353,9 @@ pub fn filter_of(
     customer: Option<&str>,
     partner: Option<&str>,
     types: Option<&str>,
-) -> Result<Filter, Rejection> {
+) -> Result<Filter, ApiError> {
     let bad = |kind: &str, e: crate::domain::ParseError| {
-        reject(
+        ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_id",
             format!("{kind}: {e}"),
@@ -374,7 +374,7 @@ pub fn filter_of(
         .iter()
         .find(|t| !crate::domain::Event::TYPE_NAMES.contains(&t.as_str()))
     {
-        return Err(reject(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_type",
             format!("`{unknown}` is not an event type"),
@@ -398,7 +398,7 @@ pub fn resume_point(
     headers: &HeaderMap,
     from: Option<u64>,
     head: Position,
-) -> Result<Position, Rejection> {
+) -> Result<Position, ApiError> {
     let point = requested_point(headers, from)?;
     if point > head {
         let what = if headers.contains_key("last-event-id") {
@@ -406,24 +406,24 @@ pub fn resume_point(
         } else {
             "from"
         };
-        return Err(Box::new(super::consumers::beyond_head(what, point.0, head)));
+        return Err(super::consumers::beyond_head(what, point.0, head));
     }
     Ok(point)
 }
 
-fn requested_point(headers: &HeaderMap, from: Option<u64>) -> Result<Position, Rejection> {
+fn requested_point(headers: &HeaderMap, from: Option<u64>) -> Result<Position, ApiError> {
     match headers
         .get("last-event-id")
         .map(|v| v.to_str().map(str::trim))
     {
         Some(Ok(v)) => v.parse::<u64>().map(Position).map_err(|_| {
-            reject(
+            ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_last_event_id",
                 format!("Last-Event-ID `{v}` is not a position"),
             )
         }),
-        Some(Err(_)) => Err(reject(
+        Some(Err(_)) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_last_event_id",
             "Last-Event-ID is not text",
@@ -439,18 +439,12 @@ pub async fn events(
     Extension(credential): Extension<Credential>,
     headers: HeaderMap,
     Query(p): Query<StreamParams>,
-) -> Response {
-    let filter = match filter_of(
+) -> Result<Response, ApiError> {
+    let filter = filter_of(
         p.customer.as_deref(),
         p.partner.as_deref(),
         p.types.as_deref(),
-    ) {
-        Ok(f) => f,
-        Err(r) => return *r,
-    };
-    let after = match resume_point(&headers, p.from, s.ledger.store().head().position) {
-        Ok(a) => a,
-        Err(r) => return *r,
-    };
-    respond(&s, &headers, filter, (&who, credential), after)
+    )?;
+    let after = resume_point(&headers, p.from, s.ledger.store().head().position)?;
+    Ok(respond(&s, &headers, filter, (&who, credential), after))
 }

@@ -1,0 +1,107 @@
+//! What the server says about itself: `GET /` (an index of the routes), `/healthz` (head and integrity) and
+//! `/metrics` (Prometheus text).
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::AppState;
+
+/// `GET /`: what this server is and where to go from here (the routes and the documentation in the repository).
+pub(super) async fn index(State(s): State<AppState>) -> Response {
+    Json(json!({
+        "name": "partner-ledger",
+        "version": env!("CARGO_PKG_VERSION"),
+        "head": s.ledger.store().head().position,
+        "openapi": "/v1/openapi.json",
+        "routes": {
+            "commands": "POST /v1/commands (application/json: one command; application/x-ndjson: many)",
+            "customer": "GET /v1/customers/{id}[?as_of=POSITION|TIME]",
+            "customer_history": "GET /v1/customers/{id}/history[?include_refusals=true]",
+            "partner": "GET /v1/partners/{id}[?as_of=…]",
+            "subscription": "GET /v1/subscriptions/{id}[?as_of=…]",
+            "events": "GET /v1/events[?from=N&customer=ID&partner=ID&types=A,B] (SSE, or NDJSON with Accept: application/x-ndjson)",
+            "consumers": "GET|PUT|DELETE /v1/consumers/{name}, GET /v1/consumers/{name}/events, POST /v1/consumers/{name}/ack",
+            "backup": "GET /v1/backup, GET /v1/checkpoint, GET /v1/verify",
+            "health": "GET /healthz, GET /metrics",
+        },
+        "docs": ["README.md", "docs/api.md", "docs/commands.md", "docs/events.md", "docs/errors.md",
+            "docs/security.md", "docs/audit.md", "docs/recovery.md"],
+    }))
+    .into_response()
+}
+
+/// `GET /healthz`: `200 {"status": "ok", …}`, or `503 {"status": "damaged", …}` once the background verification
+/// found damage (writes are then refused; docs/recovery.md).
+pub(super) async fn healthz(State(s): State<AppState>) -> Response {
+    let integrity = s.ledger.integrity();
+    let damaged = integrity.status == crate::ledger::IntegrityStatus::Damaged;
+    let body = Json(json!({"status": if damaged { "damaged" } else { "ok" },
+        "head": s.ledger.store().head().position, "integrity": integrity}));
+    if damaged {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    } else {
+        body.into_response()
+    }
+}
+
+pub(super) async fn metrics(State(s): State<AppState>) -> Response {
+    let t = metrics_text(&s);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], t).into_response()
+}
+
+fn metrics_text(s: &AppState) -> String {
+    use std::fmt::Write;
+    let st = s.ledger.stats();
+    let h = s.ledger.histograms();
+    let mut t = String::new();
+    let _ = writeln!(t, "# HELP partner_ledger_commands_total Commands answered, by outcome.\n# TYPE partner_ledger_commands_total counter");
+    for (outcome, n) in [
+        ("committed", st.committed),
+        ("duplicate", st.duplicates),
+        ("refused", st.refused),
+        ("unknown", st.unknown),
+        ("invalid", s.metrics.invalid.load(Ordering::Relaxed)),
+    ] {
+        let _ = writeln!(
+            t,
+            "partner_ledger_commands_total{{outcome=\"{outcome}\"}} {n}"
+        );
+    }
+    let _ = writeln!(t, "# HELP partner_ledger_events_appended_total Events appended.\n# TYPE partner_ledger_events_appended_total counter\npartner_ledger_events_appended_total {}", st.events);
+    let _ = writeln!(t, "# HELP partner_ledger_fdatasyncs_total fdatasync calls, one per durable batch.\n# TYPE partner_ledger_fdatasyncs_total counter\npartner_ledger_fdatasyncs_total {}", st.fdatasyncs);
+    let _ = writeln!(t, "# HELP partner_ledger_commit_latency_seconds Time to decide, write, flush and sync a batch.\n# TYPE partner_ledger_commit_latency_seconds histogram");
+    for (i, b) in crate::ledger::LATENCY_BUCKETS.iter().enumerate() {
+        let _ = writeln!(
+            t,
+            "partner_ledger_commit_latency_seconds_bucket{{le=\"{b}\"}} {}",
+            h.commit_latency_buckets[i]
+        );
+    }
+    let total = h.commit_latency_buckets.last().copied().unwrap_or(0);
+    let _ = writeln!(t, "partner_ledger_commit_latency_seconds_bucket{{le=\"+Inf\"}} {total}\npartner_ledger_commit_latency_seconds_sum {}\npartner_ledger_commit_latency_seconds_count {total}", h.commit_latency_seconds_sum);
+    let _ = writeln!(t, "# HELP partner_ledger_commit_batch_size Commands per durable batch.\n# TYPE partner_ledger_commit_batch_size histogram");
+    for (i, b) in crate::ledger::BATCH_BUCKETS.iter().enumerate() {
+        let _ = writeln!(
+            t,
+            "partner_ledger_commit_batch_size_bucket{{le=\"{b}\"}} {}",
+            h.batch_size_buckets[i]
+        );
+    }
+    let batches = h.batch_size_buckets.last().copied().unwrap_or(0);
+    let _ = writeln!(t, "partner_ledger_commit_batch_size_bucket{{le=\"+Inf\"}} {batches}\npartner_ledger_commit_batch_size_sum {}\npartner_ledger_commit_batch_size_count {batches}", st.committed);
+    let _ = writeln!(t, "# HELP partner_ledger_stream_consumers Event streams connected.\n# TYPE partner_ledger_stream_consumers gauge\npartner_ledger_stream_consumers {}", s.metrics.streams.load(Ordering::Relaxed));
+    let _ = writeln!(t, "# HELP partner_ledger_head_position The last position of the log.\n# TYPE partner_ledger_head_position gauge\npartner_ledger_head_position {}", s.ledger.store().head().position);
+    let _ = writeln!(t, "# HELP partner_ledger_denied_requests_total Requests refused by authentication (401) or authorisation (403).\n# TYPE partner_ledger_denied_requests_total counter");
+    for ((status, reason), n) in s.auth.denied_counts() {
+        let _ = writeln!(
+            t,
+            "partner_ledger_denied_requests_total{{status=\"{status}\",reason=\"{reason}\"}} {n}"
+        );
+    }
+    t
+}
