@@ -9,6 +9,7 @@ mod country;
 mod customer;
 mod delegated_admin;
 pub mod event;
+mod fold;
 pub mod ids;
 pub mod parties;
 mod partner;

@@ -122,6 +122,20 @@ fn an_unreadable_folder_is_a_clear_error() {
 }
 
 #[test]
+fn a_folder_left_with_only_a_free_lock_is_no_ledger_yet_not_a_foreign_folder() {
+    // What a creator that died between taking the lock and writing ledger.json leaves behind.
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("LOCK"), "12345\n").unwrap();
+    let err = one_line_error(&run(data.path(), &["events"], None));
+    assert!(err.contains("no ledger at"), "{err}");
+    // And it can be created there.
+    let seed = std::fs::read(fixtures().join("seed-story/commands.ndjson")).unwrap();
+    assert!(run(data.path(), &["exec", "-"], Some(&seed))
+        .status
+        .success());
+}
+
+#[test]
 fn a_ledger_in_use_by_another_process_names_that_process() {
     let data = tempfile::tempdir().unwrap();
     let mut holder = std::process::Command::new(BIN)

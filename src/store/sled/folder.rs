@@ -22,6 +22,20 @@ pub(super) fn is_empty_dir(dir: &Path) -> Result<bool, StoreError> {
     Ok(entries.next().is_none())
 }
 
+/// Whether the folder holds nothing but a `LOCK` file: a ledger being created (or whose creator died before it
+/// wrote `ledger.json`).
+pub(super) fn holds_only_lock(dir: &Path) -> Result<bool, StoreError> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(format!("cannot read {}", dir.display())))? {
+        let entry = entry.map_err(io(format!("cannot read {}", dir.display())))?;
+        names.push(entry.file_name());
+        if names.len() > 1 {
+            return Ok(false);
+        }
+    }
+    Ok(names.len() == 1 && names[0] == LOCK_FILE)
+}
+
 /// Takes the folder's lock, or says which process holds it.
 pub(super) fn lock(dir: &Path) -> Result<File, StoreError> {
     let path = dir.join(LOCK_FILE);

@@ -39,7 +39,9 @@ pub use fault::{Fault, FaultPlan};
 use consumers::ConsumerTree;
 use fault::Faults;
 use flusher::Flusher;
-use folder::{is_empty_dir, lock, read_marker_version, write_marker, HEAD_FILE, MARKER_FILE};
+use folder::{
+    holds_only_lock, is_empty_dir, lock, read_marker_version, write_marker, HEAD_FILE, MARKER_FILE,
+};
 use index::Index;
 use read_models::ReadModelTrees;
 use refusals::RefusalLog;
@@ -126,8 +128,14 @@ impl SledStore {
             return Err(StoreError::NotALedger(dir.to_path_buf()));
         }
         if !marker.exists() {
-            if !is_empty_dir(dir)? {
+            let only_lock = holds_only_lock(dir)?;
+            if !only_lock && !is_empty_dir(dir)? {
                 return Err(StoreError::NotALedger(dir.to_path_buf()));
+            }
+            if only_lock {
+                // Another process is creating a ledger here (it locks before it writes ledger.json): say so. A
+                // lock left by a creator that died first is free and is taken below.
+                drop(lock(dir)?);
             }
             if !options.create {
                 return Err(StoreError::NoLedger(dir.to_path_buf()));
