@@ -8,7 +8,9 @@ use std::sync::Arc;
 use partner_ledger::domain::{
     Actor, CommandId, CustomerId, EntityRef, Event, EventId, PartnerId, Position, Role, Timestamp,
 };
-use partner_ledger::store::{check, CommitEntry, NewEvent, Store, StoreOptions, GENESIS_HASH};
+use partner_ledger::store::{
+    check, CommitEntry, NewEvent, SealedBatch, Store, StoreOptions, GENESIS_HASH,
+};
 use proptest::prelude::*;
 
 type Opener = fn(&Path) -> Arc<dyn Store>;
@@ -142,6 +144,147 @@ fn a_batch_gets_contiguous_positions_records_and_index_entries() {
         assert_eq!(
             (c.batches, c.flushes, c.fdatasyncs, c.events, c.commands),
             (1, 1, 1, 3, 3),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_staged_batch_is_invisible_until_settled_and_one_settle_covers_several() {
+    for (name, open) in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let first = SealedBatch::seal(&[entry(0, &[(1, 7)])], &store.head());
+        let second = SealedBatch::seal(&[entry(1, &[(2, 7), (2, 0)])], first.head());
+        let a = store.stage(first).unwrap();
+        let b = store.stage(second).unwrap();
+        assert_eq!(store.staged_head().position, Position(3), "{name}");
+        assert_eq!(
+            store.head().position,
+            Position(0),
+            "{name}: staged is not durable"
+        );
+        assert_eq!(store.read(Position(0), None).count(), 0, "{name}");
+        assert!(store.command(id(1, 0xcc)).unwrap().is_none(), "{name}");
+        store.settle(vec![a, b]).unwrap();
+        assert_eq!(store.head(), store.staged_head(), "{name}");
+        assert_eq!(store.read(Position(0), None).count(), 3, "{name}");
+        assert_eq!(
+            store.command(id(2, 0xcc)).unwrap().unwrap().positions,
+            vec![Position(2), Position(3)],
+            "{name}"
+        );
+        assert_eq!(
+            store
+                .history(&EntityRef::Partner(id(7, 0xb0)), Position(0))
+                .unwrap(),
+            vec![Position(1), Position(2)],
+            "{name}"
+        );
+        // A batch sealed on a head that is no longer the staged one is refused, and nothing of it is written.
+        let stale = SealedBatch::seal(
+            &[entry(2, &[(3, 7)])],
+            &partner_ledger::store::Head::genesis(),
+        );
+        assert!(store.stage(stale).is_err(), "{name}");
+        assert_eq!(store.staged_head().position, Position(3), "{name}");
+        assert!(
+            !store.is_failed(),
+            "{name}: a stale batch is the caller's bug, not a storage failure"
+        );
+        let journal: Vec<_> = store.journal().map(Result::unwrap).collect();
+        assert_eq!(journal.len(), 2, "{name}");
+        assert!(store.verify_all(&mut |_| {}).is_ok(), "{name}");
+    }
+}
+
+#[test]
+fn refusals_consumers_and_read_models_are_kept_across_reopen() {
+    use partner_ledger::domain::{Code, Refusal, RefusalRecord};
+    use partner_ledger::store::{DocumentWrite, ReadModel};
+    for (name, open) in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let customer: CustomerId = id(1, 0xc0);
+        let partner: PartnerId = id(7, 0xb0);
+        {
+            let store = open(dir.path());
+            let record = RefusalRecord::new(
+                "2024-01-01T00:00:00Z".parse().unwrap(),
+                "2024-01-01T00:00:00Z".parse().unwrap(),
+                id(9, 0xcc),
+                Actor {
+                    tenant: id(1, 0xff),
+                    user: "ops".into(),
+                    role: Role::Operator,
+                },
+                "RemoveRelationship",
+                &[EntityRef::Customer(customer)],
+                &Refusal::new(Code::NoResellerRelationship, 31, "there is none"),
+            );
+            store
+                .refusals()
+                .append(&[(record, vec![EntityRef::Customer(customer)])])
+                .unwrap();
+            store
+                .consumers()
+                .put("billing", br#"{"name":"billing"}"#)
+                .unwrap();
+            store.consumers().put("crm", br#"{"name":"crm"}"#).unwrap();
+            assert!(store.consumers().remove("crm").unwrap(), "{name}");
+            assert!(!store.consumers().remove("crm").unwrap(), "{name}");
+            store
+                .read_models()
+                .write(
+                    ReadModel::Partners,
+                    vec![DocumentWrite::PartnerCustomers {
+                        partner,
+                        block: 0,
+                        customers: vec![customer],
+                    }],
+                    Position(4),
+                )
+                .unwrap();
+            store.sync().unwrap();
+        }
+        let store = open(dir.path());
+        assert_eq!(store.refusals().filed(), 1, "{name}");
+        let of = store.refusals().of(&EntityRef::Customer(customer)).unwrap();
+        assert_eq!(of.len(), 1, "{name}");
+        assert_eq!(of[0].code, "no_reseller_relationship", "{name}");
+        assert!(store
+            .refusals()
+            .of(&EntityRef::Partner(partner))
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            store.consumers().all().unwrap(),
+            vec![br#"{"name":"billing"}"#.to_vec()],
+            "{name}"
+        );
+        let models = store.read_models();
+        assert_eq!(
+            models.checkpoint(ReadModel::Partners).unwrap(),
+            Position(4),
+            "{name}"
+        );
+        assert_eq!(
+            models.checkpoint(ReadModel::Customers).unwrap(),
+            Position(0),
+            "{name}"
+        );
+        assert_eq!(
+            models.partner_customers(partner).unwrap(),
+            vec![customer],
+            "{name}"
+        );
+        models.clear(ReadModel::Partners).unwrap();
+        assert_eq!(
+            models.checkpoint(ReadModel::Partners).unwrap(),
+            Position(0),
+            "{name}"
+        );
+        assert!(
+            models.partner_customers(partner).unwrap().is_empty(),
             "{name}"
         );
     }

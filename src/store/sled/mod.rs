@@ -300,7 +300,11 @@ impl EventStore for SledStore {
         Ok(journal::find(&journal::decode(&v)?, id).map(|c| c.record()))
     }
 
+    /// Only settled events: a staged batch is in the log tree already, but nobody sees it before it is durable.
     fn get(&self, position: Position) -> Result<Option<StoredEvent>, StoreError> {
+        if position > EventStore::head(self).position {
+            return Ok(None);
+        }
         Ok(self
             .log
             .get(position)?
@@ -312,6 +316,9 @@ impl EventStore for SledStore {
         after: Position,
         to: Option<Position>,
     ) -> Box<dyn Iterator<Item = Result<StoredEvent, StoreError>> + '_> {
+        // Up to the durable head at most: a staged batch is not visible before it is settled.
+        let head = EventStore::head(self).position;
+        let to = Some(to.map_or(head, |t| t.min(head)));
         Box::new(
             self.log
                 .events(after, to)
