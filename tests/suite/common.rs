@@ -177,7 +177,7 @@ pub fn rss_kib(server: &Server) -> u64 {
 }
 
 /// Raw access to a stopped ledger's event log, for tests that play an attacker or a damaged disk. The log packs
-/// consecutive envelopes into compressed segments (`src/store/segment.rs`): the key is the first one's big-endian
+/// consecutive envelopes into compressed segments (`src/store/sled/segment.rs`): the key is the first one's big-endian
 /// position and the content is the envelopes separated by newlines. Edited segments are written back uncompressed,
 /// which the ledger reads too.
 pub mod raw_log {

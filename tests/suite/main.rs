@@ -1,6 +1,7 @@
 //! The integration tests, one binary: each module drives the real binary, real data folders, real sockets or the
 //! library, as its own opening comment says. One binary links the crate once instead of once per file.
 
+mod architecture;
 mod audit;
 mod audit_recipe;
 mod auth;
