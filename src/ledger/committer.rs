@@ -17,7 +17,8 @@ pub(super) enum Handoff {
         staged: Option<StagedBatch>,
     },
     /// Not written and nothing of it reached the store (decided on top of a failed write, or a write that failed
-    /// without a trace): answered `unknown`, to retry now; writing goes on.
+    /// without a trace): answered `unknown`, to retry now, and writing goes on (unless writes were stopped
+    /// meanwhile: then the answer says to retry after reopening).
     Voided {
         batches: Vec<Decided>,
         error: String,

@@ -109,8 +109,9 @@ impl Index {
         Ok(())
     }
 
-    /// Writes the tail to the tree as one chunk per entity with the new checkpoint, in one batch, then drops it from
-    /// memory. Returns how many chunk keys were written.
+    /// Writes the tail to the tree as one chunk per entity, key by key (a sled `Batch` would hold sled's write lock and
+    /// stall the commits), then the new checkpoint, then drops it from memory. Returns how many chunk keys were
+    /// written.
     pub fn flush(&self) -> Result<usize, StoreError> {
         let (upto, chunks) = {
             let t = self.read();

@@ -6,11 +6,15 @@
 //! - `log`: the events, a few consecutive canonical envelopes per key (`segment.rs`): big-endian `u64` position of
 //!   the first → the envelopes, newline-separated;
 //! - `aux`: `head` → the head marker (position + hash); `j` ‖ sequence → a command journal record (`journal.rs`);
-//! - `index`: the history index, derived and flushed in the background (`index.rs`).
+//! - `index`: the history index, derived and flushed in the background (`index.rs`);
+//! - `proj.customers`, `proj.partners`, `proj.expiring`: the read models' documents (`read_models.rs`);
+//! - `audit.refusals`: the refusal audit trail (`refusals.rs`); `api.consumers`: the durable consumers
+//!   (`consumers.rs`).
 //!
-//! Every batch is one sled transaction over `events` and `aux` (atomic after a crash), then `flush()`, then
+//! Every batch is one sled transaction over `log` and `aux` (atomic after a crash), then `flush()`, then
 //! `fdatasync` of `sled/db`, because sled's flush alone is not a power-loss barrier on Linux (STORAGE.md,
-//! spacejam/sled#1452). A batch writes only sequential keys: its segments, one journal record and the head marker.
+//! spacejam/sled#1452). A batch writes only sequential keys: its segments, one journal record and the head marker
+//! (`pipeline.rs`).
 
 #[cfg(feature = "bench")]
 pub mod baseline;
