@@ -131,6 +131,15 @@ fn banner(
         None => {}
     }
     match advanced {
+        Some(crate::ledger::Outcome::Committed { positions, .. })
+            if positions.len() >= crate::domain::CLOCK_STEP_EVENTS =>
+        {
+            t.push_str(&format!(
+                "\nThe clock is being advanced to now: at least {} transitions of admin relationships fell due since the last advance; they are recorded in steps of {} events before any other command (R36).\n",
+                positions.len(),
+                crate::domain::CLOCK_STEP_EVENTS
+            ))
+        }
         Some(crate::ledger::Outcome::Committed { positions, .. }) if !positions.is_empty() => {
             t.push_str(&format!(
                 "\nThe clock was advanced to now: {} events recorded the admin relationships that expired or were extended since the last advance (R36).\n",

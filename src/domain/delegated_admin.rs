@@ -357,11 +357,27 @@ pub(super) fn terminate(
     }])
 }
 
-/// R36: records every time-driven transition due by `to`, each at its exact deadline, in deadline order.
+/// The most events one `AdvanceClock` appends (R36). When more transitions are due, the command records the first
+/// ones in deadline order, and the ledger continues at once with further `AdvanceClock` commands to the same instant
+/// (`src/ledger/writer.rs`), so no command, transaction or answer grows with the length of a downtime.
+pub const CLOCK_STEP_EVENTS: usize = 10_000;
+
+/// R36: records the time-driven transitions due by `to`, each at its exact deadline, in deadline order: all of them,
+/// or the first [`CLOCK_STEP_EVENTS`] when more are due.
 pub(super) fn advance_clock(
     state: &State,
     cmd: &Command,
     b: &body::AdvanceClock,
+) -> Result<Vec<Event>, Refusal> {
+    advance_clock_upto(state, cmd, b, CLOCK_STEP_EVENTS)
+}
+
+/// [`advance_clock`] with at most `max` events.
+fn advance_clock_upto(
+    state: &State,
+    cmd: &Command,
+    b: &body::AdvanceClock,
+    max: usize,
 ) -> Result<Vec<Event>, Refusal> {
     require_role(cmd, &[Role::System, Role::Operator], 36)?;
     if cmd.at != b.to {
@@ -423,7 +439,7 @@ pub(super) fn advance_clock(
         }
     }
     due.sort_by_key(|(deadline, id, _)| (*deadline, *id));
-    Ok(due.into_iter().map(|(_, _, e)| e).collect())
+    Ok(due.into_iter().take(max).map(|(_, _, e)| e).collect())
 }
 
 /// R23: the roles a partner can use on a customer at instant `t`: its active GDAP roles if any, otherwise DAP's.
@@ -1029,5 +1045,82 @@ mod tests {
         story
             .when(at(advance("2024-02-01T00:00:00Z"), "2024-02-02T00:00:00Z"))
             .then_refused_under(Code::InvalidState, 36);
+    }
+
+    /// R36 with R20: a ledger whose clock is two years behind catches up in steps of a bounded number of events, some
+    /// cut between transitions due at the same instant, and ends exactly where one big advance ends, with the same
+    /// events in the same order.
+    #[test]
+    fn r36_a_long_catch_up_in_bounded_steps_equals_one_big_advance() {
+        let mut story = seed();
+        for i in 0..10 {
+            let id = format!("9d000000-0000-4000-8000-0000000001{i:02}");
+            // Three durations, so several relationships share each deadline; most extend, some expire.
+            let days = 30 + (i % 3) * 30;
+            story = story
+                .with(gdap(
+                    &id,
+                    A,
+                    CONTOSO,
+                    &format!("Helpdesk {i}"),
+                    &[HELPDESK_ADMIN],
+                    days,
+                    i % 4 != 0,
+                ))
+                .with(at(grant(&id, CONTOSO), "2024-01-11T00:00:00Z"));
+        }
+        for i in 0..3 {
+            // Requests nobody approves: they expire (R18).
+            let id = format!("9d000000-0000-4000-8000-0000000002{i:02}");
+            story = story.with(gdap(
+                &id,
+                A,
+                CONTOSO,
+                &format!("Pending {i}"),
+                &[USER_ADMIN],
+                90,
+                true,
+            ));
+        }
+        let to = "2026-01-15T00:00:00Z";
+        let advance_to = |state: &State, max: usize| -> Vec<Event> {
+            let c = parse_line(&advance(to).to_string()).unwrap().into_command(
+                CommandId::new(uuid::Uuid::new_v4()).unwrap(),
+                id(to),
+                id(NOW),
+            );
+            let Body::AdvanceClock(b) = &c.body else {
+                unreachable!()
+            };
+            super::advance_clock_upto(state, &c, b, max).unwrap()
+        };
+        let big = advance_to(&story.state, usize::MAX);
+        let mut one_go = story.state.clone();
+        for e in &big {
+            one_go.apply(id(to), e);
+        }
+        assert!(big.len() > 30, "a long catch-up: {} events", big.len());
+
+        let mut stepped = story.state.clone();
+        let mut all = Vec::new();
+        let mut steps = 0;
+        loop {
+            let events = advance_to(&stepped, 3);
+            assert!(events.len() <= 3);
+            for e in &events {
+                stepped.apply(id(to), e);
+            }
+            steps += 1;
+            let done = events.len() < 3;
+            all.extend(events);
+            if done {
+                break;
+            }
+        }
+        assert!(steps > 10, "{steps} steps");
+        assert_eq!(all, big, "the same events in the same order");
+        assert_eq!(stepped, one_go, "the same state");
+        // Nothing is left due.
+        assert!(advance_to(&stepped, usize::MAX).is_empty());
     }
 }

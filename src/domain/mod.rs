@@ -29,6 +29,7 @@ pub use command::{
     parse_line, parse_line_as, Actor, Body, Cloud, Command, InvalidLine, PartnerKind, Role,
     Submitted,
 };
+pub use delegated_admin::CLOCK_STEP_EVENTS;
 pub use event::{EntityRef, Event, SCHEMA_VERSION};
 pub use ids::*;
 pub use parties::Parties;

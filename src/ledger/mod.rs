@@ -237,6 +237,7 @@ impl Ledger {
             seq: 0,
             in_flight: HashMap::new(),
             commit: commit_tx,
+            pending: std::collections::VecDeque::new(),
         };
         let threads = vec![
             spawn("ledger-writer", move || writer.run(rx))?,

@@ -3,7 +3,7 @@
 //! command against its write model (which includes the batches decided before, durable or not yet), seals the batch's
 //! envelopes and hands it to the committer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -119,12 +119,22 @@ pub(super) struct Writer {
     /// Commands of batches not yet durable, for duplicate detection: fingerprint, positions and batch number.
     pub(super) in_flight: HashMap<CommandId, (Fingerprint, Vec<Position>, u64)>,
     pub(super) commit: std::sync::mpsc::SyncSender<Decided>,
+    /// Commands taken from the queue but not decided yet, decided before anything newer: the next step of a clock
+    /// catch-up first, then the commands that were queued behind the step before it.
+    pub(super) pending: VecDeque<Job>,
 }
 
 impl Writer {
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        while let Some(first) = rx.blocking_recv() {
-            let mut jobs = vec![first];
+        loop {
+            let take = self.pending.len().min(self.max_batch);
+            let mut jobs: Vec<Job> = self.pending.drain(..take).collect();
+            if jobs.is_empty() {
+                match rx.blocking_recv() {
+                    Some(first) => jobs.push(first),
+                    None => return,
+                }
+            }
             while jobs.len() < self.max_batch {
                 match rx.try_recv() {
                     Ok(j) => jobs.push(j),
@@ -184,10 +194,26 @@ impl Writer {
         let mut in_batch: HashMap<CommandId, (Fingerprint, usize)> = HashMap::new();
         let mut drafts = Vec::with_capacity(jobs.len());
         let mut refusals = Vec::new();
-        for job in jobs {
+        let mut jobs = jobs.into_iter();
+        while let Some(job) = jobs.next() {
+            let clock = clock_advance_of(&job.command.submitted);
+            let before = entries.len();
             let draft =
                 self.decide_one(job.command, now, &mut entries, &mut in_batch, &mut refusals);
             drafts.push((job.reply, draft));
+            let stepped = entries.len() > before
+                && entries
+                    .last()
+                    .is_some_and(|e| e.events.len() >= domain::CLOCK_STEP_EVENTS);
+            if let (true, Some(next)) = (stepped, clock) {
+                // More transitions may be due: the next step comes before every other command, these included.
+                tracing::info!(to = %next.to(), "the clock advance reached its step limit; the catch-up continues with another step");
+                let mut front: VecDeque<Job> = VecDeque::from([next.job()]);
+                front.extend(jobs.by_ref());
+                front.extend(self.pending.drain(..));
+                self.pending = front;
+                break;
+            }
         }
         let mut events = Vec::new();
         let prepared = if entries.is_empty() {
@@ -430,6 +456,45 @@ impl Writer {
                 Draft::Entry(n, command_id)
             }
         }
+    }
+}
+
+/// An `AdvanceClock`, with what its next step would be.
+struct ClockStep {
+    actor: domain::Actor,
+    correlation_id: Option<domain::CorrelationId>,
+    to: Timestamp,
+}
+
+impl ClockStep {
+    fn to(&self) -> Timestamp {
+        self.to
+    }
+
+    /// The next step: an `AdvanceClock` to the same instant by the same actor, with an id of its own. Nobody waits
+    /// for its answer; it is recorded like any command.
+    fn job(self) -> Job {
+        let (reply, _) = oneshot::channel();
+        let submitted = Submitted {
+            command_id: None,
+            at: None,
+            actor: self.actor,
+            correlation_id: self.correlation_id,
+            body: domain::Body::AdvanceClock(domain::command::body::AdvanceClock { to: self.to }),
+        };
+        Job::new(submitted, crate::access::Scope::All, reply)
+    }
+}
+
+/// The clock advance a command is, if it is one.
+fn clock_advance_of(submitted: &Submitted) -> Option<ClockStep> {
+    match &submitted.body {
+        domain::Body::AdvanceClock(b) => Some(ClockStep {
+            actor: submitted.actor.clone(),
+            correlation_id: submitted.correlation_id,
+            to: b.to,
+        }),
+        _ => None,
     }
 }
 

@@ -211,3 +211,80 @@ fn the_generated_workload_commits_with_about_five_percent_refused() {
         expected.iter().map(|s| s.to_string()).collect()
     );
 }
+
+/// R36: a clock advance with more transitions due than one step holds (`CLOCK_STEP_EVENTS`) is recorded in steps of
+/// at most that many events, at the same instant, and no other command is decided in between: a command submitted
+/// right behind the advance lands after the whole catch-up.
+#[test]
+fn a_long_clock_catch_up_is_taken_in_bounded_steps_before_any_other_command() {
+    use partner_ledger::domain::CLOCK_STEP_EVENTS;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(LedgerConfig::new(dir.path())).unwrap();
+    let seed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/seed-story/commands.ndjson"
+    ))
+    .unwrap();
+    // Partner A enrolled, Contoso registered, A's reseller relationship accepted.
+    for line in seed.lines().filter(|l| l.starts_with('{')).take(5) {
+        positions(&ledger.execute(parse_line(line).unwrap()));
+    }
+    // More GDAP requests than one step holds, never approved: all expire together 90 days later (R18).
+    let requests = CLOCK_STEP_EVENTS + 7;
+    let admin = json!({"tenant": "a0000000-0000-4000-8000-00000000000a", "user": "admin@adatum.example", "role": "partner_admin_agent"});
+    let tickets: Vec<_> = (0..requests)
+        .map(|i| {
+            let v = json!({"type": "RequestDelegatedAdmin", "actor": admin, "at": "2024-02-01T09:00:00Z",
+                "admin_relationship": format!("9d000000-0000-4000-8000-{i:012x}"),
+                "partner": "a0000000-0000-4000-8000-00000000000a", "customer": "c0000000-0000-4000-8000-00000000000c",
+                "name": format!("Helpdesk {i}"), "roles": ["729827e3-9c14-49f7-bb1b-9608f156bbb8"],
+                "duration_days": 30, "auto_extend": false});
+            ledger.submit(parse_line(&v.to_string()).unwrap())
+        })
+        .collect();
+    for t in tickets {
+        positions(&t.wait());
+    }
+    let head_before = ledger.store().head().position;
+    let advance = json!({"type": "AdvanceClock", "actor": {"tenant": "00000000-0000-4000-8000-0000000000ff", "user": "scheduler", "role": "system"},
+        "to": "2024-12-01T00:00:00Z"});
+    let advance = ledger.submit(parse_line(&advance.to_string()).unwrap());
+    let behind = ledger.submit(register(uuid::Uuid::new_v4(), None, "Fabrikam"));
+    let first_step = positions(&advance.wait());
+    let registered = positions(&behind.wait());
+    assert_eq!(
+        first_step.len(),
+        CLOCK_STEP_EVENTS,
+        "the answer carries the first step"
+    );
+    assert_eq!(first_step[0], head_before.next());
+    // Every expiry precedes the command submitted behind the advance, and no command appended more than a step.
+    let mut per_command: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut expired = 0;
+    for e in ledger.store().read(head_before, None) {
+        let env = e.unwrap().envelope().unwrap();
+        if env.event_type == "DelegatedAdminRequestExpired" {
+            expired += 1;
+            assert!(
+                env.position < registered[0],
+                "an expiry after the next command"
+            );
+            assert_eq!(env.at.to_string(), "2024-12-01T00:00:00Z");
+        }
+        *per_command.entry(env.command_id.to_string()).or_default() += 1;
+    }
+    assert_eq!(expired, requests, "every due transition is recorded");
+    assert_eq!(
+        registered,
+        vec![Position(head_before.0 + requests as u64 + 1)]
+    );
+    assert!(
+        per_command.values().all(|n| *n <= CLOCK_STEP_EVENTS),
+        "{per_command:?}"
+    );
+    assert_eq!(
+        per_command.len(),
+        3,
+        "two steps and the registration: {per_command:?}"
+    );
+}
