@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::extract::{json_body, ApiPath};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -144,11 +146,12 @@ pub struct CreateBody {
 /// `PUT /v1/consumers/{name}`: creates a consumer (201), or confirms an identical one (200); a different filter is 409.
 pub async fn create(
     State(s): State<AppState>,
-    Path(name): Path<String>,
-    body: Option<Json<CreateBody>>,
+    ApiPath(name): ApiPath<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     valid_name(&name)?;
-    let body = body.map(|b| b.0).unwrap_or(CreateBody {
+    let body = json_body::<CreateBody>(&headers, &body)?.unwrap_or(CreateBody {
         customer: None,
         partner: None,
         types: Vec::new(),
@@ -202,7 +205,7 @@ pub async fn list(State(s): State<AppState>) -> Result<Response, ApiError> {
 /// `GET /v1/consumers/{name}`.
 pub async fn show(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     match s.consumers.get(&name).map_err(internal)? {
         Some(c) => Ok(Json(with_lag(&c, s.ledger.store().head().position)).into_response()),
@@ -213,7 +216,7 @@ pub async fn show(
 /// `DELETE /v1/consumers/{name}`.
 pub async fn remove(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let consumers = Arc::clone(&s.consumers);
     let n = name.clone();
@@ -240,7 +243,7 @@ pub async fn events(
     State(s): State<AppState>,
     axum::Extension(who): axum::Extension<crate::access::Principal>,
     axum::Extension(credential): axum::Extension<super::auth::Credential>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Some(c) = s.consumers.get(&name).map_err(internal)? else {
@@ -262,9 +265,16 @@ pub struct AckBody {
 /// `POST /v1/consumers/{name}/ack {"position": n}`: moves the checkpoint forward (never backwards: 409).
 pub async fn ack(
     State(s): State<AppState>,
-    Path(name): Path<String>,
-    Json(body): Json<AckBody>,
+    ApiPath(name): ApiPath<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
+    let Some(body) = json_body::<AckBody>(&headers, &body)? else {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "send the position to acknowledge: {\"position\": n}",
+        ));
+    };
     let consumers = Arc::clone(&s.consumers);
     let head = s.ledger.store().head().position;
     let c = tokio::task::spawn_blocking(move || -> Result<Consumer, ApiError> {

@@ -9,6 +9,7 @@ mod backup;
 mod commands;
 mod consumers;
 mod error;
+mod extract;
 mod health;
 mod middleware;
 mod openapi;
@@ -154,6 +155,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/subscriptions/{id}", get(views::get_subscription))
         .route("/v1/events", get(stream::events))
         .merge(operations_routes)
+        .fallback(extract::no_route)
+        .method_not_allowed_fallback(extract::wrong_method)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::read_body_in_time,

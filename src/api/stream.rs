@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State};
+use axum::extract::State;
+
+use super::extract::ApiQuery;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -438,7 +440,7 @@ pub async fn events(
     Extension(who): Extension<Principal>,
     Extension(credential): Extension<Credential>,
     headers: HeaderMap,
-    Query(p): Query<StreamParams>,
+    ApiQuery(p): ApiQuery<StreamParams>,
 ) -> Result<Response, ApiError> {
     let filter = filter_of(
         p.customer.as_deref(),

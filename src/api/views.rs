@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, State};
+
+use super::extract::{ApiPath, ApiQuery};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -80,8 +82,8 @@ async fn view<V: serde::Serialize + Send + 'static>(
 pub(super) async fn get_customer(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
-    Query(q): Query<AsOfParam>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<AsOfParam>,
 ) -> Result<Response, ApiError> {
     let id = parse_id::<CustomerId>("customer", &id)?;
     let as_of = parse_as_of(&q, &s.ledger)?;
@@ -103,8 +105,8 @@ pub(super) async fn get_customer(
 pub(super) async fn get_partner(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
-    Query(q): Query<AsOfParam>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<AsOfParam>,
 ) -> Result<Response, ApiError> {
     let id = parse_id::<PartnerId>("partner", &id)?;
     let as_of = parse_as_of(&q, &s.ledger)?;
@@ -121,8 +123,8 @@ pub(super) async fn get_partner(
 pub(super) async fn get_subscription(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
-    Query(q): Query<AsOfParam>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<AsOfParam>,
 ) -> Result<Response, ApiError> {
     let id = parse_id::<SubscriptionId>("subscription", &id)?;
     let as_of = parse_as_of(&q, &s.ledger)?;
@@ -149,8 +151,8 @@ pub(super) struct HistoryParams {
 pub(super) async fn get_customer_history(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
-    Query(q): Query<HistoryParams>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<HistoryParams>,
 ) -> Result<Response, ApiError> {
     let id = parse_id::<CustomerId>("customer", &id)?;
     let scope = who.scope();

@@ -16,6 +16,7 @@ mod crash_loop;
 mod disk_full;
 mod docs;
 mod durability;
+mod errors;
 mod fixtures;
 mod golden;
 mod hostile_http;
