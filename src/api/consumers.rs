@@ -244,6 +244,7 @@ pub async fn events(
     axum::Extension(who): axum::Extension<crate::access::Principal>,
     axum::Extension(credential): axum::Extension<super::auth::Credential>,
     ApiPath(name): ApiPath<String>,
+    super::extract::ApiQuery(bounds): super::extract::ApiQuery<BoundParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Some(c) = s.consumers.get(&name).map_err(internal)? else {
@@ -252,8 +253,23 @@ pub async fn events(
     let head = s.ledger.store().head().position;
     let after =
         super::stream::resume_point(&headers, Some(c.checkpoint.0), head)?.max(c.checkpoint);
+    let bound = super::stream::bound_of(after, bounds.to, bounds.limit)?;
     // The operations gate let only principals who read everything (operators, system, auditors) this far.
-    Ok(respond(&s, &headers, c.filter, (&who, credential), after))
+    Ok(respond(
+        &s,
+        &headers,
+        c.filter,
+        (&who, credential),
+        after,
+        bound,
+    ))
+}
+
+/// A consumer stream's optional end (see `/v1/events`).
+#[derive(Deserialize)]
+pub struct BoundParams {
+    to: Option<u64>,
+    limit: Option<u64>,
 }
 
 #[derive(Deserialize)]

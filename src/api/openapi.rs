@@ -31,6 +31,8 @@ pub fn document() -> Value {
     let subscription = view("One subscription", "id");
     let stream_params = json!([
         {"name": "from", "in": "query", "schema": {"type": "integer"}, "description": "events after this position"},
+        {"name": "to", "in": "query", "schema": {"type": "integer", "minimum": 0}, "description": "end the stream after this position"},
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}, "description": "end the stream after this many events"},
         {"name": "customer", "in": "query", "schema": {"type": "string", "format": "uuid"}},
         {"name": "partner", "in": "query", "schema": {"type": "string", "format": "uuid"}},
         {"name": "types", "in": "query", "schema": {"type": "string"}, "description": "comma-separated event types"},

@@ -98,15 +98,23 @@ struct TypeOnly<'a> {
 /// The most bytes framed in one piece of a stream: what a stalled client can hold in memory is a few of these.
 const PIECE_BYTES: usize = 256 * 1024;
 
+/// What a piece of a stream holds: the framed bytes (possibly none), how many events they frame, and the last
+/// position scanned.
+struct Piece {
+    bytes: Vec<u8>,
+    events: u64,
+    scanned: Position,
+}
+
 /// Frames the matching events after `after`, up to and including `upto`, stopping early once [`PIECE_BYTES`] are
-/// framed. Returns the bytes (possibly empty) and the last position scanned.
+/// framed or `room` events are.
 fn read_piece(
     ledger: &Ledger,
     filter: &Filter,
     framing: Framing,
-    after: Position,
-    upto: Position,
-) -> Result<(Vec<u8>, Position), StoreError> {
+    (after, upto): (Position, Position),
+    room: u64,
+) -> Result<Piece, StoreError> {
     let store = ledger.store();
     let scope = filter.scope;
     // A confined stream judges each event against a live model that reflects at least that event's position: the
@@ -123,20 +131,26 @@ fn read_piece(
     if upto <= after {
         // The live model has not reached the next position yet (a projector more than the timeout behind): nothing
         // is judged, and the stream stays where it is.
-        return Ok((Vec::new(), after));
+        return Ok(Piece {
+            bytes: Vec::new(),
+            events: 0,
+            scanned: after,
+        });
     }
     let entities = filter.entities();
     let mut out = Vec::with_capacity(PIECE_BYTES + 4096);
     let mut scanned = after;
-    let frame = |position: Position, raw: &[u8], out: &mut Vec<u8>| -> Result<(), StoreError> {
+    let mut events = 0;
+    // Whether the event was framed.
+    let frame = |position: Position, raw: &[u8], out: &mut Vec<u8>| -> Result<bool, StoreError> {
         if scope != Scope::All && !ledger.live().read(|st, _| scope.sees_event(st, raw)) {
-            return Ok(());
+            return Ok(false);
         }
         let withheld = scope.withhold_bytes(raw);
         let raw = withheld.as_deref().unwrap_or(raw);
         if filter.types.is_empty() && framing == Framing::Ndjson {
             framing.event(out, position, "", raw);
-            return Ok(());
+            return Ok(true);
         }
         let t: TypeOnly = serde_json::from_slice(raw).map_err(|e| StoreError::Codec {
             position,
@@ -144,31 +158,48 @@ fn read_piece(
         })?;
         if filter.types.is_empty() || filter.types.iter().any(|x| *x == t.event_type) {
             framing.event(out, position, &t.event_type, raw);
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     };
+    let full = |out: &Vec<u8>, events: u64| out.len() >= PIECE_BYTES || events >= room;
     if entities.is_empty() {
         for e in store.read(after, Some(upto)) {
             let e = e?;
-            frame(e.position, &e.raw, &mut out)?;
+            events += u64::from(frame(e.position, &e.raw, &mut out)?);
             scanned = e.position;
-            if out.len() >= PIECE_BYTES {
+            if full(&out, events) {
                 break;
             }
         }
     } else {
+        let mut cut = false;
         for p in crate::query::positions_about_all(store, &entities, after, Some(upto))? {
             if let Some(e) = store.get(p)? {
-                frame(p, &e.raw, &mut out)?;
+                events += u64::from(frame(p, &e.raw, &mut out)?);
             }
             scanned = p;
-            if out.len() >= PIECE_BYTES {
-                return Ok((out, scanned));
+            if full(&out, events) {
+                cut = true;
+                break;
             }
         }
-        scanned = upto;
+        if !cut {
+            scanned = upto;
+        }
     }
-    Ok((out, scanned))
+    Ok(Piece {
+        bytes: out,
+        events,
+        scanned,
+    })
+}
+
+/// Where a stream ends: after the event at position `to`, or after `limit` events; neither: never.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bound {
+    pub to: Option<Position>,
+    pub limit: Option<u64>,
 }
 
 /// Sends a piece to the client unless the server stops first; `false` when the stream should end.
@@ -186,12 +217,15 @@ async fn send(
     }
 }
 
-/// Feeds `tx` from position `after` on, forever (until the client goes, the ledger closes or the server stops).
+/// Feeds `tx` from position `after` on, until `bound` (or, without one, until the client goes, the ledger closes or
+/// the server stops).
+#[allow(clippy::too_many_arguments)]
 pub async fn produce(
     ledger: Arc<Ledger>,
     filter: Filter,
     framing: Framing,
     mut after: Position,
+    bound: Bound,
     heartbeat: Duration,
     mut stopping: tokio::sync::watch::Receiver<bool>,
     tx: mpsc::Sender<Bytes>,
@@ -199,29 +233,37 @@ pub async fn produce(
     const CHUNK: u64 = 8192;
     let mut head_rx = ledger.watch_head();
     let mut last_sent = Instant::now();
+    let mut left = bound.limit.unwrap_or(u64::MAX);
+    let end = bound.to.unwrap_or(Position(u64::MAX));
     loop {
-        if *stopping.borrow() {
+        if *stopping.borrow() || left == 0 || after >= end {
             return;
         }
         // Mark the change seen before reading the head: a commit after this line triggers another change, so none
         // can slip between the read and the wait.
         head_rx.borrow_and_update();
-        let head = ledger.store().head().position;
+        let head = ledger.store().head().position.min(end);
         while after < head {
             let upto = Position((after.0 + CHUNK).min(head.0));
             let (l, f) = (Arc::clone(&ledger), filter.clone());
-            let piece =
-                tokio::task::spawn_blocking(move || read_piece(&l, &f, framing, after, upto)).await;
-            let Ok(Ok((bytes, scanned))) = piece else {
+            let piece = tokio::task::spawn_blocking(move || {
+                read_piece(&l, &f, framing, (after, upto), left)
+            })
+            .await;
+            let Ok(Ok(piece)) = piece else {
                 return;
             };
-            if !bytes.is_empty() {
-                if !send(&tx, Bytes::from(bytes), &mut stopping).await {
+            if !piece.bytes.is_empty() {
+                if !send(&tx, Bytes::from(piece.bytes), &mut stopping).await {
                     return;
                 }
                 last_sent = Instant::now();
             }
-            after = scanned;
+            after = piece.scanned;
+            left = left.saturating_sub(piece.events);
+            if left == 0 || after >= end {
+                return;
+            }
             if last_sent.elapsed() >= heartbeat {
                 if !send(&tx, framing.heartbeat(after), &mut stopping).await {
                     return;
@@ -301,6 +343,7 @@ pub fn respond(
     mut filter: Filter,
     who: (&Principal, Credential),
     after: Position,
+    bound: Bound,
 ) -> Response {
     filter.scope = who.0.scope();
     let ndjson = headers
@@ -318,6 +361,7 @@ pub fn respond(
         filter,
         framing,
         after,
+        bound,
         s.config.heartbeat,
         ends_when(s, who.0.clone(), who.1),
         tx,
@@ -345,9 +389,33 @@ pub fn respond(
 #[derive(Deserialize)]
 pub struct StreamParams {
     from: Option<u64>,
+    to: Option<u64>,
+    limit: Option<u64>,
     customer: Option<String>,
     partner: Option<String>,
     types: Option<String>,
+}
+
+/// A stream's optional end: `to` (a position, at or after where it starts) and `limit` (events, at least 1).
+pub fn bound_of(after: Position, to: Option<u64>, limit: Option<u64>) -> Result<Bound, ApiError> {
+    if let Some(t) = to {
+        if t < after.0 {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("to {t} is before the stream's start after position {after}"),
+            ));
+        }
+    }
+    if limit == Some(0) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "limit is a number of events, at least 1",
+        ));
+    }
+    Ok(Bound {
+        to: to.map(Position),
+        limit,
+    })
 }
 
 /// Parses the filter query parameters.
@@ -448,5 +516,13 @@ pub async fn events(
         p.types.as_deref(),
     )?;
     let after = resume_point(&headers, p.from, s.ledger.store().head().position)?;
-    Ok(respond(&s, &headers, filter, (&who, credential), after))
+    let bound = bound_of(after, p.to, p.limit)?;
+    Ok(respond(
+        &s,
+        &headers,
+        filter,
+        (&who, credential),
+        after,
+        bound,
+    ))
 }

@@ -9,7 +9,13 @@ use crate::common;
 const UNKNOWN: &str = "c9999999-0000-4000-8000-000000000099";
 
 /// A provoked error: method, path, body (content type, text), expected status and `error` code.
-type Case = (Method, String, Option<(&'static str, &'static str)>, u16, &'static str);
+type Case = (
+    Method,
+    String,
+    Option<(&'static str, &'static str)>,
+    u16,
+    &'static str,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_is_json_with_a_stable_code_and_a_message() {
