@@ -98,14 +98,7 @@ async fn an_online_backup_restores_events_journal_refusals_and_consumers() {
     assert!(events.iter().zip(1..).all(|(e, p)| e["position"] == p));
     assert!(all.last().unwrap().starts_with("{\"end\""));
     // A checkpoint and a verification from the running server; the CLI cannot open the folder and says where to go.
-    let cp: Value = c
-        .get(format!("{u}/v1/checkpoint"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cp: Value = common::get_json(&c, format!("{u}/v1/checkpoint")).await;
     assert!(cp["position"].as_u64().unwrap() >= cut);
     let verified = c
         .get(format!("{u}/v1/verify"))
@@ -213,14 +206,7 @@ async fn an_online_backup_restores_events_journal_refusals_and_consumers() {
     assert_eq!(o[0]["code"], "command_id_reused", "{o:?}");
     // The consumer came along with its checkpoint and filter.
     let server = common::serve(&restored, None, &[]);
-    let v: Value = c
-        .get(format!("{}/v1/consumers/crm", server.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = common::get_json(&c, format!("{}/v1/consumers/crm", server.url())).await;
     assert_eq!(v["checkpoint"], 6);
     assert_eq!(v["filter"]["customer"], CONTOSO);
     server.stop().unwrap();

@@ -165,6 +165,11 @@ pub fn serve(data: &Path, stderr: Option<&Path>, extra: &[&str]) -> Server {
     panic!("the server did not start on {}: {last:?}", data.display());
 }
 
+/// GETs `url` and decodes its JSON body, whatever the status.
+pub async fn get_json(c: &reqwest::Client, url: impl reqwest::IntoUrl) -> Value {
+    c.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// A process's resident memory in KiB, from /proc.
 pub fn rss_kib(server: &Server) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();

@@ -59,14 +59,7 @@ async fn post(
 }
 
 async fn head(c: &reqwest::Client, url: &str) -> u64 {
-    let v: Value = c
-        .get(format!("{url}/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = common::get_json(c, format!("{url}/healthz")).await;
     v["head"].as_u64().unwrap()
 }
 

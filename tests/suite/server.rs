@@ -168,14 +168,7 @@ async fn commands_views_and_errors_have_the_documented_status_codes() {
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["partners"].as_array().unwrap().len(), 2);
-    let v: Value = c
-        .get(format!("{u}/v1/customers/{CONTOSO}?as_of=7"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = common::get_json(&c, format!("{u}/v1/customers/{CONTOSO}?as_of=7")).await;
     assert_eq!(v["partners"].as_array().unwrap().len(), 1);
     assert_eq!(
         c.get(format!(
@@ -233,14 +226,7 @@ async fn commands_views_and_errors_have_the_documented_status_codes() {
         .unwrap();
     assert_eq!(h["events"].as_array().unwrap().len(), 9);
     assert_eq!(h["refusals"][0]["code"], "not_partner_of_record");
-    let health: Value = c
-        .get(format!("{u}/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = common::get_json(&c, format!("{u}/healthz")).await;
     assert_eq!(health["status"], "ok");
     let metrics = c
         .get(format!("{u}/metrics"))
@@ -259,14 +245,7 @@ async fn commands_views_and_errors_have_the_documented_status_codes() {
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
-    let openapi: Value = c
-        .get(format!("{u}/v1/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let openapi: Value = common::get_json(&c, format!("{u}/v1/openapi.json")).await;
     assert!(openapi["paths"]["/v1/events"].is_object());
     server.stop().await;
 }
@@ -553,14 +532,7 @@ async fn durable_consumers_resume_from_their_checkpoint_across_restarts() {
     }
     let server = Server::start(dir.path(), quick()).await;
     let u = server.url.clone();
-    let list: Value = c
-        .get(format!("{u}/v1/consumers"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = common::get_json(&c, format!("{u}/v1/consumers")).await;
     assert_eq!(list[0]["name"], "billing");
     assert_eq!(list[0]["checkpoint"], 7);
     let head = server.ledger.store().head().position.0;
@@ -766,14 +738,8 @@ async fn the_scheduler_advances_the_clock_at_start_up_so_relationships_extend_on
     let c = reqwest::Client::new();
     let mut extended = 0;
     for _ in 0..100 {
-        let h: Value = c
-            .get(format!("{}/v1/customers/{CONTOSO}/history", server.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let h: Value =
+            common::get_json(&c, format!("{}/v1/customers/{CONTOSO}/history", server.url)).await;
         extended = h["events"]
             .as_array()
             .unwrap()
@@ -789,14 +755,7 @@ async fn the_scheduler_advances_the_clock_at_start_up_so_relationships_extend_on
         extended >= 4,
         "one AdvanceClock at start-up records every extension due ({extended})"
     );
-    let v: Value = c
-        .get(format!("{}/v1/customers/{CONTOSO}", server.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = common::get_json(&c, format!("{}/v1/customers/{CONTOSO}", server.url)).await;
     assert_eq!(
         v["partners"][0]["delegated_admin"]["admin_relationships"][0]["status"],
         "active"

@@ -105,6 +105,28 @@ pub struct SledStore {
     index_flush_positions: usize,
 }
 
+/// Opens the sled database. This process holds the folder's `LOCK`, so sled's own lock on `sled/db` can only be
+/// held by a handle of this same process that is still shutting down (sled's background flusher lets go of the
+/// database a moment after its last handle is dropped): that is waited out, for up to five seconds.
+fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::Config::new()
+            .path(dir.join(SLED_DIR))
+            .cache_capacity(cache_bytes)
+            .open()
+        {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
     let context = context.into();
     move |source| StoreError::Io { context, source }
@@ -159,11 +181,7 @@ impl SledStore {
                 ),
             });
         }
-        let db = match sled::Config::new()
-            .path(dir.join(SLED_DIR))
-            .cache_capacity(options.cache_bytes)
-            .open()
-        {
+        let db = match open_sled(dir, options.cache_bytes) {
             Ok(db) => db,
             Err(sled::Error::Corruption { .. }) => {
                 let recorded = std::fs::read_to_string(dir.join(HEAD_FILE))
