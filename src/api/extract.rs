@@ -38,7 +38,8 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
     }
 }
 
-/// A JSON body: `None` when the request has none; otherwise it must say `Content-Type: application/json` (else 415
+/// A JSON body: `None` when the request has none; otherwise it must say `Content-Type: application/json` or another
+/// `application/…+json` type (else 415
 /// `unsupported_media_type`) and decode into `T`, unknown fields refused (else 400 `invalid_body`, naming the field).
 pub fn json_body<T: DeserializeOwned>(
     headers: &HeaderMap,
@@ -53,7 +54,9 @@ pub fn json_body<T: DeserializeOwned>(
         .and_then(|v| v.split(';').next())
         .map(|v| v.trim().to_ascii_lowercase())
         .unwrap_or_default();
-    if media != "application/json" {
+    if media != "application/json"
+        && !(media.starts_with("application/") && media.ends_with("+json"))
+    {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",

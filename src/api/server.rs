@@ -79,7 +79,8 @@ pub async fn serve(
 }
 
 /// Issues `AdvanceClock` at start-up and then every `interval`, so time-driven transitions are recorded on time (R36).
-/// After downtime the first one catches up in one command.
+/// After downtime the first one catches up, in steps of at most `domain::CLOCK_STEP_EVENTS` events that the writer
+/// decides before any other command.
 async fn scheduler(ledger: Arc<Ledger>, interval: Duration, mut stopping: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(interval);
     loop {

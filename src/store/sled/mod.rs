@@ -73,8 +73,6 @@ pub struct SledStore {
     aux: sled::Tree,
     /// Our own handle on `sled/db`, for `fdatasync`.
     data_file: File,
-    /// Held for the life of the store: the advisory lock that keeps a second process out.
-    _lock: File,
     /// The free space kept on the data folder's disk.
     room: Room,
     /// `HEAD`: a copy of the head marker outside sled (see [`SledStore::check_head_file`]).
@@ -103,6 +101,9 @@ pub struct SledStore {
     appended: AtomicU64,
     commands_committed: AtomicU64,
     index_flush_positions: usize,
+    /// Held for the life of the store: the advisory lock that keeps a second process out. The last field, so it is
+    /// released only after every sled handle above is dropped.
+    _lock: File,
 }
 
 /// Opens the sled database. This process holds the folder's `LOCK`, so sled's own lock on `sled/db` can only be
