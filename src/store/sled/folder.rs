@@ -11,6 +11,8 @@ use crate::domain::Position;
 use crate::store::{Head, StoreError};
 
 pub(super) const MARKER_FILE: &str = "ledger.json";
+/// `ledger.json` is written here first, then renamed over it.
+const MARKER_TMP: &str = "ledger.json.tmp";
 const LOCK_FILE: &str = "LOCK";
 pub(super) const HEAD_FILE: &str = "HEAD";
 /// The HEAD file is overwritten in place with a record of this fixed length.
@@ -22,18 +24,20 @@ pub(super) fn is_empty_dir(dir: &Path) -> Result<bool, StoreError> {
     Ok(entries.next().is_none())
 }
 
-/// Whether the folder holds nothing but a `LOCK` file: a ledger being created (or whose creator died before it
-/// wrote `ledger.json`).
+/// Whether the folder holds nothing but what creating a ledger writes before `ledger.json`: its `LOCK`, and perhaps
+/// the marker's temporary file (a ledger being created, or whose creator died before it wrote `ledger.json`).
 pub(super) fn holds_only_lock(dir: &Path) -> Result<bool, StoreError> {
-    let mut names = Vec::new();
+    let mut lock_seen = false;
     for entry in std::fs::read_dir(dir).map_err(io(format!("cannot read {}", dir.display())))? {
         let entry = entry.map_err(io(format!("cannot read {}", dir.display())))?;
-        names.push(entry.file_name());
-        if names.len() > 1 {
+        let name = entry.file_name();
+        if name == LOCK_FILE {
+            lock_seen = true;
+        } else if name != MARKER_TMP {
             return Ok(false);
         }
     }
-    Ok(names.len() == 1 && names[0] == LOCK_FILE)
+    Ok(lock_seen)
 }
 
 /// Takes the folder's lock, or says which process holds it.
@@ -70,7 +74,7 @@ pub(super) fn lock(dir: &Path) -> Result<File, StoreError> {
 /// Writes `ledger.json` with a format version, atomically (a temporary file renamed over it, both synced).
 pub(super) fn write_marker(dir: &Path, version: u64) -> Result<(), StoreError> {
     let marker = dir.join(MARKER_FILE);
-    let tmp = dir.join("ledger.json.tmp");
+    let tmp = dir.join(MARKER_TMP);
     let text = format!(
         "{{\"format\":\"partner-ledger\",\"version\":{version},\"created_by\":\"{}\"}}\n",
         env!("CARGO_PKG_VERSION")
