@@ -255,14 +255,7 @@ pub async fn events(
         super::stream::resume_point(&headers, Some(c.checkpoint.0), head)?.max(c.checkpoint);
     let bound = super::stream::bound_of(after, bounds.to, bounds.limit)?;
     // The operations gate let only principals who read everything (operators, system, auditors) this far.
-    Ok(respond(
-        &s,
-        &headers,
-        c.filter,
-        (&who, credential),
-        after,
-        bound,
-    ))
+    respond(&s, &headers, c.filter, (&who, credential), after, bound)
 }
 
 /// A consumer stream's optional end (see `/v1/events`).

@@ -325,6 +325,61 @@ fn ends_when(
     ended
 }
 
+/// The framing the client accepts (`Accept`, q-values honoured): SSE (`text/event-stream`, also for `*/*`, `text/*`
+/// or no `Accept` at all) or NDJSON (`application/x-ndjson`, also for `application/*`); the higher q wins, SSE on a
+/// tie; nothing acceptable is 406 `not_acceptable`.
+fn negotiate(headers: &HeaderMap) -> Result<Framing, ApiError> {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return Ok(Framing::Sse);
+    };
+    if accept.trim().is_empty() {
+        return Ok(Framing::Sse);
+    }
+    // For each framing, the q of the most specific range that matches it (exact 2, `type/*` 1, `*/*` 0).
+    let mut best = [(-1i8, 0.0f32); 2];
+    for range in accept.split(',') {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|v| v.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        for (i, (exact, family)) in [
+            ("text/event-stream", "text/*"),
+            ("application/x-ndjson", "application/*"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let specificity = if media == *exact {
+                2
+            } else if media == *family {
+                1
+            } else if media == "*/*" {
+                0
+            } else {
+                continue;
+            };
+            if specificity > best[i].0 {
+                best[i] = (specificity, q);
+            }
+        }
+    }
+    let (sse, ndjson) = (best[0].1, best[1].1);
+    if sse <= 0.0 && ndjson <= 0.0 {
+        return Err(ApiError::new(
+            axum::http::StatusCode::NOT_ACCEPTABLE,
+            "not_acceptable",
+            format!("streams are text/event-stream or application/x-ndjson; `Accept: {accept}` takes neither"),
+        ));
+    }
+    Ok(if ndjson > sse {
+        Framing::Ndjson
+    } else {
+        Framing::Sse
+    })
+}
+
 /// Counts a connected stream for `/metrics` while it lives.
 struct Connected(Arc<super::ApiMetrics>);
 
@@ -344,17 +399,9 @@ pub fn respond(
     who: (&Principal, Credential),
     after: Position,
     bound: Bound,
-) -> Response {
+) -> Result<Response, ApiError> {
     filter.scope = who.0.scope();
-    let ndjson = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/x-ndjson"));
-    let framing = if ndjson {
-        Framing::Ndjson
-    } else {
-        Framing::Sse
-    };
+    let framing = negotiate(headers)?;
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     tokio::spawn(produce(
         Arc::clone(&s.ledger),
@@ -376,14 +423,14 @@ pub fn respond(
         Framing::Ndjson => "application/x-ndjson",
         Framing::Sse => "text/event-stream",
     };
-    (
+    Ok((
         [
             (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-cache"),
         ],
         Body::from_stream(body),
     )
-        .into_response()
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -517,12 +564,5 @@ pub async fn events(
     )?;
     let after = resume_point(&headers, p.from, s.ledger.store().head().position)?;
     let bound = bound_of(after, p.to, p.limit)?;
-    Ok(respond(
-        &s,
-        &headers,
-        filter,
-        (&who, credential),
-        after,
-        bound,
-    ))
+    respond(&s, &headers, filter, (&who, credential), after, bound)
 }

@@ -113,3 +113,46 @@ async fn a_stream_with_to_or_limit_ends_there_and_one_without_follows_the_log() 
             .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_is_framed_as_the_accept_header_prefers_and_nothing_acceptable_is_406() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::serve(dir.path(), None, &["--sample-data"]);
+    let u = server.url();
+    let c = reqwest::Client::new();
+    for (accept, want) in [
+        (None, Some("text/event-stream")),
+        (Some("*/*"), Some("text/event-stream")),
+        (Some("application/x-ndjson"), Some("application/x-ndjson")),
+        (
+            Some("text/event-stream;q=0.2, application/x-ndjson;q=0.9"),
+            Some("application/x-ndjson"),
+        ),
+        (
+            Some("application/x-ndjson;q=0, */*"),
+            Some("text/event-stream"),
+        ),
+        (Some("application/*"), Some("application/x-ndjson")),
+        (Some("application/json"), None),
+        (Some("text/event-stream;q=0"), None),
+    ] {
+        let mut req = c.get(format!("{u}/v1/events?to=2"));
+        if let Some(a) = accept {
+            req = req.header("accept", a);
+        }
+        let r = req.send().await.unwrap();
+        let content_type = r.headers()["content-type"].to_str().unwrap().to_string();
+        match want {
+            Some(framing) => {
+                assert_eq!(r.status(), 200, "{accept:?}");
+                assert_eq!(content_type, framing, "{accept:?}");
+                let _ = r.text().await.unwrap();
+            }
+            None => {
+                assert_eq!(r.status(), 406, "{accept:?}");
+                let v: Value = r.json().await.unwrap();
+                assert_eq!(v["error"], "not_acceptable", "{accept:?}");
+            }
+        }
+    }
+}
