@@ -166,5 +166,6 @@ pub fn router(state: AppState) -> Router {
             auth::authenticate,
         ))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(middleware::request_id))
         .with_state(state)
 }

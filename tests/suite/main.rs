@@ -25,6 +25,7 @@ mod hostile_input;
 mod ledger;
 mod never_panic;
 mod parties;
+mod request_ids;
 mod resume_and_ack;
 mod server;
 mod snapshot;

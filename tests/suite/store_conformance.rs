@@ -16,7 +16,8 @@ use proptest::prelude::*;
 type Opener = fn(&Path) -> Arc<dyn Store>;
 
 fn open_sled(dir: &Path) -> Arc<dyn Store> {
-    partner_ledger::store::open(dir, &StoreOptions::default()).unwrap()
+    partner_ledger::store::open(dir, &StoreOptions::default())
+        .unwrap_or_else(|e| panic!("opening the store at {}: {e} ({e:?})", dir.display()))
 }
 
 fn backends() -> Vec<(&'static str, Opener)> {
