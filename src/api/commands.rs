@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::error::ApiError;
+use super::extract::media_type;
 use super::{auth, AppState};
 use crate::access::Principal;
 use crate::domain::command::MAX_COMMAND_BYTES;
@@ -25,15 +26,6 @@ fn outcome_response(o: &Outcome) -> Response {
         Outcome::Invalid { .. } => StatusCode::BAD_REQUEST,
     };
     (status, Json(o.to_json())).into_response()
-}
-
-fn media_type(headers: &HeaderMap) -> String {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .unwrap_or_default()
 }
 
 /// A command line as read, with its line number: a command, or why it is not one.

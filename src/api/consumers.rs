@@ -103,18 +103,6 @@ fn valid_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-fn internal(e: StoreError) -> ApiError {
-    if let StoreError::WriteFailed { .. } = &e {
-        return ApiError::from(e);
-    }
-    tracing::error!(error = %e, "consumer store failed");
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "the consumer store failed; see the server log",
-    )
-}
-
 fn failed(what: &str) -> ApiError {
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -171,7 +159,7 @@ pub async fn create(
     // On a blocking thread: the lock may wait for acks that sync, and creating syncs too.
     tokio::task::spawn_blocking(move || {
         let _changing = consumers.lock();
-        match consumers.get(&name).map_err(internal)? {
+        match consumers.get(&name).map_err(ApiError::from)? {
             Some(existing) if existing.filter == filter => {
                 Ok((StatusCode::OK, Json(with_lag(&existing, head))).into_response())
             }
@@ -186,7 +174,7 @@ pub async fn create(
                     filter,
                     checkpoint: Position(body.from),
                 };
-                consumers.put(&c).map_err(internal)?;
+                consumers.put(&c).map_err(ApiError::from)?;
                 Ok((StatusCode::CREATED, Json(with_lag(&c, head))).into_response())
             }
         }
@@ -198,7 +186,7 @@ pub async fn create(
 /// `GET /v1/consumers`: every consumer with its checkpoint and lag.
 pub async fn list(State(s): State<AppState>) -> Result<Response, ApiError> {
     let head = s.ledger.store().head().position;
-    let all = s.consumers.all().map_err(internal)?;
+    let all = s.consumers.all().map_err(ApiError::from)?;
     Ok(Json(all.iter().map(|c| with_lag(c, head)).collect::<Vec<_>>()).into_response())
 }
 
@@ -207,7 +195,7 @@ pub async fn show(
     State(s): State<AppState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    match s.consumers.get(&name).map_err(internal)? {
+    match s.consumers.get(&name).map_err(ApiError::from)? {
         Some(c) => Ok(Json(with_lag(&c, s.ledger.store().head().position)).into_response()),
         None => Err(no_consumer(&name)),
     }
@@ -223,7 +211,7 @@ pub async fn remove(
     match tokio::task::spawn_blocking(move || consumers.delete(&n)).await {
         Ok(Ok(true)) => Ok(StatusCode::NO_CONTENT.into_response()),
         Ok(Ok(false)) => Err(no_consumer(&name)),
-        Ok(Err(e)) => Err(internal(e)),
+        Ok(Err(e)) => Err(ApiError::from(e)),
         Err(_) => Err(failed("deletion")),
     }
 }
@@ -247,7 +235,7 @@ pub async fn events(
     super::extract::ApiQuery(bounds): super::extract::ApiQuery<BoundParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Some(c) = s.consumers.get(&name).map_err(internal)? else {
+    let Some(c) = s.consumers.get(&name).map_err(ApiError::from)? else {
         return Err(no_consumer(&name));
     };
     let head = s.ledger.store().head().position;
@@ -288,7 +276,7 @@ pub async fn ack(
     let head = s.ledger.store().head().position;
     let c = tokio::task::spawn_blocking(move || -> Result<Consumer, ApiError> {
         let _changing = consumers.lock();
-        let Some(mut c) = consumers.get(&name).map_err(internal)? else {
+        let Some(mut c) = consumers.get(&name).map_err(ApiError::from)? else {
             return Err(no_consumer(&name));
         };
         let p = Position(body.position);
@@ -310,7 +298,7 @@ pub async fn ack(
             .with("head", head));
         }
         c.checkpoint = p;
-        consumers.put(&c).map_err(internal)?;
+        consumers.put(&c).map_err(ApiError::from)?;
         Ok(c)
     })
     .await

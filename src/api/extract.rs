@@ -48,12 +48,7 @@ pub fn json_body<T: DeserializeOwned>(
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let media = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .unwrap_or_default();
+    let media = media_type(headers);
     if media != "application/json"
         && !(media.starts_with("application/") && media.ends_with("+json"))
     {
@@ -66,6 +61,16 @@ pub fn json_body<T: DeserializeOwned>(
     serde_json::from_slice(body).map(Some).map_err(|e| {
         ApiError::bad_request("invalid_body", format!("the body is not valid here: {e}"))
     })
+}
+
+/// A request's media type, lowercase and without parameters (empty when it gives none).
+pub fn media_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default()
 }
 
 /// 404 for a route that does not exist.

@@ -207,7 +207,7 @@ impl Writer {
                     .is_some_and(|e| e.events.len() >= domain::CLOCK_STEP_EVENTS);
             if let (true, Some(next)) = (stepped, clock) {
                 // More transitions may be due: the next step comes before every other command, these included.
-                tracing::info!(to = %next.to(), "the clock advance reached its step limit; the catch-up continues with another step");
+                tracing::info!(to = %next.to, "the clock advance reached its step limit; the catch-up continues with another step");
                 let mut front: VecDeque<Job> = VecDeque::from([next.job()]);
                 front.extend(jobs.by_ref());
                 front.extend(self.pending.drain(..));
@@ -467,10 +467,6 @@ struct ClockStep {
 }
 
 impl ClockStep {
-    fn to(&self) -> Timestamp {
-        self.to
-    }
-
     /// The next step: an `AdvanceClock` to the same instant by the same actor, with an id of its own. Nobody waits
     /// for its answer; it is recorded like any command.
     fn job(self) -> Job {

@@ -121,19 +121,7 @@ impl StoredEvent {
             message,
         };
         let f: Fast = serde_json::from_slice(&self.raw).map_err(|e| codec(e.to_string()))?;
-        let event = if f.schema_version == crate::domain::SCHEMA_VERSION {
-            let text = format!(
-                "{{\"type\":\"{}\",\"data\":{}}}",
-                f.event_type,
-                f.data.get()
-            );
-            serde_json::from_str(&text).map_err(|e| codec(e.to_string()))?
-        } else {
-            let data: serde_json::Value =
-                serde_json::from_str(f.data.get()).map_err(|e| codec(e.to_string()))?;
-            let (t, d) = upcast::upcast(&f.event_type, f.schema_version, data).map_err(codec)?;
-            crate::domain::Event::from_parts(&t, d).map_err(|e| codec(e.to_string()))?
-        };
+        let event = event_of(&f.event_type, f.schema_version, f.data).map_err(codec)?;
         Ok((f.at, event))
     }
 
@@ -146,27 +134,41 @@ impl StoredEvent {
     }
 }
 
+/// An event from an envelope's `type`, `schema_version` and raw `data`: today's version decoded in one pass, older ones
+/// brought up through the upcasters.
+fn event_of(
+    event_type: &str,
+    schema_version: u32,
+    data: &serde_json::value::RawValue,
+) -> Result<crate::domain::Event, String> {
+    if schema_version == crate::domain::SCHEMA_VERSION {
+        let text = format!("{{\"type\":\"{event_type}\",\"data\":{}}}", data.get());
+        serde_json::from_str(&text).map_err(|e| e.to_string())
+    } else {
+        let data: serde_json::Value =
+            serde_json::from_str(data.get()).map_err(|e| e.to_string())?;
+        let (t, d) = upcast::upcast(event_type, schema_version, data)?;
+        crate::domain::Event::from_parts(&t, d).map_err(|e| e.to_string())
+    }
+}
+
 /// The position and the event of envelope bytes (`None` when they do not decode): for readers that hold the bytes
 /// alone, such as access control judging what a stream may carry. Reads `position`, `type`, `data` and
-/// `schema_version` (the current one when absent), bringing older versions up through the upcasters.
+/// `schema_version` (the current one when absent).
 pub fn decode_envelope(raw: &[u8]) -> Option<(Position, crate::domain::Event)> {
     #[derive(serde::Deserialize)]
-    struct Parts {
+    struct Parts<'a> {
         position: Position,
-        #[serde(rename = "type")]
-        event_type: String,
+        #[serde(rename = "type", borrow)]
+        event_type: std::borrow::Cow<'a, str>,
         #[serde(default)]
         schema_version: Option<u32>,
-        data: serde_json::Value,
+        #[serde(borrow)]
+        data: &'a serde_json::value::RawValue,
     }
     let p: Parts = serde_json::from_slice(raw).ok()?;
     let version = p.schema_version.unwrap_or(crate::domain::SCHEMA_VERSION);
-    let (event_type, data) = if version == crate::domain::SCHEMA_VERSION {
-        (p.event_type, p.data)
-    } else {
-        upcast::upcast(&p.event_type, version, p.data).ok()?
-    };
-    let event = crate::domain::Event::from_parts(&event_type, data).ok()?;
+    let event = event_of(&p.event_type, version, p.data).ok()?;
     Some((p.position, event))
 }
 

@@ -33,14 +33,7 @@ async fn a_stream_with_to_or_limit_ends_there_and_one_without_follows_the_log() 
     let server = common::serve(dir.path(), None, &["--sample-data"]);
     let u = server.url();
     let c = reqwest::Client::new();
-    let head = c
-        .get(format!("{u}/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["head"]
+    let head = common::get_json(&c, format!("{u}/healthz")).await["head"]
         .as_u64()
         .unwrap();
     assert!(head > 10, "sample data: {head}");

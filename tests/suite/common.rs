@@ -165,6 +165,38 @@ pub fn serve(data: &Path, stderr: Option<&Path>, extra: &[&str]) -> Server {
     panic!("the server did not start on {}: {last:?}", data.display());
 }
 
+/// Starts `serve` on an ephemeral loopback port with `extra` arguments, keeping its standard output to read on:
+/// the process, the rest of its output, its first line and its base URL.
+pub fn spawn_serve(
+    data: &Path,
+    extra: &[&str],
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+    String,
+    String,
+) {
+    use std::io::BufRead;
+    let mut child = Command::new(BIN)
+        .arg("--data")
+        .arg(data)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_string();
+    (child, out, first, url)
+}
+
 /// GETs `url` and decodes its JSON body, whatever the status.
 pub async fn get_json(c: &reqwest::Client, url: impl reqwest::IntoUrl) -> Value {
     c.get(url).send().await.unwrap().json().await.unwrap()

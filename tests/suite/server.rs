@@ -611,24 +611,9 @@ async fn a_consumer_that_stops_reading_never_blocks_the_writer_and_later_gets_ev
 
 #[test]
 fn every_committed_answer_survives_kill_9_of_the_server() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(common::BIN)
-        .arg("--data")
-        .arg(dir.path())
-        .args(["serve", "--listen", "127.0.0.1:0", "--no-sample-data"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    out.read_line(&mut first).unwrap();
-    let url = first
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_string();
+    // The rest of its output stays open, so the server never writes into a closed pipe.
+    let (mut child, _out, _, url) = common::spawn_serve(dir.path(), &["--no-sample-data"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let committed: HashMap<String, Vec<u64>> = rt.block_on(async {
         let c = reqwest::Client::new();
@@ -765,25 +750,10 @@ async fn the_scheduler_advances_the_clock_at_start_up_so_relationships_extend_on
 
 #[test]
 fn sigterm_stops_the_server_gracefully() {
-    use std::io::{BufRead, BufReader};
+    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(common::BIN)
-        .arg("--data")
-        .arg(dir.path())
-        .args(["serve", "--listen", "127.0.0.1:0", "--sample-data"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    out.read_line(&mut first).unwrap();
+    let (mut child, out, first, url) = common::spawn_serve(dir.path(), &["--sample-data"]);
     assert!(first.contains("listening on http://127.0.0.1:"), "{first}");
-    let url = first
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_string();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let head_before: u64 = rt.block_on(async {
         let v: Value = reqwest::get(format!("{url}/healthz"))
