@@ -10,6 +10,7 @@ mod commands;
 mod consumers;
 mod error;
 mod extract;
+mod framing;
 mod health;
 mod middleware;
 mod openapi;

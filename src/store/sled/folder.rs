@@ -40,6 +40,23 @@ pub(super) fn holds_only_lock(dir: &Path) -> Result<bool, StoreError> {
     Ok(lock_seen)
 }
 
+/// Takes the folder's lock as [`lock`] does, but waits (up to five seconds) while the holder is this very process: a
+/// handle of it that is closing, or a child this process is starting, which holds a copy of every open file (the lock
+/// included) from its fork until its exec.
+pub(super) fn lock_for_self(dir: &Path) -> Result<File, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match lock(dir) {
+            Err(StoreError::Locked { pid: Some(pid), .. })
+                if pid == std::process::id() && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Takes the folder's lock, or says which process holds it.
 pub(super) fn lock(dir: &Path) -> Result<File, StoreError> {
     let path = dir.join(LOCK_FILE);

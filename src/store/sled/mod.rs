@@ -44,7 +44,8 @@ use consumers::ConsumerTree;
 use fault::Faults;
 use flusher::Flusher;
 use folder::{
-    holds_only_lock, is_empty_dir, lock, read_marker_version, write_marker, HEAD_FILE, MARKER_FILE,
+    holds_only_lock, is_empty_dir, lock_for_self, read_marker_version, write_marker, HEAD_FILE,
+    MARKER_FILE,
 };
 use index::Index;
 use read_models::ReadModelTrees;
@@ -107,8 +108,9 @@ pub struct SledStore {
 }
 
 /// Opens the sled database. This process holds the folder's `LOCK`, so sled's own lock on `sled/db` can only be
-/// held by a handle of this same process that is still shutting down (sled's background flusher lets go of the
-/// database a moment after its last handle is dropped): that is waited out, for up to five seconds.
+/// held by this same process: a handle still shutting down (sled's background flusher lets go of the database a
+/// moment after its last handle is dropped), or a child being started, which holds a copy of every open file from its
+/// fork until its exec. That is waited out, for up to five seconds.
 fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
@@ -162,13 +164,13 @@ impl SledStore {
             if only_lock {
                 // Another process is creating a ledger here (it locks before it writes ledger.json): say so. A
                 // lock left by a creator that died first is free and is taken below.
-                drop(lock(dir)?);
+                drop(lock_for_self(dir)?);
             }
             if !options.create {
                 return Err(StoreError::NoLedger(dir.to_path_buf()));
             }
         }
-        let lock = lock(dir)?;
+        let lock = lock_for_self(dir)?;
         if !marker.exists() {
             write_marker(dir, FORMAT_VERSION)?;
         }
