@@ -19,7 +19,12 @@ fn main() -> ExitCode {
         LogFormat::Json => logs.json().init(),
         LogFormat::Text => logs.init(),
     }
-    match partner_ledger::cli::run(cli) {
+    partner_ledger::store::set_default_cache_bytes(cli.cache_mb * 1024 * 1024);
+    let result = partner_ledger::cli::run(cli);
+    if let Some(kib) = partner_ledger::cli::peak_rss_kib() {
+        tracing::info!(peak_rss_kib = kib, "peak resident memory of this process");
+    }
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -31,6 +31,16 @@ pub struct Cli {
     /// How to log: text for people, json for log collectors (one object per line).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// The store's page cache, in MiB (sled keeps recently read pages of the data folder there). Reads of the whole
+    /// log (verify, export, streams, rebuild) do not grow beyond it; a larger cache speeds up reads of old history.
+    #[arg(
+        long,
+        global = true,
+        env = "PARTNER_LEDGER_CACHE_MB",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u64).range(1..=65_536)
+    )]
+    pub cache_mb: u64,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -136,7 +136,7 @@ impl StoredEvent {
 
 /// An event from an envelope's `type`, `schema_version` and raw `data`: today's version decoded in one pass, older ones
 /// brought up through the upcasters.
-fn event_of(
+pub(crate) fn event_of(
     event_type: &str,
     schema_version: u32,
     data: &serde_json::value::RawValue,
@@ -248,11 +248,20 @@ pub struct StoreOptions {
     pub min_free_bytes: u64,
 }
 
+/// The page cache a store opens with unless told otherwise: 64 MiB, or what `--cache-mb` set for this process.
+static DEFAULT_CACHE_BYTES: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(64 * 1024 * 1024);
+
+/// Sets the page cache of every store this process opens from now on with default options (`--cache-mb`).
+pub fn set_default_cache_bytes(bytes: u64) {
+    DEFAULT_CACHE_BYTES.store(bytes.max(256), std::sync::atomic::Ordering::Relaxed);
+}
+
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             create: true,
-            cache_bytes: 64 * 1024 * 1024,
+            cache_bytes: DEFAULT_CACHE_BYTES.load(std::sync::atomic::Ordering::Relaxed),
             tail_check: 1024,
             check_on_open: true,
             index_flush_positions: 600_000,

@@ -7,6 +7,7 @@ mod audit_recipe;
 mod auth;
 mod backup;
 mod bench;
+mod bounded_memory;
 mod bounded_streams;
 mod cli;
 mod common;

@@ -31,6 +31,7 @@ mod reserve;
 pub mod segment;
 mod upgrade;
 mod verify;
+mod walk;
 
 use std::fs::{File, OpenOptions};
 use std::path::Path;

@@ -216,8 +216,7 @@ impl SledStore {
     pub(super) fn journal_records(
         &self,
     ) -> impl Iterator<Item = Result<Committed, StoreError>> + '_ {
-        self.aux
-            .scan_prefix([journal::PREFIX])
+        super::walk::prefix(&self.aux, &[journal::PREFIX])
             .filter_map(|item| match item {
                 Err(e) => Some(vec![Err(StoreError::Sled(e))]),
                 Ok((k, v)) => journal::seq_of(&k).map(|_| match journal::decode(&v) {

@@ -145,7 +145,7 @@ impl ReadModelStore for ReadModelTrees {
         let mut prefix = vec![b'l'];
         prefix.extend_from_slice(id.as_bytes());
         let mut customers: Vec<CustomerId> = Vec::new();
-        for item in self.partners.scan_prefix(&prefix) {
+        for item in super::walk::prefix(&self.partners, &prefix) {
             let (_, v) = item?;
             customers.extend(decode::<Vec<CustomerId>>(&v)?);
         }
@@ -166,7 +166,7 @@ impl ReadModelStore for ReadModelTrees {
 
     fn dump(&self, model: ReadModel) -> Result<Vec<KeyValue>, StoreError> {
         let mut out = Vec::new();
-        for item in self.tree(model).iter() {
+        for item in super::walk::all(self.tree(model)) {
             let (k, v) = item?;
             out.push((k.to_vec(), v.to_vec()));
         }

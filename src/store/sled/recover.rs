@@ -36,7 +36,7 @@ impl SledStore {
     pub(super) fn load_journal(&self) -> Result<(), StoreError> {
         let mut next = 1;
         let mut found = Vec::new();
-        for item in self.aux.scan_prefix([journal::PREFIX]) {
+        for item in super::walk::prefix(&self.aux, &[journal::PREFIX]) {
             let (k, v) = item?;
             if let Some(seq) = journal::seq_of(&k) {
                 let record = journal_number(seq)?;

@@ -68,8 +68,7 @@ impl RefusalStore for RefusalLog {
 
     fn upto(&self, last: u64) -> Box<dyn Iterator<Item = Result<RefusalRecord, StoreError>> + '_> {
         Box::new(
-            self.tree
-                .range(record_key(1)..=record_key(last.max(1)))
+            super::walk::range(&self.tree, &record_key(1), &record_key(last.max(1)))
                 .filter(move |_| last > 0)
                 .map(|item| {
                     let (_, v) = item?;

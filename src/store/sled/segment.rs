@@ -176,7 +176,7 @@ impl Log {
         }
     }
 
-    /// The events after `after` up to and including `to`, in order.
+    /// The events after `after` up to and including `to`, in order, in constant memory (`walk.rs`).
     pub fn events(
         &self,
         after: Position,
@@ -194,8 +194,7 @@ impl Log {
                 Err(e) => Box::new(std::iter::once(Err(e))),
                 Ok(_) if first > to => Box::new(std::iter::empty()),
                 Ok(start) => Box::new(
-                    self.tree
-                        .range(start..=to.to_key().to_vec())
+                    super::walk::range(&self.tree, &start, &to.to_key())
                         .map(|r| r.map_err(StoreError::from)),
                 ),
             };
