@@ -325,6 +325,51 @@ mod tests {
         assert!(err.reason.contains("hash does not match"), "{}", err.reason);
     }
 
+    #[test]
+    fn the_fast_check_agrees_with_the_full_one_and_falls_back_for_other_bytes() {
+        let (raw1, h1) = seal(&sample(), Position(1), GENESIS_HASH);
+        let (raw2, h2) = seal(&sample(), Position(2), &h1);
+        assert_eq!(check_hash(&raw1, Position(1), GENESIS_HASH).unwrap(), h1);
+        assert_eq!(check_hash(&raw2, Position(2), &h1).unwrap(), h2);
+        // A wrong link, a wrong position or a changed byte fail with the full check's own words.
+        for (raw, at, prev) in [
+            (raw2.clone(), Position(2), GENESIS_HASH.to_string()),
+            (raw2.clone(), Position(3), h1.clone()),
+            (
+                String::from_utf8(raw1.clone())
+                    .unwrap()
+                    .replace("sales@b.example", "sales@c.example")
+                    .into_bytes(),
+                Position(1),
+                GENESIS_HASH.to_string(),
+            ),
+        ] {
+            assert_eq!(
+                check_hash(&raw, at, &prev).unwrap_err(),
+                check(&raw, at, &prev).unwrap_err()
+            );
+        }
+        // The same envelope stored with its keys in another order and spaces: not the canonical bytes, so the cut
+        // does not hash to the stored hash, and the full check (which re-serialises) accepts it.
+        let value: Value = serde_json::from_slice(&raw1).unwrap();
+        let mut members: Vec<(String, Value)> =
+            value.as_object().unwrap().clone().into_iter().collect();
+        members.reverse();
+        let reordered = format!(
+            "{{ {} }}",
+            members
+                .iter()
+                .map(|(k, v)| format!("{}: {}", Value::String(k.clone()), v))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        assert!(check_canonical(reordered.as_bytes(), Position(1), GENESIS_HASH).is_none());
+        assert_eq!(
+            check_hash(reordered.as_bytes(), Position(1), GENESIS_HASH).unwrap(),
+            h1
+        );
+    }
+
     /// The canonical form built as a JSON tree, the obvious way: the reference the direct writer must match.
     fn seal_reference(ev: &NewEvent, position: Position, prev_hash: &str) -> (Vec<u8>, String) {
         let mut m = Map::new();
