@@ -17,7 +17,7 @@ impl State {
                 let list = self.partner_customers.entry(partner).or_default();
                 self.partner_customer_ordinal
                     .insert((partner, customer), list.len() as u64);
-                list.push(customer);
+                list.push_back(customer);
                 self.involved_at.insert((partner, customer), self.folded);
             }
         }

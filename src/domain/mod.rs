@@ -18,6 +18,7 @@ mod relationship;
 pub mod slice;
 pub mod state;
 mod subscription;
+pub mod table;
 pub mod view;
 
 #[cfg(test)]

@@ -106,7 +106,11 @@ impl Slice {
     /// Everything the partner view of `p` reads: its profile and one part per customer, in involvement order.
     pub fn partner(state: &State, p: PartnerId) -> Option<Slice> {
         let mut s = Slice::partner_profile(state, p)?;
-        let customers = state.partner_customers.get(&p).cloned().unwrap_or_default();
+        let customers: Vec<CustomerId> = state
+            .partner_customers
+            .get(&p)
+            .map(|list| list.iter().copied().collect())
+            .unwrap_or_default();
         for c in &customers {
             if let Some(part) = Slice::partner_customer(state, p, *c) {
                 s.absorb(part);
@@ -178,7 +182,11 @@ impl Slice {
             .into_iter()
             .map(|(p, c, plan)| ((p, c), plan))
             .collect();
-        st.partner_customers = self.partner_customers.into_iter().collect();
+        st.partner_customers = self
+            .partner_customers
+            .into_iter()
+            .map(|(p, list)| (p, list.into_iter().collect()))
+            .collect();
         st
     }
 }

@@ -3,12 +3,13 @@
 //! `apply` is deliberately tolerant (an entity it has not seen is created on demand) so that a subset of the log,
 //! such as one customer's indexed history, folds into a correct partial state for point-in-time views.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use imbl::{HashMap, HashSet, OrdSet, Vector};
 
 use serde::{Deserialize, Serialize};
 
 use super::command::{Cloud, PartnerKind};
 use super::ids::*;
+use super::table::Table;
 
 /// DAP roles: Global Administrator and Helpdesk Administrator (R23).
 pub const DAP_ROLES: [&str; 2] = [
@@ -234,26 +235,27 @@ pub struct AzurePlan {
 }
 
 /// Everything the rules decide against. Serializable for write-model snapshots (`src/snapshot.rs`), which store it in
-/// a binary format; its JSON form is never stored.
+/// a binary format; its JSON form is never stored. Every map is persistent (`table.rs`): a copy of the whole state
+/// costs nothing and shares everything with the original, which is how the writer and the readers hold it once.
 #[derive(Clone, PartialEq, Debug, Default, Serialize, Deserialize)]
 pub struct State {
     /// The latest business time recorded in the log (R35).
     pub clock: Option<Timestamp>,
-    pub partners: HashMap<PartnerId, Partner>,
-    pub customers: HashMap<CustomerId, Customer>,
+    pub partners: Table<PartnerId, Partner>,
+    pub customers: Table<CustomerId, Customer>,
     /// Active two-tier links, as (provider, reseller).
     pub links: HashSet<(PartnerId, PartnerId)>,
-    pub requests: HashMap<RequestId, Request>,
+    pub requests: Table<RequestId, Request>,
     pub relationships: HashMap<(PartnerId, CustomerId), Relationship>,
-    pub admin: HashMap<AdminRelationshipId, AdminRelationship>,
+    pub admin: Table<AdminRelationshipId, AdminRelationship>,
     /// Admin relationships whose recorded status is pending or active: the ones a clock advance can change.
-    pub admin_open: BTreeSet<AdminRelationshipId>,
+    pub admin_open: OrdSet<AdminRelationshipId>,
     /// The same, per partner, for the name-uniqueness rule (R16) without scanning every partner's.
-    pub admin_open_by_partner: HashMap<PartnerId, BTreeSet<AdminRelationshipId>>,
-    pub subscriptions: HashMap<SubscriptionId, Subscription>,
-    pub plans: HashMap<(PartnerId, CustomerId), AzurePlan>,
+    pub admin_open_by_partner: HashMap<PartnerId, OrdSet<AdminRelationshipId>>,
+    pub subscriptions: Table<SubscriptionId, Subscription>,
+    pub plans: Table<(PartnerId, CustomerId), AzurePlan>,
     /// Customers each partner is involved with, in order of first involvement (the partner view's order).
-    pub partner_customers: HashMap<PartnerId, Vec<CustomerId>>,
+    pub partner_customers: HashMap<PartnerId, Vector<CustomerId>>,
     /// The index of each customer in its partner's `partner_customers` list (stable: the list only grows).
     pub partner_customer_ordinal: HashMap<(PartnerId, CustomerId), u64>,
     /// How many events were folded into this state: for a fold of the whole log, the position of the last one.

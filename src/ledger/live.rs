@@ -4,13 +4,14 @@
 use std::sync::{Condvar, Mutex, RwLock};
 use std::time::Duration;
 
-use crate::domain::{Event, Position, State, Timestamp};
-use crate::projection::Touched;
+use crate::domain::{Position, State};
 
 /// The write model as of the last durable batch, kept by the projector thread: what "now" views read.
 ///
-/// It is a second copy of the write model. The writer's own copy runs ahead of the disk (it already holds the batch
-/// being made durable), so readers must not see it; this one only ever holds durable events.
+/// The writer's own model runs ahead of the disk (it already holds the batch being made durable), so readers must
+/// not see it. After each batch the writer hands over a copy, which this installs once the batch is durable. The
+/// maps are persistent (`domain/table.rs`): the copy shares every entity with the writer's model except those the
+/// writer changed since, so the write model is held once, not twice.
 pub struct Live {
     state: RwLock<State>,
     /// The position `state` reflects, with a condition variable for readers waiting to see their own writes.
@@ -55,21 +56,18 @@ impl Live {
         f(&state, position)
     }
 
-    pub(super) fn apply(&self, events: &[(Position, Timestamp, Event)], touched: &mut Touched) {
-        let Some(last) = events.last().map(|e| e.0) else {
-            return;
-        };
+    /// Makes `state`, the write model as of durable position `position`, what readers see.
+    pub(super) fn install(&self, state: State, position: Position) {
         let _running = self.paused.lock().unwrap_or_else(|e| e.into_inner());
-        {
-            let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-            for (_, at, event) in events {
-                touched.before(&state, event);
-                state.apply(*at, event);
-                touched.add(&state, event);
-            }
+        let old = {
+            let mut current = self.state.write().unwrap_or_else(|e| e.into_inner());
+            let old = std::mem::replace(&mut *current, state);
             // Moved while the state is still locked, so a reader never pairs the new state with the old position.
-            *self.position.lock().unwrap_or_else(|e| e.into_inner()) = last;
-        }
+            *self.position.lock().unwrap_or_else(|e| e.into_inner()) = position;
+            old
+        };
         self.moved.notify_all();
+        // What the old copy alone still held is freed here, outside the lock.
+        drop(old);
     }
 }

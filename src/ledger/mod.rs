@@ -34,6 +34,8 @@ mod fault_tests;
 mod integrity;
 mod live;
 mod metrics;
+#[cfg(test)]
+mod model_tests;
 mod outcome;
 mod projector;
 mod syncer;
@@ -47,7 +49,7 @@ pub use outcome::Outcome;
 
 use committer::{Committer, Handoff};
 use metrics::WriterCounters;
-use projector::{Batch, Projector};
+use projector::Projector;
 use syncer::Syncer;
 use writer::{Decided, Job, Writer};
 
@@ -145,6 +147,9 @@ struct Shared {
     /// The background verification: how far it has checked the chain, and whether it finished.
     verified: AtomicU64,
     verify_done: AtomicBool,
+    /// Tests: a copy of the writer's own write model after its last batch (`model_tests.rs`).
+    #[cfg(test)]
+    writer_model: Mutex<Option<crate::domain::State>>,
 }
 
 impl Shared {
@@ -200,13 +205,15 @@ impl Ledger {
             damage: Mutex::new(None),
             verified: AtomicU64::new(0),
             verify_done: AtomicBool::new(false),
+            #[cfg(test)]
+            writer_model: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let (head_tx, head_rx) = watch::channel(head.position);
         // A few decided batches may wait for the committer: enough to keep it busy, few enough that a failure
         // answers little speculative work as unknown.
         let (commit_tx, commit_rx) = std::sync::mpsc::sync_channel::<Decided>(4);
-        let (project_tx, project_rx) = std::sync::mpsc::channel::<Batch>();
+        let (project_tx, project_rx) = std::sync::mpsc::channel::<writer::Settled>();
         let projector = Projector {
             store: Arc::clone(&store),
             live: Arc::clone(&live),
@@ -231,6 +238,7 @@ impl Ledger {
             live: Arc::clone(&live),
             epoch: 0,
             state,
+            touched: crate::projection::Touched::default(),
             head,
             clock: Arc::clone(&config.clock),
             max_batch: config.max_batch.max(1),

@@ -1,4 +1,5 @@
-//! The projector thread: applies each durable batch to the live write model that "now" views read, rewrites the
+//! The projector thread: installs the write model each durable batch left (the writer's copy, sharing everything with
+//! the writer's own) as the live model that "now" views read, rewrites the
 //! read-model documents of the entities that changed every `projection_interval` (and at close), and writes a
 //! write-model snapshot every `snapshot_every` events (and at close, when enough came after the last one).
 
@@ -6,13 +7,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::writer::Settled;
 use super::Live;
-use crate::domain::{Event, Position, Timestamp};
 use crate::projection::{Projections, Touched};
 use crate::store::Store;
-
-/// One durable batch's events, in position order.
-pub(super) type Batch = Vec<(Position, Timestamp, Event)>;
 
 /// Keeps the live model, the read models and the snapshot up with the log.
 pub(super) struct Projector {
@@ -27,19 +25,22 @@ pub(super) struct Projector {
 }
 
 impl Projector {
-    pub(super) fn run(mut self, rx: std::sync::mpsc::Receiver<Batch>) {
+    pub(super) fn run(mut self, rx: std::sync::mpsc::Receiver<Settled>) {
         let mut touched = Touched::default();
         let mut last_write = Instant::now();
         loop {
             let wait = self.interval.saturating_sub(last_write.elapsed());
             match rx.recv_timeout(wait) {
-                Ok(events) => {
-                    self.since_snapshot += events.len() as u64;
-                    self.live.apply(&events, &mut touched);
+                Ok(settled) => {
+                    let mut latest = settled;
                     while let Ok(more) = rx.try_recv() {
-                        self.since_snapshot += more.len() as u64;
-                        self.live.apply(&more, &mut touched);
+                        self.since_snapshot += latest.appended;
+                        touched.merge(std::mem::take(&mut latest.touched));
+                        latest = more;
                     }
+                    self.since_snapshot += latest.appended;
+                    touched.merge(std::mem::take(&mut latest.touched));
+                    self.live.install(latest.state, latest.position);
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::committer::{take_queued, Handoff};
-use super::projector::Batch;
+use super::writer::Settled;
 use super::writer::{Decided, Draft};
 use super::{Outcome, Shared};
 use crate::domain::Position;
@@ -23,7 +23,7 @@ const RETRY: &str =
 pub(super) struct Syncer {
     pub(super) shared: Arc<Shared>,
     pub(super) head: watch::Sender<Position>,
-    pub(super) project: std::sync::mpsc::Sender<Batch>,
+    pub(super) project: std::sync::mpsc::Sender<Settled>,
 }
 
 impl Syncer {
@@ -95,11 +95,23 @@ impl Syncer {
         }
         let oldest = batches.iter().map(|b| b.started).min();
         let entries: usize = batches.iter().map(|b| b.positions.len()).sum();
-        let mut events = Vec::new();
+        let mut settled: Option<Settled> = None;
         let mut last_seq = 0;
         for b in batches {
             last_seq = b.seq;
-            events.extend(b.events);
+            if let Some(next) = b.settled {
+                settled = Some(match settled {
+                    None => next,
+                    Some(mut so_far) => {
+                        so_far.touched.merge(next.touched);
+                        Settled {
+                            touched: so_far.touched,
+                            appended: so_far.appended + next.appended,
+                            ..next
+                        }
+                    }
+                });
+            }
             let positions = b.positions;
             for (reply, draft) in b.drafts {
                 let outcome = match draft {
@@ -142,7 +154,9 @@ impl Syncer {
                 c.record_batch(t.elapsed(), entries);
             }
             self.head.send_replace(self.shared.store.head().position);
-            let _ = self.project.send(events);
+            if let Some(settled) = settled {
+                let _ = self.project.send(settled);
+            }
         }
     }
 

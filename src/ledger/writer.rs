@@ -12,9 +12,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Clock, Live, Outcome, Shared};
 use crate::domain::{
-    self, CommandId, EntityRef, Event, EventId, Position, Refusal, RefusalRecord, State, Submitted,
+    self, CommandId, EntityRef, EventId, Position, Refusal, RefusalRecord, State, Submitted,
     Timestamp,
 };
+use crate::projection::Touched;
 use crate::store::{CommitEntry, Fingerprint, Head, NewEvent, SealedBatch, StoreError};
 
 /// A command as the writer receives it.
@@ -85,11 +86,22 @@ pub(super) struct Decided {
     /// Each command's reply and what to answer once the batch is durable.
     pub(super) drafts: Vec<(oneshot::Sender<Outcome>, Draft)>,
     pub(super) refusals: Vec<(RefusalRecord, Vec<EntityRef>)>,
-    /// The events, in position order, for the projector.
-    pub(super) events: Vec<(Position, Timestamp, Event)>,
+    /// For a batch that appends: the writer's write model right after it (a copy that shares everything with the
+    /// writer's own, `domain/table.rs`), for the readers once the batch is durable, with the documents it touched
+    /// and how many events it appended.
+    pub(super) settled: Option<Settled>,
     /// Each entry's positions (taken from `prepared` when it is written).
     pub(super) positions: Vec<Vec<Position>>,
     pub(super) started: Instant,
+}
+
+/// The write model as a batch left it, on its way to the readers (`Live::install`) once the batch is durable.
+pub(super) struct Settled {
+    pub(super) state: State,
+    /// The position the state reflects: the batch's last event.
+    pub(super) position: Position,
+    pub(super) touched: Touched,
+    pub(super) appended: u64,
 }
 
 /// What the writer will answer once the batch is durable.
@@ -111,6 +123,8 @@ pub(super) struct Writer {
     pub(super) epoch: u64,
     /// The write model including every decided batch, durable or not yet.
     pub(super) state: State,
+    /// The read-model documents the batch being decided changes.
+    pub(super) touched: Touched,
     /// The head after the last decided batch.
     pub(super) head: Head,
     pub(super) clock: Clock,
@@ -215,7 +229,15 @@ impl Writer {
                 break;
             }
         }
-        let mut events = Vec::new();
+        #[cfg(test)]
+        {
+            *self
+                .shared
+                .writer_model
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(self.state.clone());
+        }
+        let mut appended = 0u64;
         let prepared = if entries.is_empty() {
             None
         } else {
@@ -226,9 +248,7 @@ impl Writer {
                     entry.command_id,
                     (entry.fingerprint, positions.clone(), self.seq),
                 );
-                for (ev, p) in entry.events.into_iter().zip(positions) {
-                    events.push((*p, ev.at, ev.event));
-                }
+                appended += entry.events.len() as u64;
             }
             Some(prepared)
         };
@@ -238,7 +258,12 @@ impl Writer {
             prepared,
             drafts,
             refusals,
-            events,
+            settled: (appended > 0).then(|| Settled {
+                state: self.state.clone(),
+                position: self.head.position,
+                touched: std::mem::take(&mut self.touched),
+                appended,
+            }),
             positions: Vec::new(),
             started,
         }
@@ -280,14 +305,14 @@ impl Writer {
         /// Takes `id` out of one map of the write model, runs `f`, and puts it back.
         fn aside<K: std::hash::Hash + Eq + Copy, V, R>(
             this: &mut Writer,
-            map: fn(&mut State) -> &mut HashMap<K, V>,
+            map: fn(&mut State) -> &mut crate::domain::table::Table<K, V>,
             id: K,
             f: impl FnOnce(&mut Writer) -> R,
         ) -> R {
             let kept = map(&mut this.state).remove(&id);
             let r = f(this);
             if let Some(k) = kept {
-                map(&mut this.state).insert(id, k);
+                map(&mut this.state).restore(id, k);
             }
             r
         }
@@ -435,7 +460,9 @@ impl Writer {
             Ok(events) => {
                 let mut new_events = Vec::with_capacity(events.len());
                 for event in events {
+                    self.touched.before(&self.state, &event);
                     self.state.apply(cmd.at, &event);
+                    self.touched.add(&self.state, &event);
                     new_events.push(NewEvent {
                         event_id: EventId::new(random_uuid()).unwrap_or_else(|_| unreachable!()),
                         event,

@@ -89,6 +89,15 @@ fn admin_of(event: &Event) -> Option<AdminRelationshipId> {
 }
 
 impl Touched {
+    /// Adds what `other` records (the documents of several batches, written together).
+    pub fn merge(&mut self, other: Touched) {
+        self.customers.extend(other.customers);
+        self.partners.extend(other.partners);
+        self.pairs.extend(other.pairs);
+        self.days.extend(other.days);
+        self.all_days |= other.all_days;
+    }
+
     /// Records what applying `event` to `state` is about to change that only the state before it knows: the day an
     /// admin relationship was listed under before the event moved or ended it. Call it before `State::apply`, and
     /// [`Touched::add`] after.
@@ -203,11 +212,9 @@ fn partner_writes(state: &State, touched: &Touched) -> Vec<DocumentWrite> {
         })
         .collect();
     for (p, block) in blocks {
-        let list = state
-            .partner_customers
-            .get(&p)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        let Some(list) = state.partner_customers.get(&p) else {
+            continue;
+        };
         let start = usize::try_from(block * BLOCK)
             .unwrap_or(usize::MAX)
             .min(list.len());
@@ -217,7 +224,7 @@ fn partner_writes(state: &State, touched: &Touched) -> Vec<DocumentWrite> {
         b.push(DocumentWrite::PartnerCustomers {
             partner: p,
             block,
-            customers: list[start..end].to_vec(),
+            customers: list.skip(start).take(end - start).iter().copied().collect(),
         });
     }
     b
