@@ -96,6 +96,10 @@ fn metrics_text(s: &AppState) -> String {
     let _ = writeln!(t, "partner_ledger_commit_batch_size_bucket{{le=\"+Inf\"}} {batches}\npartner_ledger_commit_batch_size_sum {}\npartner_ledger_commit_batch_size_count {batches}", st.committed);
     let _ = writeln!(t, "# HELP partner_ledger_stream_consumers Event streams connected.\n# TYPE partner_ledger_stream_consumers gauge\npartner_ledger_stream_consumers {}", s.metrics.streams.load(Ordering::Relaxed));
     let _ = writeln!(t, "# HELP partner_ledger_head_position The last position of the log.\n# TYPE partner_ledger_head_position gauge\npartner_ledger_head_position {}", s.ledger.store().head().position);
+    let _ = writeln!(t, "# HELP partner_ledger_entities Entities in the live write model, by kind (what its memory grows with).\n# TYPE partner_ledger_entities gauge");
+    for (kind, n) in s.ledger.live().read(|st, _| st.entity_counts()) {
+        let _ = writeln!(t, "partner_ledger_entities{{kind=\"{kind}\"}} {n}");
+    }
     let _ = writeln!(t, "# HELP partner_ledger_denied_requests_total Requests refused by authentication (401) or authorisation (403).\n# TYPE partner_ledger_denied_requests_total counter");
     for ((status, reason), n) in s.auth.denied_counts() {
         let _ = writeln!(

@@ -271,6 +271,18 @@ impl State {
         Self::default()
     }
 
+    /// How many entities of each kind the model holds (`/metrics`, the growth benchmark).
+    pub fn entity_counts(&self) -> [(&'static str, usize); 6] {
+        [
+            ("partners", self.partners.len()),
+            ("customers", self.customers.len()),
+            ("relationships", self.relationships.len()),
+            ("admin_relationships", self.admin.len()),
+            ("subscriptions", self.subscriptions.len()),
+            ("requests", self.requests.len()),
+        ]
+    }
+
     /// Whether the pair has an active reseller relationship.
     pub fn is_active(&self, partner: PartnerId, customer: CustomerId) -> bool {
         self.relationships

@@ -242,6 +242,8 @@ async fn commands_views_and_errors_have_the_documented_status_codes() {
         "partner_ledger_commit_latency_seconds_bucket",
         "partner_ledger_commit_batch_size_bucket",
         "partner_ledger_stream_consumers",
+        "partner_ledger_entities{kind=\"customers\"}",
+        "partner_ledger_entities{kind=\"subscriptions\"}",
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
