@@ -199,10 +199,11 @@ pub fn check(raw: &[u8], expected: Position, prev_hash: &str) -> Result<Envelope
     Ok(env)
 }
 
-/// Checks one stored event like [`check`] and returns its hash, without building the envelope. Stored bytes are the
-/// canonical form of the whole envelope, so the canonical form without `hash` is those bytes with the `hash` member cut
-/// out: this hashes that, then decodes the envelope in one pass, which is most of what verification costs. Bytes that
-/// are not canonical (or do not check out) take [`check`]'s path, which re-serialises them and names what is wrong.
+/// Checks one stored event like [`check`] and returns its hash, without building the envelope. When the stored bytes
+/// are the canonical form of the whole envelope (checked in one pass, [`is_canonical`]), the canonical form without
+/// `hash` is those bytes with the `hash` member cut out: this hashes that, then decodes the envelope in one pass, which
+/// is most of what verification costs. Bytes that are not canonical, or do not check out, take [`check`]'s path, which
+/// re-serialises them and names what is wrong; so this accepts exactly what [`check`] accepts.
 pub fn check_hash(raw: &[u8], expected: Position, prev_hash: &str) -> Result<String, ChainBreak> {
     match check_canonical(raw, expected, prev_hash) {
         Some(hash) => Ok(hash),
@@ -234,8 +235,12 @@ fn check_canonical(raw: &[u8], expected: Position, prev_hash: &str) -> Option<St
         #[serde(borrow)]
         hash: std::borrow::Cow<'a, str>,
     }
-    // The top-level member: every member after it (position, prev_hash, recorded_at, schema_version, type) holds a
-    // plain value, and a quote inside a string is always escaped, so the last match is the envelope's own.
+    if !is_canonical(raw) {
+        return None;
+    }
+    // The last match: in canonical bytes every member after the top-level `hash` (position, prev_hash, recorded_at,
+    // schema_version, type) holds a plain value. A nested `"hash"` member found instead would not hash to a stored
+    // hash that the decoded envelope's own `hash` equals, checked below.
     const MEMBER: &[u8] = b",\"hash\":\"";
     let at = memchr::memmem::rfind(raw, MEMBER)?;
     let stored = raw.get(at + MEMBER.len()..at + MEMBER.len() + 64)?;
@@ -259,6 +264,151 @@ fn check_canonical(raw: &[u8], expected: Position, prev_hash: &str) -> Option<St
     }
     super::event_of(&parts.event_type, parts.schema_version, parts.data).ok()?;
     Some(computed.to_string())
+}
+
+/// Whether `b` is exactly what [`canonical`] writes for the JSON it holds: no insignificant whitespace, object keys
+/// strictly ascending by their bytes (so none twice), strings escaped as `serde_json` escapes them, integers in plain
+/// decimal. Anything else (floats included) answers `false`, for the full check to judge.
+pub fn is_canonical(b: &[u8]) -> bool {
+    let mut i = 0;
+    canonical_value(b, &mut i, 0) && i == b.len()
+}
+
+/// Nesting deeper than this is left to the full check (and its parser's own limit).
+const MAX_DEPTH: usize = 64;
+
+fn canonical_value(b: &[u8], i: &mut usize, depth: usize) -> bool {
+    if depth > MAX_DEPTH {
+        return false;
+    }
+    match b.get(*i) {
+        Some(b'{') => {
+            *i += 1;
+            if b.get(*i) == Some(&b'}') {
+                *i += 1;
+                return true;
+            }
+            let mut previous: Option<&[u8]> = None;
+            loop {
+                let start = *i;
+                if !canonical_string(b, i) {
+                    return false;
+                }
+                let key = &b[start + 1..*i - 1];
+                // A key with an escape sorts by its decoded bytes: left to the full check.
+                if key.contains(&b'\\') || previous.is_some_and(|p| p >= key) {
+                    return false;
+                }
+                previous = Some(key);
+                if b.get(*i) != Some(&b':') {
+                    return false;
+                }
+                *i += 1;
+                if !canonical_value(b, i, depth + 1) {
+                    return false;
+                }
+                match b.get(*i) {
+                    Some(b',') => *i += 1,
+                    Some(b'}') => {
+                        *i += 1;
+                        return true;
+                    }
+                    _ => return false,
+                }
+            }
+        }
+        Some(b'[') => {
+            *i += 1;
+            if b.get(*i) == Some(&b']') {
+                *i += 1;
+                return true;
+            }
+            loop {
+                if !canonical_value(b, i, depth + 1) {
+                    return false;
+                }
+                match b.get(*i) {
+                    Some(b',') => *i += 1,
+                    Some(b']') => {
+                        *i += 1;
+                        return true;
+                    }
+                    _ => return false,
+                }
+            }
+        }
+        Some(b'"') => canonical_string(b, i),
+        Some(b't') => literal(b, i, b"true"),
+        Some(b'f') => literal(b, i, b"false"),
+        Some(b'n') => literal(b, i, b"null"),
+        Some(b'-' | b'0'..=b'9') => {
+            let negative = b[*i] == b'-';
+            if negative {
+                *i += 1;
+            }
+            let start = *i;
+            while b.get(*i).is_some_and(u8::is_ascii_digit) {
+                *i += 1;
+            }
+            let digits = &b[start..*i];
+            let plain = match digits {
+                [] => false,
+                [b'0'] => !negative,
+                [first, ..] => *first != b'0',
+            };
+            plain && !matches!(b.get(*i), Some(b'.' | b'e' | b'E'))
+        }
+        _ => false,
+    }
+}
+
+fn literal(b: &[u8], i: &mut usize, word: &[u8]) -> bool {
+    if b.get(*i..*i + word.len()) == Some(word) {
+        *i += word.len();
+        true
+    } else {
+        false
+    }
+}
+
+/// A string as `serde_json` writes it: `"` and `\\` and control characters escaped (the five short forms, else
+/// `\\u00xx` in lowercase hex), nothing else.
+fn canonical_string(b: &[u8], i: &mut usize) -> bool {
+    if b.get(*i) != Some(&b'"') {
+        return false;
+    }
+    *i += 1;
+    loop {
+        match b.get(*i) {
+            None => return false,
+            Some(b'"') => {
+                *i += 1;
+                return true;
+            }
+            Some(c) if *c < 0x20 => return false,
+            Some(b'\\') => {
+                match b.get(*i + 1) {
+                    Some(b'"' | b'\\' | b'n' | b't' | b'r' | b'b' | b'f') => *i += 2,
+                    Some(b'u') => {
+                        let Some(hex) = b.get(*i + 2..*i + 6) else {
+                            return false;
+                        };
+                        // Only control characters without a short form are written this way.
+                        let lower = |c: &u8| c.is_ascii_digit() || (b'a'..=b'f').contains(c);
+                        if hex[0] != b'0' || hex[1] != b'0' || hex[2] > b'1' || !lower(&hex[3]) {
+                            return false;
+                        }
+                        if matches!(&hex[2..4], b"08" | b"09" | b"0a" | b"0c" | b"0d") {
+                            return false;
+                        }
+                        *i += 6;
+                    }
+                    _ => return false,
+                }
+            }
+            Some(_) => *i += 1,
+        }
+    }
 }
 
 /// The index keys of an entity: a kind byte and the 16 id bytes.
@@ -330,6 +480,11 @@ mod tests {
         let (raw1, h1) = seal(&sample(), Position(1), GENESIS_HASH);
         let (raw2, h2) = seal(&sample(), Position(2), &h1);
         assert_eq!(check_hash(&raw1, Position(1), GENESIS_HASH).unwrap(), h1);
+        assert_eq!(
+            check_canonical(&raw1, Position(1), GENESIS_HASH),
+            Some(h1.clone()),
+            "sealed bytes take the fast path"
+        );
         assert_eq!(check_hash(&raw2, Position(2), &h1).unwrap(), h2);
         // A wrong link, a wrong position or a changed byte fail with the full check's own words.
         for (raw, at, prev) in [
@@ -368,6 +523,68 @@ mod tests {
             check_hash(reordered.as_bytes(), Position(1), GENESIS_HASH).unwrap(),
             h1
         );
+    }
+
+    #[test]
+    fn bytes_that_are_not_canonical_never_pass_on_a_hash_computed_over_themselves() {
+        // A forger rewrites an event in another layout and hashes the cut bytes as the fast path would: the full check
+        // hashes the canonical form, so the fast path must refuse to judge such bytes.
+        let (raw, _) = seal(&sample(), Position(1), GENESIS_HASH);
+        let text = String::from_utf8(raw).unwrap();
+        for variant in [
+            text.replacen('{', "{ ", 1),
+            text.replace("sales@b.example", "s\\u0061les@b.example"),
+            format!("{text} "),
+        ] {
+            let member = variant.rfind(",\"hash\":\"").unwrap();
+            let cut = format!("{}{}", &variant[..member], &variant[member + 9 + 64 + 1..]);
+            let forged_hash = chain_hash(GENESIS_HASH, cut.as_bytes());
+            let forged = format!(
+                "{}{}{}",
+                &variant[..member + 9],
+                forged_hash,
+                &variant[member + 9 + 64..]
+            );
+            assert!(!is_canonical(forged.as_bytes()), "{forged}");
+            assert!(
+                check_hash(forged.as_bytes(), Position(1), GENESIS_HASH).is_err(),
+                "accepted a hash over non-canonical bytes: {forged}"
+            );
+            assert!(check(forged.as_bytes(), Position(1), GENESIS_HASH).is_err());
+        }
+    }
+
+    #[test]
+    fn is_canonical_accepts_exactly_what_the_canonical_writer_writes() {
+        let values = [
+            serde_json::json!({"b": [1, -2, 0, "x"], "a": {"z": null, "y": true, "x": false}, "c": ""}),
+            serde_json::json!({"s": "tab\tnew\nline\r\u{8}\u{c}\u{1}\u{1f} \"q\" \\ / é 😀"}),
+            serde_json::json!([]),
+            serde_json::json!({}),
+            serde_json::json!(18446744073709551615u64),
+        ];
+        for v in &values {
+            let bytes = canonical(v);
+            assert!(is_canonical(&bytes), "{}", String::from_utf8_lossy(&bytes));
+        }
+        for text in [
+            "{\"b\":1,\"a\":2}",
+            "{\"a\":1,\"a\":2}",
+            "{\"a\": 1}",
+            " {}",
+            "{\"a\":\"\\/\"}",
+            "{\"a\":\"\\u0041\"}",
+            "{\"a\":\"\\u000a\"}",
+            "{\"a\":\"\\u001F\"}",
+            "{\"a\":1.0}",
+            "{\"a\":1e3}",
+            "{\"a\":01}",
+            "{\"a\":-0}",
+            "{\"a\":[1,]}",
+            "{\"\\u0061\":1}",
+        ] {
+            assert!(!is_canonical(text.as_bytes()), "{text}");
+        }
     }
 
     /// The canonical form built as a JSON tree, the obvious way: the reference the direct writer must match.

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use envelope::{
-    canonical, chain_hash, check, entity_prefix, seal, ChainBreak, Envelope, NewEvent, GENESIS_HASH,
+    canonical, chain_hash, check, check_hash, entity_prefix, seal, ChainBreak, Envelope, NewEvent,
+    GENESIS_HASH,
 };
 pub use sealed::{SealedBatch, StagedBatch};
 pub use seam::{
