@@ -74,10 +74,10 @@ pub(super) fn verify(dir: &std::path::Path, against: Option<&str>) -> anyhow::Re
     };
     let total = store.head().position.0;
     let bar = progress_bar(total, "verifying");
+    let mut furthest = 0;
     let result = store.verify_all(&mut |p| {
-        if p.0 % 4096 == 0 {
-            bar.set_position(p.0);
-        }
+        furthest = furthest.max(p.0);
+        bar.set_position(furthest);
     });
     bar.finish_and_clear();
     if let (Ok(head), Some((position, hash))) = (&result, &checkpoint) {

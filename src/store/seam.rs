@@ -77,7 +77,8 @@ pub trait Store: EventStore {
         to: Position,
         progress: &mut dyn FnMut(Position),
     ) -> Result<(), StoreError>;
-    /// Walks the whole chain and checks it against the recorded head; `progress` sees each position.
+    /// Walks the whole chain and checks it against the recorded head; `progress` is told how far it got, from time to
+    /// time and not necessarily in order.
     fn verify_all(&self, progress: &mut dyn FnMut(Position)) -> Result<Head, StoreError>;
     /// Makes everything written so far durable, outside the log too (refusals, documents): for a restore.
     fn sync(&self) -> Result<(), StoreError>;

@@ -187,3 +187,65 @@ fn removed_last_events_are_found_at_open_and_the_server_does_not_start() {
         "{text}"
     );
 }
+
+/// Flips one byte of the event id stored at `position`.
+fn flip(data: &Path, position: u64) {
+    raw_log::edit(data, position, |e| {
+        let at = e.find("\"event_id\":\"").unwrap() + 12;
+        let flipped = if &e[at..=at] == "0" { "1" } else { "0" };
+        format!("{}{flipped}{}", &e[..at], &e[at + 1..])
+    });
+}
+
+#[test]
+fn verify_checks_in_pieces_and_names_the_lowest_of_several_breaks() {
+    // `verify` checks pieces of 2,048 events on several threads (1..=2048, 2049..=4096, 4097..): breaks at piece
+    // edges, breaks in several pieces and a break before a gap in the same piece are all named at their lowest.
+    let (pristine, head) = big_ledger();
+    assert!(head > 6_200, "the ledger spans three pieces");
+    let pristine = pristine.path().join("data");
+    let cases: Vec<(&str, Damage)> = vec![
+        (
+            "breaks in two pieces, the later piece first",
+            Box::new(|d: &Path| {
+                flip(d, 4_500);
+                flip(d, 3_000);
+                3_000
+            }),
+        ),
+        (
+            "the last event of a piece, whose hash the next piece starts from",
+            Box::new(|d: &Path| {
+                flip(d, 2_048);
+                2_048
+            }),
+        ),
+        (
+            "the first event of a piece",
+            Box::new(|d: &Path| {
+                flip(d, 4_097);
+                4_097
+            }),
+        ),
+        (
+            "a flipped byte before a deleted key in the same piece",
+            Box::new(|d: &Path| {
+                flip(d, 4_200);
+                let gap = raw_log::remove_segment(d, 4_700);
+                assert!(gap > 4_200);
+                4_200
+            }),
+        ),
+    ];
+    for (what, damage) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        copy_dir(&pristine, &data);
+        let expected = damage(&data);
+        let text = verify_says(&data);
+        assert!(
+            text.starts_with(&format!("FAILED at position {expected}")),
+            "{what}: {text}"
+        );
+    }
+}

@@ -10,7 +10,7 @@ use crate::store::{Head, StoreError};
 impl SledStore {
     /// Verifies events `from..=to`: contiguous positions, each linked to the previous hash, each hash matching.
     ///
-    /// The log is read on this thread and checked in pieces of [`PIECE`] events on one worker per core: a piece's
+    /// The log is read on this thread and checked in pieces of [`PIECE`] events on one worker per core (at most four): a piece's
     /// first event is checked against the hash its predecessor stores, and that predecessor's own hash is checked by
     /// the piece before, so every link and every hash is checked once. When pieces fail, the lowest position is
     /// reported. `progress` is called with the last position of each piece checked (not in order).
@@ -96,7 +96,8 @@ impl SledStore {
                     }
                 }
             }
-            if first.is_none() && !piece.is_empty() {
+            // Sent even after the reader stopped at a gap or a read error: a break before it is lower.
+            if !piece.is_empty() {
                 let _ = work.send((prev, piece));
             }
             drop(work);
@@ -114,7 +115,7 @@ impl SledStore {
         }
     }
 
-    /// Walks the whole chain and checks it against the head marker. Calls `progress` after each event.
+    /// Walks the whole chain and checks it against the head marker. `progress` as for [`SledStore::verify_range`].
     pub(super) fn verify_all(
         &self,
         progress: &mut dyn FnMut(Position),
