@@ -134,7 +134,7 @@ pub fn disk(dir: &Path) -> anyhow::Result<Disk> {
     })
 }
 
-fn open_store(dir: &Path) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+pub(super) fn open_store(dir: &Path) -> anyhow::Result<std::sync::Arc<dyn Store>> {
     Ok(crate::store::open(
         dir,
         &StoreOptions {

@@ -58,6 +58,8 @@ pub struct Summary {
 }
 
 pub mod big;
+pub mod growth;
+pub mod growth_report;
 pub mod report;
 
 use std::path::PathBuf;
@@ -119,7 +121,7 @@ pub struct Machine {
 }
 
 impl Machine {
-    fn describe(work: &std::path::Path) -> Machine {
+    pub(super) fn describe(work: &std::path::Path) -> Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let model = cpuinfo
             .lines()
@@ -297,7 +299,10 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
         report::plot(&results, &svg)?;
-        std::fs::write(out, report::markdown(&results, &svg_name))?;
+        // A growth section written by `--growth` is kept.
+        let old = std::fs::read_to_string(out).unwrap_or_default();
+        let page = growth_report::keeping_section(&old, report::markdown(&results, &svg_name));
+        std::fs::write(out, page)?;
         step(&format!("wrote {} and {}", out.display(), svg.display()));
     }
     Ok(results)

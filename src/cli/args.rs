@@ -32,7 +32,8 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// The store's page cache, in MiB (sled keeps recently read pages of the data folder there). Reads of the whole
-    /// log (verify, export, streams, rebuild) do not grow beyond it; a larger cache speeds up reads of old history.
+    /// log (verify, export, streams) keep at most this plus about one page per cache shard (some 25 MB) whatever the
+    /// log's length; a larger cache speeds up reads of old history.
     #[arg(
         long,
         global = true,
@@ -295,6 +296,12 @@ pub enum Command {
         /// Commands per throughput run.
         #[arg(long)]
         commands: Option<usize>,
+        /// Instead of the standard suite, the growth suite: one ledger per size (commands, comma-separated, for example
+        /// 1000000,3000000,10000000 for about 1M, 3M and 10M events), each measured for memory, start-up, whole-log
+        /// reads and verification (docs/performance.md, "Growth with history"). With --out it rewrites only that
+        /// section of the page. With --quick and no sizes: 2000,5000. The 10M-event ledger alone takes about 15 minutes.
+        #[arg(long, value_name = "SIZES", value_delimiter = ',', num_args = 0..)]
+        growth: Option<Vec<usize>>,
     },
     /// Prints a realistic, deterministic workload of NDJSON commands (for trials and measurements).
     Generate {

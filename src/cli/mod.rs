@@ -238,7 +238,26 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             work,
             big,
             commands,
+            growth,
         } => {
+            if let Some(mut sizes) = growth {
+                if sizes.is_empty() {
+                    anyhow::ensure!(
+                        quick,
+                        "--growth needs sizes, for example --growth 1000000,3000000,10000000"
+                    );
+                    sizes = vec![2_000, 5_000];
+                }
+                anyhow::ensure!(
+                    sizes.iter().all(|n| *n > 0),
+                    "--growth: every size is a number of commands above 0"
+                );
+                let command = std::env::args()
+                    .skip(1)
+                    .fold("partner-ledger".to_string(), |acc, a| acc + " " + &a);
+                crate::bench::growth::run(&sizes, quick, work.as_deref(), out.as_deref(), command)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let mut options = if quick {
                 crate::bench::Options::quick()
             } else {
