@@ -84,7 +84,7 @@ fn read_piece(
     let store = ledger.store();
     let scope = filter.scope;
     // A confined stream judges each event against a live model that reflects at least that event's position: the
-    // head moves before the projector applies a batch, and an older model could hide an event for good.
+    // head moves before the projector installs a batch's model, and an older model could hide an event for good.
     let upto = if scope == Scope::All {
         upto
     } else {

@@ -17,7 +17,7 @@ pub struct Live {
     /// The position `state` reflects, with a condition variable for readers waiting to see their own writes.
     position: Mutex<Position>,
     moved: Condvar,
-    /// Held by [`Ledger::pause_projector`] (tests): the projector takes it before applying a batch.
+    /// Held by [`Ledger::pause_projector`] (tests): the projector takes it before installing a model.
     pub(super) paused: Mutex<()>,
 }
 

@@ -6,7 +6,7 @@
 //! - the **committer** (`committer.rs`) stages every batch handed to it so far as one atomic write in the store;
 //! - the **syncer** (`syncer.rs`) makes every staged batch durable with one settle (group commit), files their
 //!   refusals, and only then answers every command of those batches;
-//! - the **projector** (`projector.rs`) applies each durable batch to the [`Live`] write model that "now" views read,
+//! - the **projector** (`projector.rs`) installs the write model each durable batch left (the writer's copy) as the [`Live`] model that "now" views read,
 //!   rewrites the read-model documents of the entities that changed every `projection_interval`, and writes a
 //!   write-model snapshot every `snapshot_every` events and at close.
 //!
@@ -327,7 +327,7 @@ impl Ledger {
 
     /// Waits (up to [`CATCH_UP_TIMEOUT`]) until the live model reflects every event that was durable when it was
     /// called, so a read reflects every command answered before it began (read-your-writes); returns the position
-    /// the live model reflects. The head moves before the projector applies a batch, so without this wait a read
+    /// the live model reflects. The head moves before the projector installs a batch's model, so without this wait a read
     /// right after an answer could judge against the state before that answer's events.
     pub fn live_caught_up(&self) -> Position {
         let head = self.store().head().position;

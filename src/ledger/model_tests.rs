@@ -27,6 +27,8 @@ fn readers_and_the_writer_share_one_write_model() {
         let outcome = ledger.execute(parse_line(&register(n)).unwrap());
         assert!(matches!(outcome, Outcome::Committed { .. }), "{outcome:?}");
     }
+    let head = ledger.store().head().position;
+    assert_eq!(ledger.live().wait_for(head, CATCH_UP_TIMEOUT), head);
     let before = ledger.live().read(|s, _| s.clone());
     let outcome = ledger.execute(parse_line(&rename(7)).unwrap());
     assert!(matches!(outcome, Outcome::Committed { .. }), "{outcome:?}");

@@ -1,6 +1,6 @@
 //! The syncer thread: makes every staged batch durable with one settle for all that are queued (group commit),
 //! files their refusals, and only then answers every command of those batches, in order, publishes the head and
-//! hands the events to the projector. A failed group is answered `unknown` after the groups before it are durable.
+//! hands the projector the write model the last of them left. A failed group is answered `unknown` after the groups before it are durable.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ const RETRY: &str =
     "it may or may not be committed: reopen the ledger and retry with the same command_id";
 
 /// Makes staged batches durable with one settle (on sled: one `flush()` + `fdatasync`) for all that are queued, files their refusals,
-/// answers their commands in order, and hands their events to the projector.
+/// answers their commands in order, and hands the projector the write model they left.
 pub(super) struct Syncer {
     pub(super) shared: Arc<Shared>,
     pub(super) head: watch::Sender<Position>,

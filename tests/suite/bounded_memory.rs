@@ -1,4 +1,4 @@
-//! Reading the whole log costs constant memory (docs/performance.md, "Memory"): `verify`, `export` and `events`
+//! Reading the whole log costs constant memory (docs/performance.md, "What limits it", and `src/store/sled/walk.rs`): `verify`, `export` and `events`
 //! do not keep the pages they read. Real binary, real sled folder, a small page cache.
 //!
 //! sled keeps at least one page per cache shard (256 of them) whatever its capacity, so a scan's memory first
