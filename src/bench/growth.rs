@@ -50,6 +50,8 @@ pub struct Growth {
     /// A smoke run with small sizes: its figures are not comparable with the targets.
     pub quick: bool,
     pub sizes: Vec<Size>,
+    /// The sizes asked for: the section is rewritten after each, so a run stopped early shows fewer.
+    pub requested: Vec<usize>,
     pub seconds: f64,
 }
 
@@ -227,6 +229,26 @@ fn measure(dir: &Path, commands: usize, step: &dyn Fn(&str)) -> anyhow::Result<S
     })
 }
 
+/// Writes the growth section of `out` and its plot beside it.
+fn write(growth: &Growth, out: &Path) -> anyhow::Result<()> {
+    let svg = out.with_file_name(format!(
+        "{}-growth.svg",
+        out.file_stem()
+            .map_or("performance".into(), |s| s.to_string_lossy())
+    ));
+    super::growth_report::growth_plot(growth, &svg)?;
+    let page = std::fs::read_to_string(out).unwrap_or_default();
+    let svg_name = svg
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    std::fs::write(
+        out,
+        super::growth_report::with_growth_section(&page, growth, &svg_name),
+    )?;
+    Ok(())
+}
+
 /// Runs the growth suite over `sizes` (commands per ledger), building under `work`; each ledger is deleted once
 /// measured. Writes its section of the report into `out` when asked (`growth_report.rs`).
 pub fn run(
@@ -241,43 +263,31 @@ pub fn run(
         .prefix("partner-ledger-growth")
         .tempdir_in(work.map_or_else(std::env::temp_dir, Path::to_path_buf))?;
     let step = |what: &str| eprintln!("[{:>7.1} s] {what}", suite.elapsed().as_secs_f64());
-    let mut measured = Vec::new();
-    for (i, commands) in sizes.iter().enumerate() {
-        let dir = temp.path().join(format!("ledger-{i}"));
-        measured.push(measure(&dir, *commands, &step)?);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    let growth = Growth {
+    let mut growth = Growth {
         command,
         date: chrono::Utc::now().format("%Y-%m-%d").to_string(),
         machine: super::Machine::describe(temp.path()),
         quick,
-        sizes: measured,
-        seconds: suite.elapsed().as_secs_f64(),
+        sizes: Vec::new(),
+        requested: sizes.to_vec(),
+        seconds: 0.0,
     };
+    for (i, commands) in sizes.iter().enumerate() {
+        let dir = temp.path().join(format!("ledger-{i}"));
+        growth.sizes.push(measure(&dir, *commands, &step)?);
+        let _ = std::fs::remove_dir_all(&dir);
+        growth.seconds = suite.elapsed().as_secs_f64();
+        // Written after every size, so a long run stopped on its largest ledger keeps what it measured.
+        if let Some(out) = out {
+            write(&growth, out)?;
+            step(&format!("wrote {}", out.display()));
+        }
+    }
     if out.is_none() {
         println!(
             "{}",
             super::growth_report::markdown(&growth, "(no plot without --out)")
         );
-    }
-    if let Some(out) = out {
-        let svg = out.with_file_name(format!(
-            "{}-growth.svg",
-            out.file_stem()
-                .map_or("performance".into(), |s| s.to_string_lossy())
-        ));
-        super::growth_report::growth_plot(&growth, &svg)?;
-        let page = std::fs::read_to_string(out).unwrap_or_default();
-        let svg_name = svg
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        std::fs::write(
-            out,
-            super::growth_report::with_growth_section(&page, &growth, &svg_name),
-        )?;
-        step(&format!("wrote {} and {}", out.display(), svg.display()));
     }
     Ok(growth)
 }
