@@ -58,6 +58,9 @@ pub struct Workload {
     t: Timestamp,
     queue: std::collections::VecDeque<Value>,
     partners: Vec<Partner>,
+    /// The partners a customer may be served by (indexes into `partners`), for commercial ([0]) and government ([1])
+    /// customers; computed once after setup, not per customer (which made generating quadratic in its size).
+    candidates: [Vec<usize>; 2],
     setup_done: bool,
     customers: u64,
 }
@@ -71,6 +74,7 @@ pub fn generate(spec: WorkloadSpec) -> Workload {
         emitted: 0,
         queue: Default::default(),
         partners: Vec::new(),
+        candidates: [Vec::new(), Vec::new()],
         setup_done: false,
         customers: 0,
     }
@@ -163,16 +167,12 @@ impl Workload {
             json!({"customer": c, "company_name": format!("Customer {:07}", self.customers), "domain": format!("c{:07}.onmicrosoft.com", self.customers),
                    "country": country, "cloud": if gov { "us_government" } else { "public" }}),
         );
-        let candidates: Vec<Partner> = self
-            .partners
-            .iter()
-            .filter(|p| p.gov == gov && p.kind != "indirect_reseller")
-            .cloned()
-            .collect();
-        let count = self.rng.random_range(1..=4).min(candidates.len());
-        let start = self.rng.random_range(0..candidates.len());
+        let pool = usize::from(gov);
+        let n = self.candidates[pool].len();
+        let count = self.rng.random_range(1..=4).min(n);
+        let start = self.rng.random_range(0..n);
         let chosen: Vec<Partner> = (0..count)
-            .map(|k| candidates[(start + k * 7) % candidates.len()].clone())
+            .map(|k| self.partners[self.candidates[pool][(start + k * 7) % n]].clone())
             .collect();
         let mut agreed = false;
         for p in chosen {
@@ -295,6 +295,14 @@ impl Iterator for Workload {
         }
         if !self.setup_done {
             self.setup();
+            for gov in [false, true] {
+                self.candidates[usize::from(gov)] = (0..self.partners.len())
+                    .filter(|i| {
+                        let p = &self.partners[*i];
+                        p.gov == gov && p.kind != "indirect_reseller"
+                    })
+                    .collect();
+            }
             self.setup_done = true;
         }
         while self.queue.is_empty() {
