@@ -116,7 +116,7 @@ fn serve(dir: &Path) -> anyhow::Result<Served> {
         .build()?;
     let addr = server.addr;
     let pid = server.pid();
-    let measured = runtime.block_on(async move {
+    let mut served = runtime.block_on(async move {
         let mut c = Client::connect(addr).await?;
         let register = format!(
             r#"{{"type":"RegisterCustomer","actor":{{"tenant":"00000000-0000-4000-8000-0000000000ff","user":"bench","role":"operator"}},"customer":"{}","company_name":"Growth","domain":"growth.example","country":"NL","cloud":"public"}}"#,
@@ -158,20 +158,20 @@ fn serve(dir: &Path) -> anyhow::Result<Served> {
             }
         }
         let catch_up = seen as f64 / catching_up.elapsed().as_secs_f64();
-        Ok::<_, anyhow::Error>((first, rss_open, verification, catch_up, entities))
+        Ok::<_, anyhow::Error>(Served {
+            listening,
+            first,
+            rss_open,
+            peak: 0,
+            verification,
+            catch_up,
+            entities,
+        })
     })?;
-    let (first, rss_open, verification, catch_up, entities) = measured;
-    let peak = memory(pid).map_or(0, |(hwm, _)| hwm);
+    // The high-water mark of the whole run, read once everything above is done.
+    served.peak = memory(pid).map_or(0, |(hwm, _)| hwm);
     server.stop()?;
-    Ok(Served {
-        listening,
-        first,
-        rss_open,
-        peak,
-        verification,
-        catch_up,
-        entities,
-    })
+    Ok(served)
 }
 
 /// Builds and measures one ledger of `commands` generated commands in `dir`.
@@ -197,15 +197,7 @@ fn measure(dir: &Path, commands: usize, step: &dyn Fn(&str)) -> anyhow::Result<S
     step(&format!(
         "{commands} commands: server start, verification, catch-up stream"
     ));
-    let Served {
-        listening,
-        first,
-        rss_open,
-        peak,
-        verification,
-        catch_up,
-        entities,
-    } = serve(dir)?;
+    let served = serve(dir)?;
     step(&format!("{commands} commands: as-of views"));
     let (_, as_of) = big::queries_in_process(dir, &customers, 2_000)?;
     Ok(Size {
@@ -214,13 +206,13 @@ fn measure(dir: &Path, commands: usize, step: &dyn Fn(&str)) -> anyhow::Result<S
         build_seconds: build.seconds,
         build_commands_per_s: build.commands_per_s,
         disk_bytes_per_event: disk.bytes_per_event,
-        entities,
-        until_listening_s: listening,
-        until_first_command_s: first,
-        rss_open_bytes: rss_open,
-        rss_peak_bytes: peak,
-        verification_seconds: verification,
-        catch_up_events_per_s: catch_up,
+        entities: served.entities,
+        until_listening_s: served.listening,
+        until_first_command_s: served.first,
+        rss_open_bytes: served.rss_open,
+        rss_peak_bytes: served.peak,
+        verification_seconds: served.verification,
+        catch_up_events_per_s: served.catch_up,
         scans_above_open_bytes: scans,
         scan_decode_per_s,
         verify_per_s,

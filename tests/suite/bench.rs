@@ -5,15 +5,15 @@ use crate::common;
 
 use common::BIN;
 
-#[test]
-fn the_benchmark_suite_runs_every_part_and_writes_its_report() {
-    let work = tempfile::tempdir().unwrap();
-    let out = work.path().join("performance.md");
+/// Runs `partner-ledger bench <args> --out <out> --work <work>` and asserts that it succeeded.
+fn bench(args: &[&str], out: &std::path::Path, work: &std::path::Path) {
     let run = std::process::Command::new(BIN)
-        .args(["bench", "--quick", "--out"])
-        .arg(&out)
+        .arg("bench")
+        .args(args)
+        .arg("--out")
+        .arg(out)
         .arg("--work")
-        .arg(work.path())
+        .arg(work)
         .output()
         .unwrap();
     assert!(
@@ -21,6 +21,13 @@ fn the_benchmark_suite_runs_every_part_and_writes_its_report() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
+}
+
+#[test]
+fn the_benchmark_suite_runs_every_part_and_writes_its_report() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("performance.md");
+    bench(&["--quick"], &out, work.path());
     let page = std::fs::read_to_string(&out).unwrap();
     for section in [
         "## Durable command throughput",
@@ -47,18 +54,7 @@ fn the_growth_suite_rewrites_only_its_own_section_of_the_page() {
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("performance.md");
     std::fs::write(&out, "# Performance\n\nwritten by the standard run\n").unwrap();
-    let run = std::process::Command::new(BIN)
-        .args(["bench", "--growth", "--quick", "--out"])
-        .arg(&out)
-        .arg("--work")
-        .arg(work.path())
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    bench(&["--growth", "--quick"], &out, work.path());
     let page = std::fs::read_to_string(&out).unwrap();
     assert!(
         page.starts_with("# Performance\n\nwritten by the standard run"),
