@@ -41,11 +41,10 @@ pub fn replay_onto(
 /// The write model at the head: from the snapshot when it belongs to this log, plus the events after it; otherwise
 /// replayed from the start. Returns the state and the position the snapshot covered (0 without one).
 pub fn load_state(
-    dir: &std::path::Path,
-    store: &dyn EventStore,
+    store: &dyn crate::store::Store,
     progress: impl FnMut(Position),
 ) -> Result<(State, Position), OpenError> {
-    let (state, from) = match crate::snapshot::load(dir, store) {
+    let (state, from) = match crate::snapshot::load(store) {
         Ok((state, position)) => (state, position),
         Err(crate::snapshot::Unusable::Missing) => (State::new(), Position(0)),
         Err(crate::snapshot::Unusable::Rejected(why)) => {

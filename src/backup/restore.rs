@@ -55,7 +55,7 @@ pub fn restore(
     if store.head().position.0 != 0 || !refusals.is_empty() || !consumers.all()?.is_empty() {
         return Err(BackupError::NotEmpty(format!(
             "import needs an empty ledger; {} already holds {} events{}",
-            data.display(),
+            crate::store::describe(data),
             store.head().position,
             if refusals.is_empty() {
                 ""

@@ -42,6 +42,24 @@ pub struct Cli {
         value_parser = clap::value_parser!(u64).range(1..=65_536)
     )]
     pub cache_mb: u64,
+    /// Keep the ledger in PostgreSQL instead of the data folder: a connection URL (`postgres://user@host:port/db`) or
+    /// a libpq `key=value` string. The password may come from PGPASSWORD or PGPASSFILE (~/.pgpass) rather than the
+    /// URL; it is never printed. See docs/postgres.md.
+    #[arg(
+        long,
+        global = true,
+        env = "PARTNER_LEDGER_STORE",
+        hide_env_values = true
+    )]
+    pub store: Option<String>,
+    /// The PostgreSQL schema the ledger lives in (one ledger per schema; several can share a database).
+    #[arg(
+        long,
+        global = true,
+        env = "PARTNER_LEDGER_PG_SCHEMA",
+        default_value = "partner_ledger"
+    )]
+    pub pg_schema: String,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -69,6 +87,8 @@ pub mod exit {
     pub const LOCKED: u8 = 4;
     /// Storage failed, or a command's outcome is unknown: retry (with the same command ids) once it is fixed.
     pub const STORAGE: u8 = 5;
+    /// The database (PostgreSQL) cannot be reached: the message names its host and port.
+    pub const UNREACHABLE: u8 = 6;
 
     /// The code for an error that ended a command.
     pub fn of_error(e: &anyhow::Error) -> u8 {
@@ -83,9 +103,12 @@ pub mod exit {
                     })
             });
             match store {
-                Some(StoreError::Locked { .. }) => return LOCKED,
-                Some(StoreError::NoLedger(_)) => return NOT_FOUND,
-                Some(StoreError::NotALedger(_)) => return INVALID,
+                Some(StoreError::Locked { .. } | StoreError::LockedAt { .. }) => return LOCKED,
+                Some(StoreError::NoLedger(_) | StoreError::NoLedgerAt { .. }) => return NOT_FOUND,
+                Some(StoreError::NotALedger(_) | StoreError::NotALedgerAt { .. }) => {
+                    return INVALID
+                }
+                Some(StoreError::Unreachable { .. }) => return UNREACHABLE,
                 Some(_) => return STORAGE,
                 None => {}
             }
@@ -99,6 +122,15 @@ pub mod exit {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Creates the ledger's schema in PostgreSQL (--store, --pg-schema) or migrates it to this version, connected as
+    /// the schema's owner, and grants the runtime role what the ledger may do: read everything, append to the log,
+    /// never change or remove an event (docs/postgres.md). The ledger itself never migrates.
+    MigrateSchema {
+        /// The role the ledger will run as (it must exist): granted SELECT and INSERT on the log, never UPDATE,
+        /// DELETE or TRUNCATE.
+        #[arg(long)]
+        runtime_role: Option<String>,
+    },
     /// Runs the HTTP service (docs/api.md). With --sample-data an empty ledger first gets sample data: the seed story
     /// and a generated workload.
     Serve {

@@ -199,7 +199,7 @@ pub fn import(data: &Path, file: &str) -> anyhow::Result<ExitCode> {
     };
     let bar = super::progress_bar(total.events, "importing");
     let restored = crate::backup::restore(data, path, |n| bar.set_position(n))
-        .with_context(|| format!("restoring {file} into {}", data.display()))?;
+        .with_context(|| format!("restoring {file} into {}", crate::store::describe(data)))?;
     bar.finish_and_clear();
     // Build the read models for the restored log.
     crate::ledger::Ledger::open(crate::ledger::LedgerConfig::new(data))?.close();

@@ -16,7 +16,7 @@ pub(super) fn demo(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     if ledger.store().head().position.0 == 0 {
         println!(
             "Loading the seed story into a new ledger at {} …\n",
-            dir.display()
+            crate::store::describe(dir)
         );
         let mut committed = 0;
         for (n, line) in SEED_STORY.lines().enumerate() {
@@ -38,7 +38,7 @@ pub(super) fn demo(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     } else {
         println!(
             "The ledger at {} already holds {} events; showing Contoso.\n",
-            dir.display(),
+            crate::store::describe(dir),
             ledger.store().head().position
         );
     }

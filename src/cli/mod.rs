@@ -31,7 +31,35 @@ pub fn peak_rss_kib() -> Option<u64> {
 
 /// Runs the CLI; errors that are not business answers come back for `main` to print.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let postgres = match &cli.store {
+        None => None,
+        Some(url) => Some(
+            crate::store::postgres::PgTarget::parse(url, &cli.pg_schema)
+                .map_err(|why| anyhow::anyhow!("--store: {why}"))?,
+        ),
+    };
+    crate::store::set_default_postgres(postgres.clone());
     match cli.command {
+        Command::MigrateSchema { runtime_role } => {
+            let Some(target) = postgres else {
+                anyhow::bail!(
+                    "migrate-schema works on a PostgreSQL ledger: name it with --store postgres://… (a data folder needs no migration)"
+                );
+            };
+            let (before, after) =
+                crate::store::postgres::migrate_schema(&target, runtime_role.as_deref())?;
+            match before {
+                0 => println!("created the ledger schema at {target} (version {after})"),
+                b if b == after => {
+                    println!("the ledger schema at {target} is at version {after} already")
+                }
+                b => println!("migrated the ledger schema at {target} from version {b} to {after}"),
+            }
+            if let Some(role) = runtime_role {
+                println!("granted {role} what the ledger may do (read; append to the log; never change or remove an event)");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo => demo(&cli.data),
         Command::Serve {
             listen,

@@ -116,7 +116,7 @@ fn banner(
     let head = ledger.store().head().position;
     let mut t = format!(
         "partner-ledger listening on http://{addr} (data: {}, {head} events)\n",
-        dir.display()
+        crate::store::describe(dir)
     );
     match loaded {
         Some(n) => t.push_str(&format!(

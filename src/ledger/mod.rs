@@ -192,7 +192,7 @@ impl Ledger {
     /// Opens the ledger, rebuilds the write model (from its snapshot and the events after it) and starts the writer.
     pub fn open(config: LedgerConfig) -> Result<Ledger, OpenError> {
         let store = crate::store::open(&config.data_dir, &config.store)?;
-        let (state, snapshot_at) = load_state(&config.data_dir, store.as_ref(), |_| {})?;
+        let (state, snapshot_at) = load_state(store.as_ref(), |_| {})?;
         let head = store.head();
         Projections::open(&*store).catch_up(&state)?;
         let live = Arc::new(Live::new(state.clone(), head.position));
@@ -217,7 +217,6 @@ impl Ledger {
         let projector = Projector {
             store: Arc::clone(&store),
             live: Arc::clone(&live),
-            dir: config.data_dir.clone(),
             interval: config.projection_interval,
             snapshot_every: config.snapshot_every,
             snapshot_at_close: config.snapshot_at_close,

@@ -3,7 +3,6 @@
 //! read-model documents of the entities that changed every `projection_interval` (and at close), and writes a
 //! write-model snapshot every `snapshot_every` events (and at close, when enough came after the last one).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +15,6 @@ use crate::store::Store;
 pub(super) struct Projector {
     pub(super) store: Arc<dyn Store>,
     pub(super) live: Arc<Live>,
-    pub(super) dir: PathBuf,
     pub(super) interval: Duration,
     pub(super) snapshot_every: u64,
     pub(super) snapshot_at_close: u64,
@@ -81,8 +79,7 @@ impl Projector {
 
     fn snapshot(&mut self) {
         // The new snapshot is written beside the old one before it replaces it.
-        let previous =
-            std::fs::metadata(self.dir.join(crate::snapshot::FILE)).map_or(0, |m| m.len());
+        let previous = self.store.snapshot_size();
         if let Err(why) = self.store.room_for(2 * previous.max(16 * 1024 * 1024)) {
             tracing::warn!(%why, "the write-model snapshot is not written; the next open replays more");
             return;
@@ -93,7 +90,7 @@ impl Projector {
                 Ok(None) => return Ok(0),
                 Err(e) => Err(e),
             }?;
-            crate::snapshot::write(&self.dir, state, position, &hash)
+            crate::snapshot::write(&*self.store, state, position, &hash)
         });
         match result {
             Ok(_) => self.since_snapshot = 0,

@@ -2,10 +2,12 @@
 
 mod envelope;
 pub mod journal;
+pub mod postgres;
 mod sealed;
 mod seam;
 mod sled;
 pub mod upcast;
+mod verify;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,14 +24,18 @@ pub use seam::{
 };
 #[cfg(feature = "bench")]
 pub use sled::baseline::{raw_sled_baseline, RawBaseline};
-pub use sled::segment;
+pub use sled::{segment, SNAPSHOT_FILE};
 #[cfg(test)]
 pub use sled::{Fault, FaultPlan};
 
-/// Opens (or creates, as `options` say) the ledger kept in the data folder `dir`, on the embedded sled backend:
-/// checks the folder's lock and format, upgrades an older format, checks the head and re-verifies the newest events.
+/// Opens the ledger: in PostgreSQL when `options.postgres` names a database (`--store postgres://…`), otherwise
+/// (or creates, as `options` say) the one kept in the data folder `dir`, on the embedded sled backend. Either way it
+/// checks the store's lock and format, checks the head and re-verifies the newest events.
 pub fn open(dir: &Path, options: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(Arc::new(sled::SledStore::open(dir, options)?))
+    match &options.postgres {
+        Some(target) => Ok(Arc::new(postgres::PgStore::open(target, options)?)),
+        None => Ok(Arc::new(sled::SledStore::open(dir, options)?)),
+    }
 }
 
 use crate::domain::{CommandId, Position};
@@ -199,6 +205,9 @@ pub enum StoreError {
     /// Another process holds the ledger; wait for it or stop it, or (a running server) ask it over HTTP.
     #[error("the ledger at {} is locked by {}; if that is a running server, take backups, checkpoints and verifications from it without stopping it (GET /v1/backup, /v1/checkpoint, /v1/verify; docs/audit.md), or stop it first", .path.display(), .pid.map(|p| format!("process {p}")).unwrap_or_else(|| "another process".into()))]
     Locked { path: PathBuf, pid: Option<u32> },
+    /// Another process writes to that PostgreSQL ledger (it holds the writer's lock): stop it, or ask it over HTTP.
+    #[error("the ledger at {place} is held by {holder}; if that is a running server, ask it over HTTP (docs/audit.md), or stop it first")]
+    LockedAt { place: String, holder: String },
     /// The folder holds something else than a ledger; choose another folder.
     #[error("{} is not a partner-ledger data folder (it is not empty and has no ledger.json)", .0.display())]
     NotALedger(PathBuf),
@@ -208,6 +217,25 @@ pub enum StoreError {
     /// A write transaction failed and left nothing behind: the batch is not in the log, and writes go on.
     #[error("the write failed and left nothing behind ({message})")]
     WriteFailed { message: String },
+    /// PostgreSQL refused or failed a statement; react as for `Io`.
+    #[error("PostgreSQL at {place}: {context}: {message}")]
+    Postgres {
+        place: String,
+        context: String,
+        message: String,
+    },
+    /// The database cannot be reached (down, wrong host or port, refused credentials); fix that and retry.
+    #[error("cannot reach PostgreSQL at {place}: {message}")]
+    Unreachable { place: String, message: String },
+    /// No ledger exists in that database schema; create it as the schema's owner (`migrate-schema`).
+    #[error("no ledger at {place}: {hint}")]
+    NoLedgerAt { place: String, hint: String },
+    /// What is there is not a ledger this build can open (another schema, or a newer one); the reason says which.
+    #[error("{place} cannot be opened as a ledger: {why}")]
+    NotALedgerAt { place: String, why: String },
+    /// Another process appended to the log under this writer: it stops writing (reopen to go on).
+    #[error("another process appended to this ledger ({message}); this process stops writing until it is reopened")]
+    Conflict { message: String },
     /// An earlier write or sync failed, so the store refuses writes until it is reopened and re-verified (fail-stop).
     #[error("writes are stopped after an earlier storage failure; reopen the ledger to recover")]
     FailStopped,
@@ -247,11 +275,31 @@ pub struct StoreOptions {
     /// answered `unknown`, writing goes on once space is freed). sled cannot recover files it failed to write for
     /// want of space (docs/recovery.md), so it must never see a full disk.
     pub min_free_bytes: u64,
+    /// The PostgreSQL database and schema holding the ledger; `None`: the sled data folder.
+    pub postgres: Option<postgres::PgTarget>,
 }
 
 /// The page cache a store opens with unless told otherwise: 64 MiB, or what `--cache-mb` set for this process.
 static DEFAULT_CACHE_BYTES: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(64 * 1024 * 1024);
+
+/// The PostgreSQL ledger every store this process opens with default options is, if any (`--store`).
+static DEFAULT_POSTGRES: std::sync::Mutex<Option<postgres::PgTarget>> = std::sync::Mutex::new(None);
+
+/// Makes every store this process opens from now on with default options the ledger in `target` (`--store`), or the
+/// data folder again (`None`).
+pub fn set_default_postgres(target: Option<postgres::PgTarget>) {
+    *DEFAULT_POSTGRES.lock().unwrap_or_else(|e| e.into_inner()) = target;
+}
+
+/// Where a ledger opened with default options from `dir` lives, for messages: the PostgreSQL host, database and
+/// schema (never the password) when `--store` named one, otherwise the folder.
+pub fn describe(dir: &Path) -> String {
+    match &*DEFAULT_POSTGRES.lock().unwrap_or_else(|e| e.into_inner()) {
+        Some(target) => format!("PostgreSQL {target}"),
+        None => dir.display().to_string(),
+    }
+}
 
 /// Sets the page cache of every store this process opens from now on with default options (`--cache-mb`).
 pub fn set_default_cache_bytes(bytes: u64) {
@@ -268,6 +316,10 @@ impl Default for StoreOptions {
             index_flush_positions: 600_000,
             index_interval: Duration::from_secs(10),
             min_free_bytes: 32 * 1024 * 1024,
+            postgres: DEFAULT_POSTGRES
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 }

@@ -3,9 +3,9 @@
 //!
 //! Sealing is the same for every backend, so the chain a ledger writes does not depend on where it is stored.
 
-use super::envelope::seal;
+use super::envelope::{canonical, check, seal};
 use super::journal::Committed;
-use super::{CommitEntry, Head};
+use super::{CommitEntry, Envelope, Head, StoreError};
 use crate::domain::{EntityRef, Position};
 
 /// A position and the exact bytes stored for it (the canonical envelope).
@@ -64,6 +64,62 @@ impl SealedBatch {
             },
             positions: positions_out,
         }
+    }
+
+    /// A batch of envelopes sealed elsewhere (a backup, another backend) with their commands' journal entries as
+    /// recorded there (fingerprints, and commands that appended nothing), so the copy answers re-submissions as the
+    /// original did. Every envelope is checked: the next position after `head`, linked to the one before, its hash its
+    /// own; and the journal entries must cover exactly these events.
+    pub fn of_envelopes(
+        head: Head,
+        envelopes: &[Envelope],
+        journal: Vec<Committed>,
+    ) -> Result<SealedBatch, StoreError> {
+        let mut prev = head.hash.clone();
+        let mut expected = head.position;
+        let mut rows: Vec<Row> = Vec::with_capacity(envelopes.len());
+        let mut index = Vec::with_capacity(envelopes.len());
+        for env in envelopes {
+            expected = expected.next();
+            let value = serde_json::to_value(env).map_err(|e| StoreError::Codec {
+                position: env.position,
+                message: e.to_string(),
+            })?;
+            let raw = canonical(&value);
+            let checked = check(&raw, expected, &prev).map_err(|b| StoreError::Corrupt {
+                position: Some(b.position),
+                message: b.reason,
+            })?;
+            prev = checked.hash;
+            let event = env.event().map_err(|e| StoreError::Codec {
+                position: env.position,
+                message: e.to_string(),
+            })?;
+            index.push((expected, event.entities()));
+            rows.push((expected, raw));
+        }
+        let covered: u64 = journal.iter().map(|c| u64::from(c.count)).sum();
+        if covered != envelopes.len() as u64 {
+            return Err(StoreError::Corrupt {
+                position: Some(head.position.next()),
+                message: format!(
+                    "the restored journal entries cover {covered} events, but {} were given",
+                    envelopes.len()
+                ),
+            });
+        }
+        let positions = journal.iter().map(|c| c.record().positions).collect();
+        Ok(SealedBatch {
+            base: head,
+            rows,
+            journal,
+            index,
+            new_head: Head {
+                position: expected,
+                hash: prev,
+            },
+            positions,
+        })
     }
 
     /// Appends a batch sealed after this one, so both are staged together and settled by one sync. Refuses

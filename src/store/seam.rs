@@ -91,6 +91,14 @@ pub trait Store: EventStore {
     fn flush_index(&self) -> Result<usize, StoreError>;
     /// How many committed commands the journal's index holds.
     fn commands_remembered(&self) -> usize;
+    /// The write-model snapshot's bytes (`crate::snapshot`), if one was written.
+    fn read_snapshot(&self) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The first `len` bytes of the snapshot (its header), without reading the rest.
+    fn snapshot_header(&self, len: usize) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Replaces the snapshot, atomically (a crash leaves the old one or the new one) and durably.
+    fn write_snapshot(&self, bytes: &[u8]) -> Result<(), StoreError>;
+    /// The snapshot's size in bytes (0 without one).
+    fn snapshot_size(&self) -> u64;
     /// The read models' documents and checkpoints.
     fn read_models(&self) -> &dyn ReadModelStore;
     /// The refusal audit trail.

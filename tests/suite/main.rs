@@ -26,6 +26,7 @@ mod hostile_input;
 mod ledger;
 mod never_panic;
 mod parties;
+mod pg;
 mod request_ids;
 mod resume_and_ack;
 mod server;

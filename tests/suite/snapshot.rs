@@ -42,8 +42,8 @@ fn a_snapshot_written_at_close_is_used_and_equals_a_full_replay() {
     let owned = store(dir.path());
     let s = &*owned;
     let head = partner_ledger::store::EventStore::head(s).position;
-    assert_eq!(snapshot::covered(dir.path()), Some(head));
-    let (state, from) = load_state(dir.path(), s, |_| {}).unwrap();
+    assert_eq!(snapshot::covered(s), Some(head));
+    let (state, from) = load_state(s, |_| {}).unwrap();
     assert_eq!(from, head, "the snapshot covers the whole log");
     assert_eq!(state, replay(s, |_| {}).unwrap());
 }
@@ -62,11 +62,11 @@ fn a_damaged_or_foreign_snapshot_is_ignored_and_the_log_is_replayed() {
     std::fs::write(&path, &damaged).unwrap();
     let owned = store(dir.path());
     let s = &*owned;
-    let (state, from) = load_state(dir.path(), s, |_| {}).unwrap();
+    let (state, from) = load_state(s, |_| {}).unwrap();
     assert_eq!(from.0, 0, "a damaged snapshot is not used");
     assert_eq!(state, replay(s, |_| {}).unwrap());
     assert!(matches!(
-        snapshot::load(dir.path(), s),
+        snapshot::load(s),
         Err(snapshot::Unusable::Rejected(why)) if why.contains("checksum")
     ));
     drop(owned);
@@ -76,7 +76,7 @@ fn a_damaged_or_foreign_snapshot_is_ignored_and_the_log_is_replayed() {
     let owned = store(dir.path());
     let s = &*owned;
     assert!(matches!(
-        snapshot::load(dir.path(), s),
+        snapshot::load(s),
         Err(snapshot::Unusable::Rejected(_))
     ));
     drop(owned);
@@ -88,10 +88,10 @@ fn a_damaged_or_foreign_snapshot_is_ignored_and_the_log_is_replayed() {
     let owned = store(dir.path());
     let s = &*owned;
     assert!(matches!(
-        snapshot::load(dir.path(), s),
+        snapshot::load(s),
         Err(snapshot::Unusable::Rejected(why)) if why.contains("another hash") || why.contains("beyond")
     ));
-    let (state, from) = load_state(dir.path(), s, |_| {}).unwrap();
+    let (state, from) = load_state(s, |_| {}).unwrap();
     assert_eq!(from.0, 0);
     assert_eq!(state, replay(s, |_| {}).unwrap());
 }

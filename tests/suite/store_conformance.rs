@@ -20,8 +20,25 @@ fn open_sled(dir: &Path) -> Arc<dyn Store> {
         .unwrap_or_else(|e| panic!("opening the store at {}: {e} ({e:?})", dir.display()))
 }
 
+/// The ledger in PostgreSQL standing for the folder `dir` (the same folder, the same schema), as the runtime role.
+fn open_postgres(dir: &Path) -> Arc<dyn Store> {
+    let options = StoreOptions {
+        postgres: Some(crate::pg::runtime_target(&crate::pg::schema_for(dir))),
+        ..StoreOptions::default()
+    };
+    partner_ledger::store::open(dir, &options).unwrap_or_else(|e| {
+        panic!(
+            "opening the PostgreSQL store for {}: {e} ({e:?})",
+            dir.display()
+        )
+    })
+}
+
 fn backends() -> Vec<(&'static str, Opener)> {
-    vec![("sled", open_sled as Opener)]
+    vec![
+        ("sled", open_sled as Opener),
+        ("postgres", open_postgres as Opener),
+    ]
 }
 
 fn id<T: std::str::FromStr>(n: u64, prefix: u32) -> T

@@ -175,3 +175,67 @@ impl SledStore {
         Ok(())
     }
 }
+
+/// The write-model snapshot: the file `snapshot` in the data folder, replaced by writing `snapshot.tmp`, syncing it,
+/// renaming it over the old one and syncing the folder, so a crash leaves the old snapshot or the new one.
+pub(super) mod snapshot_file {
+    use std::io::{Read, Write};
+    use std::path::Path;
+
+    use super::io;
+    use crate::store::StoreError;
+
+    /// The snapshot's file name in the data folder.
+    pub const FILE: &str = "snapshot";
+
+    const TMP: &str = "snapshot.tmp";
+
+    fn read_up_to(dir: &Path, limit: Option<usize>) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = dir.join(FILE);
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(format!("cannot read {}", path.display()))(e)),
+        };
+        let mut bytes = Vec::new();
+        let read = match limit {
+            Some(n) => file.take(n as u64).read_to_end(&mut bytes),
+            None => {
+                let len = file.metadata().map_or(0, |m| m.len());
+                bytes.reserve(usize::try_from(len).unwrap_or(0).min(1 << 30));
+                { file }.read_to_end(&mut bytes)
+            }
+        };
+        read.map_err(io(format!("cannot read {}", path.display())))?;
+        Ok(Some(bytes))
+    }
+
+    pub(in crate::store::sled) fn read(dir: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+        read_up_to(dir, None)
+    }
+
+    pub(in crate::store::sled) fn header(
+        dir: &Path,
+        len: usize,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        read_up_to(dir, Some(len))
+    }
+
+    pub(in crate::store::sled) fn size(dir: &Path) -> u64 {
+        std::fs::metadata(dir.join(FILE)).map_or(0, |m| m.len())
+    }
+
+    pub(in crate::store::sled) fn write(dir: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        let tmp = dir.join(TMP);
+        let path = dir.join(FILE);
+        let mut f =
+            std::fs::File::create(&tmp).map_err(io(format!("cannot write {}", tmp.display())))?;
+        f.write_all(bytes)
+            .and_then(|_| f.sync_all())
+            .map_err(io(format!("cannot write {}", tmp.display())))?;
+        std::fs::rename(&tmp, &path).map_err(io(format!("cannot write {}", path.display())))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(format!("cannot sync {}", dir.display())))
+    }
+}

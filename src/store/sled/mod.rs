@@ -29,6 +29,7 @@ mod recover;
 mod refusals;
 mod reserve;
 pub mod segment;
+pub use folder::snapshot_file::FILE as SNAPSHOT_FILE;
 mod upgrade;
 mod verify;
 mod walk;
@@ -70,6 +71,8 @@ const FORMAT_VERSION: u64 = 3;
 
 /// The sled event log. Reads may run from any thread while the single writer commits.
 pub struct SledStore {
+    /// The data folder.
+    dir: std::path::PathBuf,
     db: sled::Db,
     log: Log,
     aux: sled::Tree,
@@ -226,6 +229,7 @@ impl SledStore {
         let refusals = RefusalLog::open(&db)?;
         let consumers = ConsumerTree::open(&db, room.clone())?;
         let mut store = SledStore {
+            dir: dir.to_path_buf(),
             db,
             log,
             aux,
@@ -423,6 +427,22 @@ impl Store for SledStore {
 
     fn commands_remembered(&self) -> usize {
         self.commands.len()
+    }
+
+    fn read_snapshot(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        folder::snapshot_file::read(&self.dir)
+    }
+
+    fn snapshot_header(&self, len: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        folder::snapshot_file::header(&self.dir, len)
+    }
+
+    fn write_snapshot(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        folder::snapshot_file::write(&self.dir, bytes)
+    }
+
+    fn snapshot_size(&self) -> u64 {
+        folder::snapshot_file::size(&self.dir)
     }
 
     fn read_models(&self) -> &dyn ReadModelStore {

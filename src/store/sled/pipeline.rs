@@ -15,9 +15,8 @@ use super::fault::Fault;
 use super::recover::journal_number;
 use super::{io, segment, SledStore, HEAD_KEY};
 use crate::domain::Position;
-use crate::store::envelope::{canonical, check};
 use crate::store::journal::{self, Committed};
-use crate::store::sealed::{Row, SealedBatch, StagedBatch};
+use crate::store::sealed::{SealedBatch, StagedBatch};
 use crate::store::{Envelope, EventStore, Head, StoreError};
 
 impl SledStore {
@@ -228,59 +227,13 @@ impl SledStore {
     }
 
     /// Appends already sealed envelopes with their commands' journal entries as a backup recorded them
-    /// (fingerprints, and commands that appended nothing), so a restored ledger answers re-submissions as the
-    /// original did. Durable on return, like `commit`.
+    /// (`SealedBatch::of_envelopes`). Durable on return, like `commit`.
     pub(super) fn import_batch(
         &self,
         envelopes: &[Envelope],
         journal: Vec<Committed>,
     ) -> Result<(), StoreError> {
-        let head = EventStore::head(self);
-        let mut prev = head.hash.clone();
-        let mut expected = head.position;
-        let mut rows: Vec<Row> = Vec::with_capacity(envelopes.len());
-        let mut index = Vec::with_capacity(envelopes.len());
-        for env in envelopes {
-            expected = expected.next();
-            let value = serde_json::to_value(env).map_err(|e| StoreError::Codec {
-                position: env.position,
-                message: e.to_string(),
-            })?;
-            let raw = canonical(&value);
-            let checked = check(&raw, expected, &prev).map_err(|b| StoreError::Corrupt {
-                position: Some(b.position),
-                message: b.reason,
-            })?;
-            prev = checked.hash;
-            let event = env.event().map_err(|e| StoreError::Codec {
-                position: env.position,
-                message: e.to_string(),
-            })?;
-            index.push((expected, event.entities()));
-            rows.push((expected, raw));
-        }
-        let covered: u64 = journal.iter().map(|c| u64::from(c.count)).sum();
-        if covered != envelopes.len() as u64 {
-            return Err(StoreError::Corrupt {
-                position: Some(head.position.next()),
-                message: format!(
-                    "the restored journal entries cover {covered} events, but {} were given",
-                    envelopes.len()
-                ),
-            });
-        }
-        let positions = journal.iter().map(|c| c.record().positions).collect();
-        self.persist(SealedBatch {
-            base: head,
-            rows,
-            journal,
-            index,
-            new_head: Head {
-                position: expected,
-                hash: prev,
-            },
-            positions,
-        })
-        .map(|_| ())
+        let batch = SealedBatch::of_envelopes(EventStore::head(self), envelopes, journal)?;
+        self.persist(batch).map(|_| ())
     }
 }

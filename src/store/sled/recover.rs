@@ -6,21 +6,8 @@ use std::sync::atomic::Ordering;
 use super::SledStore;
 use crate::domain::Position;
 use crate::store::journal;
+use crate::store::verify::stored_hash;
 use crate::store::{EventStore, Head, StoreError};
-
-/// Reads the `hash` field of stored envelope bytes without a full decode.
-pub(super) fn stored_hash(raw: &[u8], position: Position) -> Result<String, StoreError> {
-    #[derive(serde::Deserialize)]
-    struct OnlyHash {
-        hash: String,
-    }
-    serde_json::from_slice::<OnlyHash>(raw)
-        .map(|h| h.hash)
-        .map_err(|e| StoreError::Corrupt {
-            position: Some(position),
-            message: format!("the stored event does not decode: {e}"),
-        })
-}
 
 /// A journal record number as the in-memory command index keeps it (four billion records, at least one command each,
 /// before it would not fit).

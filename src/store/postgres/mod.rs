@@ -1,0 +1,878 @@
+//! The PostgreSQL backend: the same ledger (the same canonical envelopes and hash chain, the same journal, refusals,
+//! consumers and read models) kept in one schema of a PostgreSQL database, for operators who must not lose the ledger
+//! with one machine.
+//!
+//! Appending uses the head-row design: one transaction per staged batch moves the one-row `head` table
+//! (`UPDATE head … WHERE position = <base> AND hash = <base hash>`), inserts the batch's events at the positions below
+//! it, their history-index rows and their commands' journal rows, and commits with `synchronous_commit = on`. The row
+//! lock serialises appends in position order, a rollback leaves no hole, and a head that moved under this writer
+//! (another process appended) fails the update: nothing is written and this process stops writing. Positions are
+//! never taken from a sequence or an identity column, which hand out numbers in start order, not commit order.
+//!
+//! COMMIT both writes and makes durable, so [`Store::stage`] does all the work and [`Store::settle`] only publishes:
+//! readers see events up to the settled head, never a batch still being answered. One process writes to a ledger at
+//! a time: it holds a session-level advisory lock on a connection of its own for as long as the store is open.
+
+mod documents;
+mod pool;
+pub mod schema;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use postgres::Client;
+
+use super::journal::Committed;
+use super::sealed::{SealedBatch, StagedBatch};
+use super::{
+    CommandRecord, CommitEntry, ConsumerStore, Envelope, EventStore, Head, ReadModelStore,
+    RefusalStore, Store, StoreCounters, StoreError, StoreOptions, StoredEvent,
+};
+use crate::domain::{CommandId, EntityRef, Position};
+use pool::Pool;
+
+/// Where a ledger lives in PostgreSQL: a connection URL (or key=value string) and a schema. Displayed as host, port,
+/// database and schema: never with the password.
+#[derive(Clone)]
+pub struct PgTarget {
+    config: postgres::Config,
+    pub schema: String,
+}
+
+impl std::fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PgTarget({self})")
+    }
+}
+
+impl std::fmt::Display for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hosts: Vec<String> = self
+            .config
+            .get_hosts()
+            .iter()
+            .zip(
+                self.config
+                    .get_ports()
+                    .iter()
+                    .chain(std::iter::repeat(&5432)),
+            )
+            .map(|(h, p)| match h {
+                postgres::config::Host::Tcp(h) => format!("{h}:{p}"),
+                postgres::config::Host::Unix(path) => format!("{}:{p}", path.display()),
+            })
+            .collect();
+        write!(
+            f,
+            "{} database {} schema {}",
+            if hosts.is_empty() {
+                "localhost:5432".to_string()
+            } else {
+                hosts.join(",")
+            },
+            self.config.get_dbname().unwrap_or("(default)"),
+            self.schema
+        )
+    }
+}
+
+impl PgTarget {
+    /// Parses a connection URL (`postgres://user@host:port/db`, or libpq's `key=value` form) and a schema name. The
+    /// password may be in the URL, in `PGPASSWORD`, or in `PGPASSFILE` (or `~/.pgpass`), so that it need not appear on
+    /// a command line.
+    pub fn parse(url: &str, schema: &str) -> Result<PgTarget, String> {
+        if !schema::valid_identifier(schema) {
+            return Err(format!(
+                "the schema name {schema:?} is not accepted: use lowercase letters, digits and _ (at most 63, not starting with a digit)"
+            ));
+        }
+        let mut config: postgres::Config = url
+            .parse()
+            .map_err(|e| format!("the PostgreSQL URL does not parse: {e}"))?;
+        if config.get_user().is_none() {
+            if let Ok(user) = std::env::var("PGUSER") {
+                config.user(&user);
+            }
+        }
+        if config.get_password().is_none() {
+            if let Some(p) = std::env::var("PGPASSWORD")
+                .ok()
+                .or_else(|| password_from_file(&config))
+            {
+                config.password(p);
+            }
+        }
+        if config.get_hosts().is_empty() {
+            config.host(&std::env::var("PGHOST").unwrap_or_else(|_| "localhost".into()));
+        }
+        config.application_name(&format!(
+            "partner-ledger pid {} on {}",
+            std::process::id(),
+            hostname()
+        ));
+        config.options(&format!("-c search_path={schema} -c synchronous_commit=on"));
+        config.connect_timeout(std::time::Duration::from_secs(10));
+        Ok(PgTarget {
+            config,
+            schema: schema.to_string(),
+        })
+    }
+
+    /// Opens a connection.
+    pub(crate) fn connect(&self) -> Result<Client, StoreError> {
+        self.config
+            .connect(postgres::NoTls)
+            .map_err(|e| StoreError::Unreachable {
+                place: self.to_string(),
+                message: message_of(&e),
+            })
+    }
+}
+
+/// The password `PGPASSFILE` (or `~/.pgpass`) holds for this host, port, database and user, as libpq reads it.
+fn password_from_file(config: &postgres::Config) -> Option<String> {
+    let path = std::env::var_os("PGPASSFILE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".pgpass")))?;
+    let text = std::fs::read_to_string(path).ok()?;
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "localhost".into(),
+    };
+    let port = config
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(5432)
+        .to_string();
+    let db = config.get_dbname().unwrap_or("").to_string();
+    let user = config.get_user().unwrap_or("").to_string();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let fields: Vec<&str> = line.splitn(5, ':').collect();
+            let [h, p, d, u, pw] = fields.as_slice() else {
+                return None;
+            };
+            let matches = |pattern: &str, value: &str| pattern == "*" || pattern == value;
+            (matches(h, &host) && matches(p, &port) && matches(d, &db) && matches(u, &user))
+                .then(|| pw.to_string())
+        })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "this host".into())
+}
+
+/// A PostgreSQL error's message without its "db error:" wrapping (and never a password: none is ever in one).
+pub(crate) fn message_of(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => {
+            let mut m = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                m = format!("{m}: {s}");
+                source = s.source();
+            }
+            m
+        }
+    }
+}
+
+/// A store error for a failed statement: `Unreachable` when the connection itself is gone.
+pub(crate) fn pg_error(target: &PgTarget, context: &str, e: &postgres::Error) -> StoreError {
+    if e.is_closed() || e.as_db_error().is_none() {
+        return StoreError::Unreachable {
+            place: target.to_string(),
+            message: format!("{context}: {}", message_of(e)),
+        };
+    }
+    StoreError::Postgres {
+        place: target.to_string(),
+        context: context.to_string(),
+        message: message_of(e),
+    }
+}
+
+/// The advisory-lock key of a ledger schema: one writer per schema.
+fn lock_key(schema: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(format!("partner-ledger writer {schema}").as_bytes());
+    i64::from_be_bytes(d[..8].try_into().unwrap_or_default())
+}
+
+/// An entity as the history and refusal tables key it.
+pub(crate) fn entity_key(entity: &EntityRef) -> (i8, uuid::Uuid) {
+    let prefix = super::entity_prefix(entity);
+    let id = uuid::Uuid::from_slice(&prefix[2..]).unwrap_or_default();
+    (i8::from_ne_bytes([prefix[1]]), id)
+}
+
+/// Takes the ledger's writer lock on `client`'s session, or says who holds it. A holder that is this very process (a
+/// store of it that is closing: the server ends a session a moment after its client let go) is waited out, for up to
+/// five seconds.
+fn take_writer_lock(client: &mut Client, target: &PgTarget) -> Result<(), StoreError> {
+    let key = lock_key(&target.schema);
+    let ours = format!("partner-ledger pid {} on ", std::process::id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let locked: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .map_err(|e| pg_error(target, "cannot take the writer's lock", &e))?
+            .get(0);
+        if locked {
+            return Ok(());
+        }
+        let holder = client
+            .query_opt(
+                "SELECT a.application_name, host(a.client_addr) FROM pg_locks l
+                 JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE l.locktype = 'advisory' AND l.granted
+                   AND ((l.classid::bigint << 32) | l.objid::bigint) = $1",
+                &[&key],
+            )
+            .ok()
+            .flatten()
+            .map(|r| (r.get::<_, Option<String>>(0), r.get::<_, Option<String>>(1)));
+        let name = holder
+            .as_ref()
+            .and_then(|h| h.0.clone())
+            .unwrap_or_default();
+        if name.starts_with(&ours) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            continue;
+        }
+        let holder = match holder {
+            Some((name, addr)) => format!(
+                "{}{}",
+                name.filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| "another session".into()),
+                addr.map(|a| format!(" from {a}")).unwrap_or_default()
+            ),
+            None => "another process".into(),
+        };
+        return Err(StoreError::LockedAt {
+            place: target.to_string(),
+            holder,
+        });
+    }
+}
+
+/// How many events one page of a read holds.
+const PAGE: i64 = 2048;
+
+/// The ledger in a PostgreSQL schema.
+pub struct PgStore {
+    target: PgTarget,
+    pool: Pool,
+    /// The connection appends go through; it holds the writer's advisory lock.
+    writer: Mutex<Client>,
+    /// The last settled event: what readers see.
+    head: Mutex<Head>,
+    /// The last event written (committed, perhaps not settled yet).
+    written: Mutex<Head>,
+    /// Commands committed (the head row's count) as of the written and the settled head.
+    written_commands: AtomicU64,
+    settled_commands: AtomicU64,
+    failed: AtomicBool,
+    documents: documents::Documents,
+    batches: AtomicU64,
+    commits: AtomicU64,
+    appended: AtomicU64,
+    commands_committed: AtomicU64,
+}
+
+impl PgStore {
+    /// Opens the ledger in `target`'s schema: checks its version, takes the writer's lock, checks the head against the
+    /// log and re-verifies the newest events. A missing schema is not created (that is `migrate-schema`'s job, as
+    /// the schema's owner).
+    pub fn open(target: &PgTarget, options: &StoreOptions) -> Result<PgStore, StoreError> {
+        let mut writer = target.connect()?;
+        match schema::version_of(&mut writer, target)? {
+            None => {
+                return Err(StoreError::NoLedgerAt {
+                    place: target.to_string(),
+                    hint: "create it as the schema's owner with `partner-ledger migrate-schema --store URL --pg-schema NAME --runtime-role ROLE` (docs/postgres.md)".into(),
+                })
+            }
+            Some(v) if v > schema::VERSION => return Err(schema::newer(target, v)),
+            Some(v) if v < schema::VERSION => {
+                return Err(StoreError::NotALedgerAt {
+                    place: target.to_string(),
+                    why: format!(
+                        "its schema is version {v}; this build needs {}: run `partner-ledger migrate-schema` as the schema's owner",
+                        schema::VERSION
+                    ),
+                })
+            }
+            Some(_) => {}
+        }
+        take_writer_lock(&mut writer, target)?;
+        let pool = Pool::new(target.clone());
+        let store = PgStore {
+            target: target.clone(),
+            documents: documents::Documents::new(pool.clone()),
+            pool,
+            writer: Mutex::new(writer),
+            head: Mutex::new(Head::genesis()),
+            written: Mutex::new(Head::genesis()),
+            written_commands: AtomicU64::new(0),
+            settled_commands: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            batches: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+            appended: AtomicU64::new(0),
+            commands_committed: AtomicU64::new(0),
+        };
+        let (head, commands) = store.head_row()?;
+        *store.head.lock().unwrap_or_else(|e| e.into_inner()) = head.clone();
+        *store.written.lock().unwrap_or_else(|e| e.into_inner()) = head.clone();
+        store.written_commands.store(commands, Ordering::SeqCst);
+        store.settled_commands.store(commands, Ordering::SeqCst);
+        store.documents.load_refusal_count()?;
+        if options.check_on_open {
+            store.recover_head(&head, options.tail_check)?;
+        }
+        Ok(store)
+    }
+
+    fn err(&self, context: &str) -> impl FnOnce(postgres::Error) -> StoreError + '_ {
+        let context = context.to_string();
+        move |e| pg_error(&self.target, &context, &e)
+    }
+
+    /// The head row: the head and the number of committed commands.
+    fn head_row(&self) -> Result<(Head, u64), StoreError> {
+        let row = self
+            .pool
+            .get()?
+            .query_one("SELECT position, hash, commands FROM head", &[])
+            .map_err(self.err("cannot read the head row"))?;
+        let (position, hash, commands): (i64, String, i64) = (row.get(0), row.get(1), row.get(2));
+        Ok((
+            Head {
+                position: Position(u64::try_from(position).unwrap_or(0)),
+                hash,
+            },
+            u64::try_from(commands).unwrap_or(0),
+        ))
+    }
+
+    /// The head row checked against the last event; the newest `tail` events re-verified.
+    fn recover_head(&self, head: &Head, tail: u64) -> Result<(), StoreError> {
+        let last = self
+            .pool
+            .get()?
+            .query_opt(
+                "SELECT position, envelope FROM events ORDER BY position DESC LIMIT 1",
+                &[],
+            )
+            .map_err(self.err("cannot read the last event"))?;
+        let last_pos = last
+            .as_ref()
+            .map_or(0, |r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0));
+        super::verify::ends_at_head(Position(last_pos), head.position, "the head row")?;
+        let Some(row) = last else { return Ok(()) };
+        let raw: String = row.get(1);
+        let hash = super::verify::stored_hash(raw.as_bytes(), head.position)?;
+        if hash != head.hash {
+            return Err(StoreError::Corrupt {
+                position: Some(head.position),
+                message: format!(
+                    "the last event's hash {hash} differs from the head row's {}",
+                    head.hash
+                ),
+            });
+        }
+        let start = Position(last_pos.saturating_sub(tail.saturating_sub(1)).max(1));
+        self.verify_range(start, head.position, &mut |_| {})
+    }
+
+    fn fail<T>(&self, e: StoreError) -> Result<T, StoreError> {
+        self.failed.store(true, Ordering::SeqCst);
+        tracing::error!(error = %e, "storage failure: writes are stopped until the ledger is reopened");
+        Err(e)
+    }
+
+    /// One page of events after `after`, up to `to`.
+    fn page(&self, after: Position, to: Position) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = self
+            .pool
+            .get()?
+            .query(
+                "SELECT position, envelope FROM events WHERE position > $1 AND position <= $2
+                 ORDER BY position LIMIT $3",
+                &[&pos(after), &pos(to), &PAGE],
+            )
+            .map_err(self.err("cannot read the log"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| StoredEvent {
+                position: Position(u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)),
+                raw: r.get::<_, String>(1).into_bytes(),
+            })
+            .collect())
+    }
+
+    /// Events after `after` up to `to`, page by page (constant memory).
+    fn pages(
+        &self,
+        after: Position,
+        to: Position,
+    ) -> impl Iterator<Item = Result<StoredEvent, StoreError>> + '_ {
+        let mut next = after;
+        let mut buffer = std::collections::VecDeque::new();
+        let mut done = after >= to;
+        std::iter::from_fn(move || {
+            if buffer.is_empty() && !done {
+                match self.page(next, to) {
+                    Err(e) => {
+                        done = true;
+                        return Some(Err(e));
+                    }
+                    Ok(page) => {
+                        done = page.len() < usize::try_from(PAGE).unwrap_or(0);
+                        if let Some(last) = page.last() {
+                            next = last.position;
+                        }
+                        buffer.extend(page);
+                    }
+                }
+            }
+            buffer.pop_front().map(Ok)
+        })
+    }
+
+    /// Writes a sealed batch in one transaction and commits it (durable on return).
+    fn write_batch(&self, batch: &SealedBatch) -> Result<u64, StoreError> {
+        let mut client = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let n = i64::try_from(batch.journal.len()).unwrap_or(i64::MAX);
+        let mut tx = client
+            .transaction()
+            .map_err(self.err("cannot begin the append"))?;
+        let moved = tx
+            .query_opt(
+                "UPDATE head SET position = $1, hash = $2, commands = commands + $3
+                 WHERE position = $4 AND hash = $5 RETURNING commands - $3",
+                &[
+                    &pos(batch.new_head.position),
+                    &batch.new_head.hash,
+                    &n,
+                    &pos(batch.base.position),
+                    &batch.base.hash,
+                ],
+            )
+            .map_err(self.err("the append failed (head row)"))?;
+        let Some(row) = moved else {
+            return Err(StoreError::Conflict {
+                message: format!(
+                    "the head row no longer records position {} with this writer's hash",
+                    batch.base.position
+                ),
+            });
+        };
+        let first_seq: i64 = row.get(0);
+        let positions: Vec<i64> = batch.rows.iter().map(|(p, _)| pos(*p)).collect();
+        let envelopes: Vec<&str> = batch
+            .rows
+            .iter()
+            .map(|(_, raw)| std::str::from_utf8(raw).unwrap_or_default())
+            .collect();
+        tx.execute(
+            "INSERT INTO events (position, envelope) SELECT * FROM unnest($1::bigint[], $2::text[])",
+            &[&positions, &envelopes],
+        )
+        .map_err(self.err("the append failed (events)"))?;
+        let (mut kinds, mut ids, mut at) = (Vec::new(), Vec::new(), Vec::new());
+        for (p, entities) in &batch.index {
+            for e in entities {
+                let (k, id) = entity_key(e);
+                kinds.push(k);
+                ids.push(id);
+                at.push(pos(*p));
+            }
+        }
+        tx.execute(
+            "INSERT INTO history (kind, id, position)
+             SELECT * FROM unnest($1::\"char\"[], $2::uuid[], $3::bigint[]) ON CONFLICT DO NOTHING",
+            &[&kinds, &ids, &at],
+        )
+        .map_err(self.err("the append failed (history index)"))?;
+        let keys: Vec<uuid::Uuid> = batch.journal.iter().map(|c| c.command_id.uuid()).collect();
+        let seqs: Vec<i64> = (0..n).map(|i| first_seq + 1 + i).collect();
+        let prints: Vec<Option<Vec<u8>>> = batch
+            .journal
+            .iter()
+            .map(|c| c.fingerprint.map(|f| f.to_vec()))
+            .collect();
+        let firsts: Vec<i64> = batch.journal.iter().map(|c| pos(c.first)).collect();
+        let counts: Vec<i32> = batch
+            .journal
+            .iter()
+            .map(|c| i32::try_from(c.count).unwrap_or(i32::MAX))
+            .collect();
+        tx.execute(
+            "INSERT INTO commands (key, seq, fingerprint, first_position, event_count)
+             SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bytea[], $4::bigint[], $5::int[])",
+            &[&keys, &seqs, &prints, &firsts, &counts],
+        )
+        .map_err(self.err("the append failed (command journal)"))?;
+        tx.commit().map_err(|e| {
+            // The outcome of a COMMIT that failed on its way is unknown: the caller stops writing.
+            StoreError::Postgres {
+                place: self.target.to_string(),
+                context: "COMMIT failed; the batch may or may not be in the log".into(),
+                message: message_of(&e),
+            }
+        })?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(u64::try_from(first_seq).unwrap_or(0) + batch.journal.len() as u64)
+    }
+}
+
+/// A position as PostgreSQL's `bigint`.
+fn pos(p: Position) -> i64 {
+    i64::try_from(p.0).unwrap_or(i64::MAX)
+}
+
+impl EventStore for PgStore {
+    fn head(&self) -> Head {
+        self.head.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn commit(&self, entries: &[CommitEntry]) -> Result<Vec<Vec<Position>>, StoreError> {
+        let staged = self.stage(SealedBatch::seal(entries, &self.staged_head()))?;
+        let positions = staged.positions.clone();
+        self.settle(vec![staged])?;
+        Ok(positions)
+    }
+
+    fn command(&self, id: CommandId) -> Result<Option<CommandRecord>, StoreError> {
+        let settled = i64::try_from(self.settled_commands.load(Ordering::SeqCst)).unwrap_or(0);
+        let row = self
+            .pool
+            .get()?
+            .query_opt(
+                "SELECT fingerprint, first_position, event_count FROM commands WHERE key = $1 AND seq <= $2",
+                &[&id.uuid(), &settled],
+            )
+            .map_err(self.err("cannot read the command journal"))?;
+        Ok(row.map(|r| {
+            let fingerprint: Option<Vec<u8>> = r.get(0);
+            Committed {
+                command_id: id,
+                fingerprint: fingerprint.and_then(|f| f.try_into().ok()),
+                first: Position(u64::try_from(r.get::<_, i64>(1)).unwrap_or(0)),
+                count: u32::try_from(r.get::<_, i32>(2)).unwrap_or(0),
+            }
+            .record()
+        }))
+    }
+
+    fn get(&self, position: Position) -> Result<Option<StoredEvent>, StoreError> {
+        if position.0 == 0 || position > EventStore::head(self).position {
+            return Ok(None);
+        }
+        let row = self
+            .pool
+            .get()?
+            .query_opt(
+                "SELECT envelope FROM events WHERE position = $1",
+                &[&pos(position)],
+            )
+            .map_err(self.err("cannot read the log"))?;
+        Ok(row.map(|r| StoredEvent {
+            position,
+            raw: r.get::<_, String>(0).into_bytes(),
+        }))
+    }
+
+    fn read(
+        &self,
+        after: Position,
+        to: Option<Position>,
+    ) -> Box<dyn Iterator<Item = Result<StoredEvent, StoreError>> + '_> {
+        let head = EventStore::head(self).position;
+        let to = to.map_or(head, |t| t.min(head));
+        Box::new(self.pages(after, to))
+    }
+
+    fn history(&self, entity: &EntityRef, after: Position) -> Result<Vec<Position>, StoreError> {
+        let (kind, id) = entity_key(entity);
+        let head = pos(EventStore::head(self).position);
+        let rows = self
+            .pool
+            .get()?
+            .query(
+                "SELECT position FROM history WHERE kind = $1 AND id = $2 AND position > $3 AND position <= $4
+                 ORDER BY position",
+                &[&kind, &id, &pos(after), &head],
+            )
+            .map_err(self.err("cannot read the history index"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Position(u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
+            .collect())
+    }
+
+    fn counters(&self) -> StoreCounters {
+        StoreCounters {
+            batches: self.batches.load(Ordering::Relaxed),
+            // One COMMIT per staged batch: it is the flush and the sync.
+            flushes: self.commits.load(Ordering::Relaxed),
+            fdatasyncs: self.commits.load(Ordering::Relaxed),
+            events: self.appended.load(Ordering::Relaxed),
+            commands: self.commands_committed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Store for PgStore {
+    fn stage(&self, batch: SealedBatch) -> Result<StagedBatch, StoreError> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(StoreError::FailStopped);
+        }
+        let written = self.staged_head();
+        if written != batch.base {
+            return Err(StoreError::Corrupt {
+                position: Some(batch.base.position.next()),
+                message: format!(
+                    "a batch prepared after position {} was offered at position {}",
+                    batch.base.position, written.position
+                ),
+            });
+        }
+        match self.write_batch(&batch) {
+            Ok(commands) => {
+                self.written_commands.store(commands, Ordering::SeqCst);
+                *self.written.lock().unwrap_or_else(|e| e.into_inner()) = batch.new_head.clone();
+                Ok(StagedBatch {
+                    events: batch.rows.len(),
+                    journal_seq: commands - batch.journal.len() as u64 + 1,
+                    journal: batch.journal,
+                    index: batch.index,
+                    new_head: batch.new_head,
+                    positions: batch.positions,
+                })
+            }
+            Err(e @ StoreError::Conflict { .. }) => self.fail(e),
+            Err(e) => {
+                // Before COMMIT was sent, the transaction rolled back and left nothing. After it, look: a head row
+                // still at the base means nothing was written and writing goes on; anything else stops writes.
+                match self.head_row() {
+                    Ok((h, _)) if h == batch.base => Err(StoreError::WriteFailed {
+                        message: e.to_string(),
+                    }),
+                    _ => self.fail(e),
+                }
+            }
+        }
+    }
+
+    fn settle(&self, batches: Vec<StagedBatch>) -> Result<(), StoreError> {
+        let Some(last) = batches.last() else {
+            return Ok(());
+        };
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(StoreError::FailStopped);
+        }
+        let new_head = last.new_head.clone();
+        let commands = last.journal_seq + last.journal.len() as u64 - 1;
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        for b in &batches {
+            self.appended.fetch_add(b.events as u64, Ordering::Relaxed);
+            self.commands_committed
+                .fetch_add(b.journal.len() as u64, Ordering::Relaxed);
+        }
+        self.settled_commands.store(commands, Ordering::SeqCst);
+        *self.head.lock().unwrap_or_else(|e| e.into_inner()) = new_head;
+        Ok(())
+    }
+
+    fn staged_head(&self) -> Head {
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn journal(&self) -> Box<dyn Iterator<Item = Result<Committed, StoreError>> + '_> {
+        let settled = i64::try_from(self.settled_commands.load(Ordering::SeqCst)).unwrap_or(0);
+        let mut after = 0i64;
+        let mut buffer = std::collections::VecDeque::new();
+        let mut done = false;
+        Box::new(std::iter::from_fn(move || {
+            if buffer.is_empty() && !done {
+                let rows = self.pool.get().and_then(|mut c| {
+                    c.query(
+                        "SELECT key, seq, fingerprint, first_position, event_count FROM commands
+                         WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3",
+                        &[&after, &settled, &PAGE],
+                    )
+                    .map_err(self.err("cannot read the command journal"))
+                });
+                match rows {
+                    Err(e) => {
+                        done = true;
+                        return Some(Err(e));
+                    }
+                    Ok(rows) => {
+                        done = rows.len() < usize::try_from(PAGE).unwrap_or(0);
+                        for r in rows {
+                            after = r.get(1);
+                            let fingerprint: Option<Vec<u8>> = r.get(2);
+                            let command =
+                                CommandId::new(r.get::<_, uuid::Uuid>(0)).map(|id| Committed {
+                                    command_id: id,
+                                    fingerprint: fingerprint.and_then(|f| f.try_into().ok()),
+                                    first: Position(u64::try_from(r.get::<_, i64>(3)).unwrap_or(0)),
+                                    count: u32::try_from(r.get::<_, i32>(4)).unwrap_or(0),
+                                });
+                            buffer.push_back(command.map_err(|_| StoreError::Corrupt {
+                                position: None,
+                                message: "the command journal holds a nil command id".into(),
+                            }));
+                        }
+                    }
+                }
+            }
+            buffer.pop_front()
+        }))
+    }
+
+    fn import_with(
+        &self,
+        envelopes: &[Envelope],
+        journal: Vec<Committed>,
+    ) -> Result<(), StoreError> {
+        let batch = SealedBatch::of_envelopes(self.staged_head(), envelopes, journal)?;
+        let staged = self.stage(batch)?;
+        self.settle(vec![staged])
+    }
+
+    fn verify_range(
+        &self,
+        from: Position,
+        to: Position,
+        progress: &mut dyn FnMut(Position),
+    ) -> Result<(), StoreError> {
+        let prev = super::verify::link_before(from, |p| Ok(self.get(p)?.map(|e| e.raw)))?;
+        let events = self
+            .pages(Position(from.0.saturating_sub(1)), to)
+            .map(|r| r.map(|e| (e.position, e.raw)));
+        super::verify::check_chain(prev, events, from, to, progress)
+    }
+
+    fn verify_all(&self, progress: &mut dyn FnMut(Position)) -> Result<Head, StoreError> {
+        let (head, _) = self.head_row()?;
+        let last = self
+            .pool
+            .get()?
+            .query_one("SELECT coalesce(max(position), 0) FROM events", &[])
+            .map_err(self.err("cannot read the log"))?
+            .get::<_, i64>(0);
+        let last = Position(u64::try_from(last).unwrap_or(0));
+        if last.0 > 0 {
+            self.verify_range(Position(1), last, progress)?;
+        }
+        super::verify::ends_at_head(last, head.position, "the head row")?;
+        if last.0 > 0 {
+            let raw = self
+                .get(last)?
+                .ok_or_else(|| super::verify::missing(last))?;
+            let hash = super::verify::stored_hash(&raw.raw, last)?;
+            if hash != head.hash {
+                return Err(StoreError::Corrupt {
+                    position: Some(last),
+                    message: format!(
+                        "the last event's hash {hash} differs from the head row's {}",
+                        head.hash
+                    ),
+                });
+            }
+        }
+        Ok(head)
+    }
+
+    /// Every write outside the log is its own committed transaction already.
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The database manages its own disk; a full one fails the transaction, which leaves nothing behind.
+    fn room_for(&self, _bytes: u64) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    /// The history index is written with the events.
+    fn flush_index(&self) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+
+    fn commands_remembered(&self) -> usize {
+        usize::try_from(self.settled_commands.load(Ordering::SeqCst)).unwrap_or(usize::MAX)
+    }
+
+    fn read_snapshot(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.documents.read_snapshot()
+    }
+
+    fn snapshot_header(&self, len: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        self.documents.snapshot_header(len)
+    }
+
+    fn write_snapshot(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.documents.write_snapshot(bytes)
+    }
+
+    fn snapshot_size(&self) -> u64 {
+        self.documents.snapshot_size()
+    }
+
+    fn read_models(&self) -> &dyn ReadModelStore {
+        &self.documents
+    }
+
+    fn refusals(&self) -> &dyn RefusalStore {
+        &self.documents
+    }
+
+    fn consumers(&self) -> &dyn ConsumerStore {
+        &self.documents
+    }
+
+    #[cfg(test)]
+    fn inject(&self, _plan: super::FaultPlan) {}
+
+    #[cfg(test)]
+    fn faults_struck(&self) -> u64 {
+        0
+    }
+}
+
+/// Creates the ledger schema in `target` or migrates it to this build's version, connected as the schema's owner, and
+/// grants `runtime_role` (when given) what the ledger may do. Returns the versions before and after.
+pub fn migrate_schema(
+    target: &PgTarget,
+    runtime_role: Option<&str>,
+) -> Result<(i64, i64), StoreError> {
+    if let Some(role) = runtime_role {
+        if !schema::valid_identifier(role) {
+            return Err(StoreError::NotALedgerAt {
+                place: target.to_string(),
+                why: format!(
+                    "the runtime role name {role:?} is not accepted: use lowercase letters, digits and _"
+                ),
+            });
+        }
+    }
+    let mut client = target.connect()?;
+    schema::migrate(&mut client, target, runtime_role)
+}

@@ -1,0 +1,228 @@
+//! A throwaway PostgreSQL for the tests: one server per test binary, started from the installed binaries on a free
+//! loopback port in a temporary folder, and stopped (its folder removed) when the test process ends. Every test gets a
+//! schema of its own, created by `migrate_schema` as the owner (`postgres`) and used as the runtime role
+//! `ledger_runtime`, which may not UPDATE, DELETE or TRUNCATE the log.
+//!
+//! Without PostgreSQL installed the tests that need it fail, naming what to install (`.ci/run` installs it): they never
+//! skip silently.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+use partner_ledger::store::postgres::{migrate_schema, PgTarget};
+
+/// The runtime role the tests' ledgers run as.
+pub const RUNTIME_ROLE: &str = "ledger_runtime";
+
+pub struct Pg {
+    pub port: u16,
+    pub dir: PathBuf,
+    /// The shell that runs the server and stops it when this process ends (never waited for: it outlives the tests).
+    _supervisor: std::process::Child,
+}
+
+/// The folder holding PostgreSQL's programs (`initdb`, `postgres`): `PG_BIN`, or the newest under
+/// `/usr/lib/postgresql/*/bin`.
+fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("postgres").exists())
+        .collect();
+    found.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    found.pop().unwrap_or_else(|| {
+        panic!(
+            "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/postgres; set PG_BIN or install the Debian \
+             package postgresql, as .ci/run does): the PostgreSQL tests cannot run"
+        )
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether this process runs as root (PostgreSQL refuses to, so its programs run as the `postgres` user).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A command running `program` as the `postgres` user when this process is root.
+fn as_postgres(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+impl Pg {
+    fn start() -> Pg {
+        let bin = bin_dir();
+        let dir = std::env::temp_dir().join(format!(
+            "partner-ledger-pg-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        if is_root() {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "chown of {} to postgres", dir.display());
+        }
+        let data = dir.join("data");
+        let out = as_postgres(&bin.join("initdb"))
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "-D",
+            ])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        // A supervisor shell runs the server and stops it (then removes its folder) once this test process is gone.
+        let script = format!(
+            "{postgres} -D {data} -p {port} -k {dir} -c listen_addresses=127.0.0.1 -c max_connections=200 \
+             -c shared_buffers=32MB >{dir}/log 2>&1 & pg=$!; \
+             while [ -e /proc/{me} ] && kill -0 $pg 2>/dev/null; do sleep 0.5; done; \
+             kill -INT $pg 2>/dev/null; wait $pg; rm -rf {dir}",
+            postgres = bin.join("postgres").display(),
+            data = data.display(),
+            dir = dir.display(),
+            me = std::process::id(),
+        );
+        let mut supervisor = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", "sh", "-c", &script]);
+            c
+        } else {
+            let mut c = Command::new("sh");
+            c.args(["-c", &script]);
+            c
+        };
+        let supervisor = supervisor
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pg = Pg {
+            port,
+            dir,
+            _supervisor: supervisor,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match postgres::Client::connect(&pg.url("postgres"), postgres::NoTls) {
+                Ok(mut c) => {
+                    c.batch_execute(&format!("CREATE ROLE {RUNTIME_ROLE} LOGIN"))
+                        .unwrap();
+                    break;
+                }
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => panic!(
+                    "the throwaway PostgreSQL did not start on port {}: {e}; its log: {}",
+                    pg.port,
+                    std::fs::read_to_string(pg.dir.join("log")).unwrap_or_default()
+                ),
+            }
+        }
+        pg
+    }
+
+    /// A URL for `user` (no password: the throwaway server trusts loopback).
+    pub fn url(&self, user: &str) -> String {
+        format!(
+            "postgres://{user}@127.0.0.1:{}/postgres?connect_timeout=10",
+            self.port
+        )
+    }
+
+    /// Runs SQL as the superuser.
+    pub fn sql(&self, sql: &str) -> Result<(), postgres::Error> {
+        let mut c = postgres::Client::connect(&self.url("postgres"), postgres::NoTls)?;
+        c.batch_execute(sql)
+    }
+}
+
+/// The throwaway server of this test binary.
+pub fn server() -> &'static Pg {
+    static SERVER: OnceLock<Pg> = OnceLock::new();
+    SERVER.get_or_init(Pg::start)
+}
+
+/// A new, empty ledger schema, migrated by the owner: its name.
+pub fn fresh_schema() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let pg = server();
+    let schema = format!(
+        "ledger_{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    let owner = PgTarget::parse(&pg.url("postgres"), &schema).unwrap();
+    migrate_schema(&owner, Some(RUNTIME_ROLE)).unwrap();
+    schema
+}
+
+/// Where a test's ledger is, as the runtime role sees it.
+pub fn runtime_target(schema: &str) -> PgTarget {
+    PgTarget::parse(&server().url(RUNTIME_ROLE), schema).unwrap()
+}
+
+/// The schema standing for a test's data folder: the same folder always maps to the same schema, so a test that
+/// reopens its "folder" reopens its ledger.
+pub fn schema_for(dir: &Path) -> String {
+    static MAP: OnceLock<Mutex<HashMap<PathBuf, String>>> = OnceLock::new();
+    let mut map = MAP
+        .get_or_init(|| Mutex::new(HashMap::new()))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    map.entry(dir.to_path_buf())
+        .or_insert_with(fresh_schema)
+        .clone()
+}
