@@ -19,6 +19,7 @@ pub fn run(data: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
         .arg("--data")
         .arg(data)
         .args(args)
+        .envs(crate::pg::env_for(data).unwrap_or_default())
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -87,6 +88,7 @@ impl Server {
         let mut child = Command::new(BIN)
             .arg("--data")
             .arg(data)
+            .envs(crate::pg::env_for(data).unwrap_or_default())
             .args([
                 "serve",
                 "--listen",
@@ -180,6 +182,7 @@ pub fn spawn_serve(
     let mut child = Command::new(BIN)
         .arg("--data")
         .arg(data)
+        .envs(crate::pg::env_for(data).unwrap_or_default())
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args(extra)
         .stdout(Stdio::piped())

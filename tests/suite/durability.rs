@@ -28,6 +28,7 @@ fn kill_round(data: &std::path::Path, first: u64, min_acks: usize) -> HashMap<St
     let mut child = Command::new(BIN)
         .arg("--data")
         .arg(data)
+        .envs(crate::pg::env_for(data).unwrap_or_default())
         .args(["exec", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -87,7 +88,13 @@ fn kill_round(data: &std::path::Path, first: u64, min_acks: usize) -> HashMap<St
 
 #[test]
 fn every_acknowledged_command_survives_kill_9_with_commands_in_flight() {
-    let data = tempfile::tempdir().unwrap();
+    for (backend, data) in crate::pg::ledger_folders() {
+        eprintln!("on {backend}");
+        kill_rounds(&data);
+    }
+}
+
+fn kill_rounds(data: &tempfile::TempDir) {
     let mut all_acked: HashMap<String, Vec<u64>> = HashMap::new();
     for round in 0..3u64 {
         let acked = kill_round(data.path(), 1 + round * 10_000_000, 1_000);

@@ -6,9 +6,15 @@ use crate::common;
 use common::*;
 use serde_json::Value;
 
+/// Runs a fixture on each backend: the same outcomes and views from sled and from PostgreSQL.
 fn run_fixture(name: &str) {
-    let dir = fixtures().join(name);
-    let data = tempfile::tempdir().unwrap();
+    for (backend, data) in crate::pg::ledger_folders() {
+        run_fixture_on(&format!("{name} on {backend}"), name, &data);
+    }
+}
+
+fn run_fixture_on(name: &str, fixture: &str, data: &tempfile::TempDir) {
+    let dir = fixtures().join(fixture);
     let commands = dir.join("commands.ndjson");
     let out = run(data.path(), &["exec", commands.to_str().unwrap()], None);
     let outcomes = stdout_lines(&out);

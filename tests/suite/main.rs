@@ -27,6 +27,7 @@ mod ledger;
 mod never_panic;
 mod parties;
 mod pg;
+mod postgres;
 mod request_ids;
 mod resume_and_ack;
 mod server;

@@ -214,15 +214,38 @@ pub fn runtime_target(schema: &str) -> PgTarget {
     PgTarget::parse(&server().url(RUNTIME_ROLE), schema).unwrap()
 }
 
-/// The schema standing for a test's data folder: the same folder always maps to the same schema, so a test that
-/// reopens its "folder" reopens its ledger.
-pub fn schema_for(dir: &Path) -> String {
+fn folders() -> std::sync::MutexGuard<'static, HashMap<PathBuf, String>> {
     static MAP: OnceLock<Mutex<HashMap<PathBuf, String>>> = OnceLock::new();
-    let mut map = MAP
-        .get_or_init(|| Mutex::new(HashMap::new()))
+    MAP.get_or_init(|| Mutex::new(HashMap::new()))
         .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    map.entry(dir.to_path_buf())
-        .or_insert_with(fresh_schema)
-        .clone()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// The schema standing for a test's data folder: the same folder always maps to the same schema, so a test that
+/// reopens its "folder" reopens its ledger. From then on, the binary run on that folder (`common::run`,
+/// `common::Server::launch`) runs on that schema.
+pub fn schema_for(dir: &Path) -> String {
+    if let Some(s) = folders().get(dir) {
+        return s.clone();
+    }
+    let schema = fresh_schema();
+    folders().insert(dir.to_path_buf(), schema.clone());
+    schema
+}
+
+/// The environment that points the binary at the PostgreSQL ledger standing for `dir`, if one does.
+pub fn env_for(dir: &Path) -> Option<Vec<(String, String)>> {
+    let schema = folders().get(dir)?.clone();
+    Some(vec![
+        ("PARTNER_LEDGER_STORE".into(), server().url(RUNTIME_ROLE)),
+        ("PARTNER_LEDGER_PG_SCHEMA".into(), schema),
+    ])
+}
+
+/// A folder for each backend: a plain one (sled), and one standing for a fresh PostgreSQL ledger.
+pub fn ledger_folders() -> Vec<(&'static str, tempfile::TempDir)> {
+    let sled = tempfile::tempdir().unwrap();
+    let postgres = tempfile::tempdir().unwrap();
+    schema_for(postgres.path());
+    vec![("sled", sled), ("postgres", postgres)]
 }

@@ -1,0 +1,306 @@
+//! The PostgreSQL backend as operators meet it: the schema created and migrated by its owner, a runtime role that
+//! cannot change the log, damage found by `verify`, clear refusals (unreachable, not a ledger, newer, held by another
+//! writer), ledgers kept apart by schema, and a ledger moved between sled and PostgreSQL with an identical chain.
+//! The fixtures, the store conformance suite and the kill -9 test run on both backends in their own files.
+
+use crate::common::{fixtures, run, stdout_lines, BIN};
+use crate::pg;
+
+use std::process::{Command, Output};
+
+/// Runs the binary on a PostgreSQL ledger (`url`, `schema`) without a data folder of its own.
+fn on(url: &str, schema: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .env("PARTNER_LEDGER_STORE", url)
+        .env("PARTNER_LEDGER_PG_SCHEMA", schema)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn seed(data: &std::path::Path) {
+    let seed = fixtures().join("seed-story/commands.ndjson");
+    let out = run(data, &["exec", seed.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn migrate_schema_creates_a_ledger_the_runtime_role_can_append_to_but_never_change() {
+    let server = pg::server();
+    let schema = "migrated_by_cli";
+    let owner = server.url("postgres");
+    let runtime = server.url(pg::RUNTIME_ROLE);
+
+    // Before the owner created it, the runtime role finds no ledger and is told how to create one; nothing is written.
+    let none = on(&runtime, schema, &["verify"]);
+    assert_eq!(none.status.code(), Some(3), "{}", text(&none));
+    assert!(text(&none).contains("migrate-schema"), "{}", text(&none));
+
+    let created = on(
+        &owner,
+        schema,
+        &["migrate-schema", "--runtime-role", pg::RUNTIME_ROLE],
+    );
+    assert!(created.status.success(), "{}", text(&created));
+    assert!(text(&created).contains("created the ledger schema"));
+    let again = on(
+        &owner,
+        schema,
+        &["migrate-schema", "--runtime-role", pg::RUNTIME_ROLE],
+    );
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(
+        text(&again).contains("at version 1 already"),
+        "{}",
+        text(&again)
+    );
+
+    let seed_file = fixtures().join("seed-story/commands.ndjson");
+    let exec = on(&runtime, schema, &["exec", seed_file.to_str().unwrap()]);
+    assert!(exec.status.success(), "{}", text(&exec));
+    let verify = on(&runtime, schema, &["verify"]);
+    assert!(verify.status.success(), "{}", text(&verify));
+
+    // The runtime role may not change or remove what it appended; triggers refuse even the owner.
+    let mut as_runtime = postgres::Client::connect(&runtime, postgres::NoTls).unwrap();
+    for sql in [
+        "UPDATE migrated_by_cli.events SET envelope = envelope WHERE position = 1",
+        "DELETE FROM migrated_by_cli.events WHERE position = 1",
+        "TRUNCATE migrated_by_cli.events",
+        "DELETE FROM migrated_by_cli.commands",
+        "UPDATE migrated_by_cli.refusals SET record = record",
+    ] {
+        let e = as_runtime.batch_execute(sql).unwrap_err();
+        assert!(
+            e.to_string().contains("permission denied")
+                || e.as_db_error()
+                    .is_some_and(|d| d.message().contains("permission denied")),
+            "{sql}: {e:?}"
+        );
+    }
+    for sql in [
+        "DELETE FROM migrated_by_cli.events WHERE position = 1",
+        "UPDATE migrated_by_cli.events SET envelope = envelope",
+        "TRUNCATE migrated_by_cli.events",
+    ] {
+        let e = server.sql(sql).unwrap_err();
+        let message = e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_default();
+        assert!(message.contains("append-only"), "{sql}: {e:?}");
+    }
+    let verify = on(&runtime, schema, &["verify"]);
+    assert!(verify.status.success(), "{}", text(&verify));
+}
+
+#[test]
+fn an_event_altered_by_a_superuser_is_found_by_verify() {
+    let data = tempfile::tempdir().unwrap();
+    let schema = pg::schema_for(data.path());
+    seed(data.path());
+    // A superuser can get around the triggers (replication role): the chain still tells.
+    server_sql(&format!(
+        "SET session_replication_role = replica; \
+         UPDATE {schema}.events SET envelope = replace(envelope, 'Contoso Ltd', 'Contoso Inc') WHERE position = 3"
+    ));
+    let verify = run(data.path(), &["verify"], None);
+    assert_eq!(verify.status.code(), Some(1), "{}", text(&verify));
+    assert!(text(&verify).contains("position 3"), "{}", text(&verify));
+    // So does a removed event (the head row records more than the log holds).
+    server_sql(&format!(
+        "SET session_replication_role = replica; \
+         UPDATE {schema}.events SET envelope = replace(envelope, 'Contoso Inc', 'Contoso Ltd') WHERE position = 3; \
+         DELETE FROM {schema}.events WHERE position = (SELECT max(position) FROM {schema}.events)"
+    ));
+    let verify = run(data.path(), &["verify"], None);
+    assert_eq!(verify.status.code(), Some(1), "{}", text(&verify));
+    assert!(
+        text(&verify).contains("removed or lost"),
+        "{}",
+        text(&verify)
+    );
+}
+
+fn server_sql(sql: &str) {
+    pg::server()
+        .sql(sql)
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+}
+
+#[test]
+fn an_unreachable_database_exits_6_naming_host_and_port_and_never_the_password() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://ledger:hunter2secret@127.0.0.1:{port}/postgres");
+    let out = on(&url, "partner_ledger", &["verify"]);
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains(&format!("127.0.0.1:{port}")), "{t}");
+    assert!(
+        !t.contains("hunter2secret"),
+        "the password is never printed: {t}"
+    );
+    // Nor in --help, whatever the environment holds.
+    let help = Command::new(BIN)
+        .env("PARTNER_LEDGER_STORE", &url)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(!text(&help).contains("hunter2secret"), "{}", text(&help));
+}
+
+#[test]
+fn a_schema_that_is_not_a_ledger_or_is_newer_is_refused_with_nothing_written() {
+    let server = pg::server();
+    let runtime = server.url(pg::RUNTIME_ROLE);
+    server_sql(
+        "CREATE SCHEMA not_a_ledger; CREATE TABLE not_a_ledger.orders (id int); \
+         GRANT USAGE ON SCHEMA not_a_ledger TO ledger_runtime",
+    );
+    let out = on(&runtime, "not_a_ledger", &["verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("not a partner-ledger schema"),
+        "{}",
+        text(&out)
+    );
+    let migrate = on(&server.url("postgres"), "not_a_ledger", &["migrate-schema"]);
+    assert_eq!(migrate.status.code(), Some(1), "{}", text(&migrate));
+
+    let data = tempfile::tempdir().unwrap();
+    let schema = pg::schema_for(data.path());
+    seed(data.path());
+    let events_before = stdout_lines(&run(data.path(), &["events"], None)).len();
+    assert!(events_before > 0);
+    server_sql(&format!(
+        "UPDATE {schema}.meta SET value = '99' WHERE key = 'schema_version'"
+    ));
+    let out = run(data.path(), &["exec", "-"], Some(b""));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("version 99"), "{}", text(&out));
+    let migrate = on(&server.url("postgres"), &schema, &["migrate-schema"]);
+    assert_eq!(
+        migrate.status.code(),
+        Some(1),
+        "a newer schema is not touched: {}",
+        text(&migrate)
+    );
+    server_sql(&format!(
+        "UPDATE {schema}.meta SET value = '1' WHERE key = 'schema_version'"
+    ));
+    assert_eq!(
+        stdout_lines(&run(data.path(), &["events"], None)).len(),
+        events_before,
+        "nothing was written"
+    );
+}
+
+#[test]
+fn two_ledgers_in_one_database_are_kept_apart_and_one_writer_at_a_time_is_named() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    pg::schema_for(a.path());
+    pg::schema_for(b.path());
+    seed(a.path());
+    assert!(stdout_lines(&run(b.path(), &["events"], None)).is_empty());
+    assert!(!stdout_lines(&run(a.path(), &["events"], None)).is_empty());
+
+    // A server holds ledger a: a second writer is refused with exit 4, naming the holder's process.
+    let mut server = crate::common::Server::launch(a.path(), &[], None).unwrap();
+    let out = run(a.path(), &["exec", "-"], Some(b""));
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("pid {}", server.pid())),
+        "{}",
+        text(&out)
+    );
+    // Ledger b is not held.
+    let other = run(b.path(), &["verify"], None);
+    assert!(other.status.success(), "{}", text(&other));
+    server.kill().unwrap();
+}
+
+#[test]
+fn a_ledger_moves_from_sled_to_postgres_and_back_with_an_identical_chain() {
+    let sled = tempfile::tempdir().unwrap();
+    for fixture in ["seed-story", "gdap-lifecycle"] {
+        let file = fixtures().join(fixture).join("commands.ndjson");
+        assert!(run(sled.path(), &["exec", file.to_str().unwrap()], None)
+            .status
+            .success());
+    }
+    let checkpoint = String::from_utf8(run(sled.path(), &["checkpoint"], None).stdout).unwrap();
+    let checkpoint = checkpoint.trim().to_string();
+    let backup = tempfile::NamedTempFile::new().unwrap();
+    let export = run(sled.path(), &["export"], None);
+    assert!(export.status.success());
+    std::fs::write(backup.path(), &export.stdout).unwrap();
+
+    let pg_ledger = tempfile::tempdir().unwrap();
+    pg::schema_for(pg_ledger.path());
+    let import = run(
+        pg_ledger.path(),
+        &["import", backup.path().to_str().unwrap()],
+        None,
+    );
+    assert!(import.status.success(), "{}", text(&import));
+    let against = run(
+        pg_ledger.path(),
+        &["verify", "--against", &checkpoint],
+        None,
+    );
+    assert!(against.status.success(), "{}", text(&against));
+    assert_eq!(
+        run(pg_ledger.path(), &["export"], None).stdout,
+        export.stdout,
+        "the same backup, byte for byte"
+    );
+
+    // And back into a new folder.
+    let back = tempfile::tempdir().unwrap();
+    let again = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        again.path(),
+        run(pg_ledger.path(), &["export"], None).stdout,
+    )
+    .unwrap();
+    let import = run(
+        back.path(),
+        &["import", again.path().to_str().unwrap()],
+        None,
+    );
+    assert!(import.status.success(), "{}", text(&import));
+    let against = run(back.path(), &["verify", "--against", &checkpoint], None);
+    assert!(against.status.success(), "{}", text(&against));
+
+    // A re-submitted command is a duplicate with its original positions on the copy, as on the original.
+    let seed_file = fixtures().join("seed-story/commands.ndjson");
+    let original = stdout_lines(&run(
+        sled.path(),
+        &["exec", seed_file.to_str().unwrap()],
+        None,
+    ));
+    let copy = stdout_lines(&run(
+        pg_ledger.path(),
+        &["exec", seed_file.to_str().unwrap()],
+        None,
+    ));
+    assert_eq!(original, copy);
+    assert!(
+        copy.iter()
+            .all(|o| o["duplicate"] == true || o["outcome"] != "committed"),
+        "{copy:?}"
+    );
+}
