@@ -183,10 +183,22 @@ pub async fn create(
     .unwrap_or_else(|_| Err(failed("creation")))
 }
 
+/// Runs a read of the consumers on a blocking thread: a database backend blocks while it waits for the answer.
+async fn read<T: Send + 'static>(
+    consumers: &Arc<Consumers>,
+    f: impl FnOnce(&Consumers) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let consumers = Arc::clone(consumers);
+    match tokio::task::spawn_blocking(move || f(&consumers)).await {
+        Ok(r) => r.map_err(ApiError::from),
+        Err(_) => Err(failed("reading")),
+    }
+}
+
 /// `GET /v1/consumers`: every consumer with its checkpoint and lag.
 pub async fn list(State(s): State<AppState>) -> Result<Response, ApiError> {
     let head = s.ledger.store().head().position;
-    let all = s.consumers.all().map_err(ApiError::from)?;
+    let all = read(&s.consumers, |c| c.all()).await?;
     Ok(Json(all.iter().map(|c| with_lag(c, head)).collect::<Vec<_>>()).into_response())
 }
 
@@ -195,7 +207,8 @@ pub async fn show(
     State(s): State<AppState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    match s.consumers.get(&name).map_err(ApiError::from)? {
+    let n = name.clone();
+    match read(&s.consumers, move |c| c.get(&n)).await? {
         Some(c) => Ok(Json(with_lag(&c, s.ledger.store().head().position)).into_response()),
         None => Err(no_consumer(&name)),
     }
@@ -235,7 +248,8 @@ pub async fn events(
     super::extract::ApiQuery(bounds): super::extract::ApiQuery<BoundParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Some(c) = s.consumers.get(&name).map_err(ApiError::from)? else {
+    let n = name.clone();
+    let Some(c) = read(&s.consumers, move |c| c.get(&n)).await? else {
         return Err(no_consumer(&name));
     };
     let head = s.ledger.store().head().position;

@@ -87,6 +87,15 @@ impl From<StoreError> for ApiError {
                 message.clone(),
             );
         }
+        if let StoreError::Unreachable { .. } = &e {
+            tracing::warn!(error = %e, "the database cannot be reached");
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                "the ledger's database cannot be reached right now; retry later (GET /healthz says when it is back)",
+            )
+            .header(header::RETRY_AFTER, "1");
+        }
         tracing::error!(error = %e, "storage failed while answering a request");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -40,9 +40,22 @@ pub(super) async fn index(State(s): State<AppState>) -> Response {
 pub(super) async fn healthz(State(s): State<AppState>) -> Response {
     let integrity = s.ledger.integrity();
     let damaged = integrity.status == crate::ledger::IntegrityStatus::Damaged;
-    let body = Json(json!({"status": if damaged { "damaged" } else { "ok" },
-        "head": s.ledger.store().head().position, "integrity": integrity}));
-    if damaged {
+    let ledger = std::sync::Arc::clone(&s.ledger);
+    let reachable = tokio::task::spawn_blocking(move || ledger.store().reachable())
+        .await
+        .unwrap_or_else(|_| Err("the check did not finish".into()));
+    let status = match (&reachable, damaged) {
+        (_, true) => "damaged",
+        (Err(_), false) => "unavailable",
+        (Ok(()), false) => "ok",
+    };
+    let mut body = json!({"status": status,
+        "head": s.ledger.store().head().position, "integrity": integrity});
+    if let Err(why) = reachable {
+        body["storage"] = json!(why);
+    }
+    let body = Json(body);
+    if status != "ok" {
         (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     } else {
         body.into_response()

@@ -58,7 +58,7 @@ impl Projector {
     }
 
     /// Rewrites the documents of everything that changed since the last write. A failure loses nothing: the
-    /// checkpoints stay behind and the next open catches up.
+    /// checkpoints stay behind, and the entities stay marked for the next round (or the next open).
     fn write_documents(&self, touched: &mut Touched) {
         if touched.is_empty() {
             return;
@@ -72,7 +72,10 @@ impl Projector {
             Projections::open(&*self.store).update(state, touched, position)
         });
         if let Err(e) = result {
-            tracing::warn!(error = %e, "read models could not be updated; they catch up at the next open");
+            // Kept: the next round writes them with whatever changed since, so no document is left behind a
+            // checkpoint that a later write moves past it.
+            tracing::warn!(error = %e, "read models could not be updated; retrying with the next round");
+            return;
         }
         *touched = Touched::default();
     }

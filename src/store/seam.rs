@@ -87,6 +87,11 @@ pub trait Store: EventStore {
     fn room_for(&self, bytes: u64) -> Result<(), String>;
     /// Whether an earlier storage failure stopped writes.
     fn is_failed(&self) -> bool;
+    /// Whether the storage can be used right now (`Err` says why not: a database that cannot be reached), for
+    /// `/healthz`. An embedded store always can.
+    fn reachable(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// Writes the history index's pending entries now (it is also written in the background and at close).
     fn flush_index(&self) -> Result<usize, StoreError>;
     /// How many committed commands the journal's index holds.

@@ -20,6 +20,7 @@ pub const RUNTIME_ROLE: &str = "ledger_runtime";
 pub struct Pg {
     pub port: u16,
     pub dir: PathBuf,
+    pg_ctl: PathBuf,
     /// The shell that runs the server and stops it when this process ends (never waited for: it outlives the tests).
     _supervisor: std::process::Child,
 }
@@ -84,6 +85,50 @@ fn as_postgres(program: &Path) -> Command {
 }
 
 impl Pg {
+    /// Starts the server (again), waiting until it accepts connections.
+    pub fn start_again(&self) {
+        let out = as_postgres(&self.pg_ctl)
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-o")
+            .arg(format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_buffers=32MB",
+                self.port,
+                self.dir.display()
+            ))
+            .arg("-l")
+            .arg(self.dir.join("log"))
+            .args(["-w", "start"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+        );
+    }
+
+    /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`).
+    pub fn stop_immediately(&self) {
+        let out = as_postgres(&self.pg_ctl)
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A server of the caller's own (one it may stop and start), with the runtime role created.
+    pub fn own() -> Pg {
+        Pg::start()
+    }
+
     fn start() -> Pg {
         let bin = bin_dir();
         let dir = std::env::temp_dir().join(format!(
@@ -122,13 +167,11 @@ impl Pg {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
-        // A supervisor shell runs the server and stops it (then removes its folder) once this test process is gone.
+        let pg_ctl = bin.join("pg_ctl");
+        // A supervisor shell stops the server (and removes its folder) once this test process is gone.
         let script = format!(
-            "{postgres} -D {data} -p {port} -k {dir} -c listen_addresses=127.0.0.1 -c max_connections=200 \
-             -c shared_buffers=32MB >{dir}/log 2>&1 & pg=$!; \
-             while [ -e /proc/{me} ] && kill -0 $pg 2>/dev/null; do sleep 0.5; done; \
-             kill -INT $pg 2>/dev/null; wait $pg; rm -rf {dir}",
-            postgres = bin.join("postgres").display(),
+            "while [ -e /proc/{me} ]; do sleep 0.5; done; {pg_ctl} -D {data} stop -m immediate >/dev/null 2>&1; rm -rf {dir}",
+            pg_ctl = pg_ctl.display(),
             data = data.display(),
             dir = dir.display(),
             me = std::process::id(),
@@ -151,8 +194,10 @@ impl Pg {
         let pg = Pg {
             port,
             dir,
+            pg_ctl,
             _supervisor: supervisor,
         };
+        pg.start_again();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             match postgres::Client::connect(&pg.url("postgres"), postgres::NoTls) {
@@ -196,10 +241,14 @@ pub fn server() -> &'static Pg {
     SERVER.get_or_init(Pg::start)
 }
 
-/// A new, empty ledger schema, migrated by the owner: its name.
+/// A new, empty ledger schema on the shared server, migrated by the owner: its name.
 pub fn fresh_schema() -> String {
+    fresh_schema_on(server())
+}
+
+/// A new, empty ledger schema on `pg`, migrated by the owner: its name.
+pub fn fresh_schema_on(pg: &Pg) -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    let pg = server();
     let schema = format!(
         "ledger_{}",
         NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
@@ -214,8 +263,9 @@ pub fn runtime_target(schema: &str) -> PgTarget {
     PgTarget::parse(&server().url(RUNTIME_ROLE), schema).unwrap()
 }
 
-fn folders() -> std::sync::MutexGuard<'static, HashMap<PathBuf, String>> {
-    static MAP: OnceLock<Mutex<HashMap<PathBuf, String>>> = OnceLock::new();
+/// Each folder standing for a PostgreSQL ledger: the runtime role's URL and the schema.
+fn folders() -> std::sync::MutexGuard<'static, HashMap<PathBuf, (String, String)>> {
+    static MAP: OnceLock<Mutex<HashMap<PathBuf, (String, String)>>> = OnceLock::new();
     MAP.get_or_init(|| Mutex::new(HashMap::new()))
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -225,19 +275,27 @@ fn folders() -> std::sync::MutexGuard<'static, HashMap<PathBuf, String>> {
 /// reopens its "folder" reopens its ledger. From then on, the binary run on that folder (`common::run`,
 /// `common::Server::launch`) runs on that schema.
 pub fn schema_for(dir: &Path) -> String {
-    if let Some(s) = folders().get(dir) {
+    if let Some((_, s)) = folders().get(dir) {
         return s.clone();
     }
     let schema = fresh_schema();
-    folders().insert(dir.to_path_buf(), schema.clone());
+    register(dir, server(), &schema);
     schema
+}
+
+/// Makes `dir` stand for the ledger in `schema` on `pg`.
+pub fn register(dir: &Path, pg: &Pg, schema: &str) {
+    folders().insert(
+        dir.to_path_buf(),
+        (pg.url(RUNTIME_ROLE), schema.to_string()),
+    );
 }
 
 /// The environment that points the binary at the PostgreSQL ledger standing for `dir`, if one does.
 pub fn env_for(dir: &Path) -> Option<Vec<(String, String)>> {
-    let schema = folders().get(dir)?.clone();
+    let (url, schema) = folders().get(dir)?.clone();
     Some(vec![
-        ("PARTNER_LEDGER_STORE".into(), server().url(RUNTIME_ROLE)),
+        ("PARTNER_LEDGER_STORE".into(), url),
         ("PARTNER_LEDGER_PG_SCHEMA".into(), schema),
     ])
 }

@@ -304,3 +304,157 @@ fn a_ledger_moves_from_sled_to_postgres_and_back_with_an_identical_chain() {
         "{copy:?}"
     );
 }
+
+const OP: &str =
+    r#"{"tenant":"00000000-0000-4000-8000-0000000000ff","user":"ops","role":"operator"}"#;
+
+fn register_customer(writer: usize, n: usize) -> (String, String) {
+    let id = format!("{writer:08x}-0000-4000-8000-{n:012x}");
+    let customer = format!("c{writer:07x}-0000-4000-8000-{n:012x}");
+    let line = format!(
+        r#"{{"type":"RegisterCustomer","command_id":"{id}","actor":{OP},"customer":"{customer}","company_name":"Customer {writer}-{n}","domain":"c{writer}x{n}.onmicrosoft.com","country":"NL","cloud":"public"}}"#
+    );
+    (id, line)
+}
+
+#[test]
+fn the_database_gone_mid_run_answers_unknown_and_writing_resumes_by_itself_exactly_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const WRITERS: usize = 4;
+    const EACH: usize = 250;
+    let pg = pg::Pg::own();
+    let schema = pg::fresh_schema_on(&pg);
+    let data = tempfile::tempdir().unwrap();
+    pg::register(data.path(), &pg, &schema);
+    let stderr = data.path().with_extension("stderr");
+    let server = crate::common::Server::launch(data.path(), &[], Some(&stderr)).unwrap();
+    let url = server.url();
+    let committed = Arc::new(AtomicUsize::new(0));
+    let unknown = Arc::new(AtomicUsize::new(0));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (client, url, committed, unknown) = (
+                client.clone(),
+                url.clone(),
+                Arc::clone(&committed),
+                Arc::clone(&unknown),
+            );
+            rt.spawn(async move {
+                let mut acked = Vec::new();
+                for n in 0..EACH {
+                    let (id, line) = register_customer(w, n);
+                    // Retried with the same command_id until it is answered committed (or a duplicate of it).
+                    loop {
+                        let answer = client
+                            .post(format!("{url}/v1/commands"))
+                            .header("content-type", "application/x-ndjson")
+                            .body(format!("{line}\n"))
+                            .send()
+                            .await;
+                        let text = match answer {
+                            Ok(r) => r.text().await.unwrap_or_default(),
+                            Err(_) => String::new(),
+                        };
+                        let o: serde_json::Value =
+                            serde_json::from_str(text.lines().next().unwrap_or("{}"))
+                                .unwrap_or_default();
+                        if o["outcome"] == "committed" {
+                            committed.fetch_add(1, Ordering::SeqCst);
+                            acked.push((id.clone(), o["positions"].clone()));
+                            break;
+                        }
+                        assert!(
+                            o["outcome"] == "unknown" || o.get("outcome").is_none(),
+                            "only unknown while the database is away: {text}"
+                        );
+                        unknown.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    while committed.load(Ordering::SeqCst) < 200 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    pg.stop_immediately();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let health = rt.block_on(async {
+        let r = client.get(format!("{url}/healthz")).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    });
+    assert_eq!(health.0, 503, "{}", health.1);
+    assert!(health.1.contains("\"unavailable\""), "{}", health.1);
+    let during = committed.load(Ordering::SeqCst);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        committed.load(Ordering::SeqCst),
+        during,
+        "nothing commits while the database is away"
+    );
+    pg.start_again();
+    let acked: Vec<(String, serde_json::Value)> = rt.block_on(async {
+        let mut all = Vec::new();
+        for w in writers {
+            all.extend(w.await.unwrap());
+        }
+        all
+    });
+    assert_eq!(acked.len(), WRITERS * EACH);
+    assert!(
+        unknown.load(Ordering::SeqCst) > 0,
+        "some commands were answered unknown"
+    );
+    let health = rt.block_on(async {
+        client
+            .get(format!("{url}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    assert_eq!(health, 200, "the server says it is back");
+    server.stop().unwrap();
+
+    let events = stdout_lines(&run(data.path(), &["events"], None));
+    let positions: Vec<u64> = events
+        .iter()
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(positions, (1..=positions.len() as u64).collect::<Vec<_>>());
+    let mut per_command = std::collections::HashMap::new();
+    for e in &events {
+        *per_command
+            .entry(e["command_id"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    for (id, answered) in &acked {
+        assert_eq!(per_command.get(id), Some(&1), "{id} committed exactly once");
+        let at = answered[0].as_u64().unwrap();
+        assert_eq!(
+            events[usize::try_from(at - 1).unwrap()]["command_id"],
+            id.as_str()
+        );
+    }
+    let verify = run(data.path(), &["verify"], None);
+    assert!(verify.status.success(), "{}", text(&verify));
+    // The read models missed nothing: the documents the projector could not write during the outage were written
+    // once the database was back, before their checkpoint moved past them.
+    let mut sql = postgres::Client::connect(&pg.url("postgres"), postgres::NoTls).unwrap();
+    let documents: i64 = sql
+        .query_one(
+            &format!("SELECT count(*) FROM {schema}.customer_documents"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(documents, i64::try_from(WRITERS * EACH).unwrap());
+}

@@ -13,6 +13,7 @@
 //! readers see events up to the settled head, never a batch still being answered. One process writes to a ledger at
 //! a time: it holds a session-level advisory lock on a connection of its own for as long as the store is open.
 
+mod append;
 mod documents;
 mod pool;
 pub mod schema;
@@ -268,8 +269,13 @@ const PAGE: i64 = 2048;
 pub struct PgStore {
     target: PgTarget,
     pool: Pool,
-    /// The connection appends go through; it holds the writer's advisory lock.
-    writer: Mutex<Client>,
+    /// The connection appends go through; it holds the writer's advisory lock. `None` after it was lost: the next
+    /// append opens another, takes the lock again and checks the head row before it writes.
+    writer: Mutex<Option<Client>>,
+    /// A batch whose COMMIT was sent but whose outcome could not be learnt (the database went away): its base and
+    /// its head. The next append first finds out which one the head row records.
+    uncertain: Mutex<Option<(Head, Head)>>,
+
     /// The last settled event: what readers see.
     head: Mutex<Head>,
     /// The last event written (committed, perhaps not settled yet).
@@ -316,7 +322,9 @@ impl PgStore {
             target: target.clone(),
             documents: documents::Documents::new(pool.clone()),
             pool,
-            writer: Mutex::new(writer),
+            writer: Mutex::new(Some(writer)),
+            uncertain: Mutex::new(None),
+
             head: Mutex::new(Head::genesis()),
             written: Mutex::new(Head::genesis()),
             written_commands: AtomicU64::new(0),
@@ -445,92 +453,6 @@ impl PgStore {
             buffer.pop_front().map(Ok)
         })
     }
-
-    /// Writes a sealed batch in one transaction and commits it (durable on return).
-    fn write_batch(&self, batch: &SealedBatch) -> Result<u64, StoreError> {
-        let mut client = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let n = i64::try_from(batch.journal.len()).unwrap_or(i64::MAX);
-        let mut tx = client
-            .transaction()
-            .map_err(self.err("cannot begin the append"))?;
-        let moved = tx
-            .query_opt(
-                "UPDATE head SET position = $1, hash = $2, commands = commands + $3
-                 WHERE position = $4 AND hash = $5 RETURNING commands - $3",
-                &[
-                    &pos(batch.new_head.position),
-                    &batch.new_head.hash,
-                    &n,
-                    &pos(batch.base.position),
-                    &batch.base.hash,
-                ],
-            )
-            .map_err(self.err("the append failed (head row)"))?;
-        let Some(row) = moved else {
-            return Err(StoreError::Conflict {
-                message: format!(
-                    "the head row no longer records position {} with this writer's hash",
-                    batch.base.position
-                ),
-            });
-        };
-        let first_seq: i64 = row.get(0);
-        let positions: Vec<i64> = batch.rows.iter().map(|(p, _)| pos(*p)).collect();
-        let envelopes: Vec<&str> = batch
-            .rows
-            .iter()
-            .map(|(_, raw)| std::str::from_utf8(raw).unwrap_or_default())
-            .collect();
-        tx.execute(
-            "INSERT INTO events (position, envelope) SELECT * FROM unnest($1::bigint[], $2::text[])",
-            &[&positions, &envelopes],
-        )
-        .map_err(self.err("the append failed (events)"))?;
-        let (mut kinds, mut ids, mut at) = (Vec::new(), Vec::new(), Vec::new());
-        for (p, entities) in &batch.index {
-            for e in entities {
-                let (k, id) = entity_key(e);
-                kinds.push(k);
-                ids.push(id);
-                at.push(pos(*p));
-            }
-        }
-        tx.execute(
-            "INSERT INTO history (kind, id, position)
-             SELECT * FROM unnest($1::\"char\"[], $2::uuid[], $3::bigint[]) ON CONFLICT DO NOTHING",
-            &[&kinds, &ids, &at],
-        )
-        .map_err(self.err("the append failed (history index)"))?;
-        let keys: Vec<uuid::Uuid> = batch.journal.iter().map(|c| c.command_id.uuid()).collect();
-        let seqs: Vec<i64> = (0..n).map(|i| first_seq + 1 + i).collect();
-        let prints: Vec<Option<Vec<u8>>> = batch
-            .journal
-            .iter()
-            .map(|c| c.fingerprint.map(|f| f.to_vec()))
-            .collect();
-        let firsts: Vec<i64> = batch.journal.iter().map(|c| pos(c.first)).collect();
-        let counts: Vec<i32> = batch
-            .journal
-            .iter()
-            .map(|c| i32::try_from(c.count).unwrap_or(i32::MAX))
-            .collect();
-        tx.execute(
-            "INSERT INTO commands (key, seq, fingerprint, first_position, event_count)
-             SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bytea[], $4::bigint[], $5::int[])",
-            &[&keys, &seqs, &prints, &firsts, &counts],
-        )
-        .map_err(self.err("the append failed (command journal)"))?;
-        tx.commit().map_err(|e| {
-            // The outcome of a COMMIT that failed on its way is unknown: the caller stops writing.
-            StoreError::Postgres {
-                place: self.target.to_string(),
-                context: "COMMIT failed; the batch may or may not be in the log".into(),
-                message: message_of(&e),
-            }
-        })?;
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        Ok(u64::try_from(first_seq).unwrap_or(0) + batch.journal.len() as u64)
-    }
 }
 
 /// A position as PostgreSQL's `bigint`.
@@ -632,44 +554,7 @@ impl EventStore for PgStore {
 
 impl Store for PgStore {
     fn stage(&self, batch: SealedBatch) -> Result<StagedBatch, StoreError> {
-        if self.failed.load(Ordering::SeqCst) {
-            return Err(StoreError::FailStopped);
-        }
-        let written = self.staged_head();
-        if written != batch.base {
-            return Err(StoreError::Corrupt {
-                position: Some(batch.base.position.next()),
-                message: format!(
-                    "a batch prepared after position {} was offered at position {}",
-                    batch.base.position, written.position
-                ),
-            });
-        }
-        match self.write_batch(&batch) {
-            Ok(commands) => {
-                self.written_commands.store(commands, Ordering::SeqCst);
-                *self.written.lock().unwrap_or_else(|e| e.into_inner()) = batch.new_head.clone();
-                Ok(StagedBatch {
-                    events: batch.rows.len(),
-                    journal_seq: commands - batch.journal.len() as u64 + 1,
-                    journal: batch.journal,
-                    index: batch.index,
-                    new_head: batch.new_head,
-                    positions: batch.positions,
-                })
-            }
-            Err(e @ StoreError::Conflict { .. }) => self.fail(e),
-            Err(e) => {
-                // Before COMMIT was sent, the transaction rolled back and left nothing. After it, look: a head row
-                // still at the base means nothing was written and writing goes on; anything else stops writes.
-                match self.head_row() {
-                    Ok((h, _)) if h == batch.base => Err(StoreError::WriteFailed {
-                        message: e.to_string(),
-                    }),
-                    _ => self.fail(e),
-                }
-            }
-        }
+        self.stage_batch(batch)
     }
 
     fn settle(&self, batches: Vec<StagedBatch>) -> Result<(), StoreError> {
@@ -809,6 +694,15 @@ impl Store for PgStore {
 
     fn is_failed(&self) -> bool {
         self.failed.load(Ordering::SeqCst)
+    }
+
+    /// One round trip on a pooled connection.
+    fn reachable(&self) -> Result<(), String> {
+        let mut client = self.pool.get().map_err(|e| e.to_string())?;
+        client.simple_query("SELECT 1").map(|_| ()).map_err(|e| {
+            self.pool.clear();
+            pg_error(&self.target, "the database does not answer", &e).to_string()
+        })
     }
 
     /// The history index is written with the events.

@@ -36,6 +36,11 @@ impl Pool {
         &self.target
     }
 
+    /// Drops the idle connections (after the database was found gone: they are as dead).
+    pub(super) fn clear(&self) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// An idle connection, or a new one.
     pub(super) fn get(&self) -> Result<Pooled, StoreError> {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
