@@ -196,11 +196,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     rows.len()
                 );
             }
+            let stdout = std::io::stdout();
+            let mut w = std::io::BufWriter::new(stdout.lock());
             for r in rows {
-                if json {
-                    println!("{}", serde_json::to_string(&r)?);
+                let line = if json {
+                    serde_json::to_string(&r)?
                 } else {
-                    println!(
+                    format!(
                         "  {}  \"{}\"  {} on {}  {}",
                         r.ends_at,
                         r.name,
@@ -211,8 +213,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         } else {
                             "expires"
                         }
-                    );
+                    )
+                };
+                // A closed pipe (`| head`) ends the listing quietly.
+                if !out(&mut w, line.as_bytes())? {
+                    break;
                 }
+            }
+            match w.flush() {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+                _ => {}
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -58,7 +58,7 @@ fn migrate_schema_creates_a_ledger_the_runtime_role_can_append_to_but_never_chan
     );
     assert!(again.status.success(), "{}", text(&again));
     assert!(
-        text(&again).contains("at version 1 already"),
+        text(&again).contains("at version 2 already"),
         "{}",
         text(&again)
     );
@@ -198,7 +198,7 @@ fn a_schema_that_is_not_a_ledger_or_is_newer_is_refused_with_nothing_written() {
         text(&migrate)
     );
     server_sql(&format!(
-        "UPDATE {schema}.meta SET value = '1' WHERE key = 'schema_version'"
+        "UPDATE {schema}.meta SET value = '2' WHERE key = 'schema_version'"
     ));
     assert_eq!(
         stdout_lines(&run(data.path(), &["events"], None)).len(),
@@ -385,15 +385,32 @@ fn the_database_gone_mid_run_answers_unknown_and_writing_resumes_by_itself_exact
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     pg.stop_immediately();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::thread::sleep(std::time::Duration::from_millis(1000));
     let health = rt.block_on(async {
         let r = client.get(format!("{url}/healthz")).send().await.unwrap();
         (r.status().as_u16(), r.text().await.unwrap())
     });
     assert_eq!(health.0, 503, "{}", health.1);
     assert!(health.1.contains("\"unavailable\""), "{}", health.1);
+    // A read that needs the database answers 503 in the one error shape, saying to retry.
+    let read = rt.block_on(async {
+        let r = client
+            .get(format!("{url}/v1/consumers"))
+            .send()
+            .await
+            .unwrap();
+        let retry = r.headers().get("retry-after").is_some();
+        (
+            r.status().as_u16(),
+            retry,
+            r.json::<serde_json::Value>().await.unwrap(),
+        )
+    });
+    assert_eq!((read.0, read.1), (503, true), "{}", read.2);
+    assert_eq!(read.2["error"], "storage_unavailable", "{}", read.2);
     let during = committed.load(Ordering::SeqCst);
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Longer than the writer looks into a lost COMMIT (5 s), so commands are answered unknown meanwhile.
+    std::thread::sleep(std::time::Duration::from_millis(5500));
     assert_eq!(
         committed.load(Ordering::SeqCst),
         during,
@@ -457,4 +474,295 @@ fn the_database_gone_mid_run_answers_unknown_and_writing_resumes_by_itself_exact
         .unwrap()
         .get(0);
     assert_eq!(documents, i64::try_from(WRITERS * EACH).unwrap());
+}
+
+/// The SQL queries docs/postgres.md documents, by the name on their first line (`-- name: …`).
+fn documented_queries() -> std::collections::HashMap<String, String> {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/postgres.md"),
+    )
+    .unwrap();
+    let mut out = std::collections::HashMap::new();
+    for block in doc.split("```sql\n").skip(1) {
+        let sql = block.split("```").next().unwrap();
+        let name = sql
+            .strip_prefix("-- ")
+            .and_then(|l| l.split(':').next())
+            .unwrap_or_else(|| panic!("a documented query starts with `-- name:`: {sql}"));
+        out.insert(name.to_string(), sql.to_string());
+    }
+    out
+}
+
+/// Runs a documented query with its parameters (test values: ids and instants) as rows of JSON.
+fn sql_rows(
+    sql: &mut postgres::Client,
+    schema: &str,
+    query: &str,
+    params: &[&str],
+) -> Vec<serde_json::Value> {
+    let mut q = query.trim().trim_end_matches(';').to_string();
+    for (i, p) in params.iter().enumerate().rev() {
+        q = q.replace(&format!("${}", i + 1), &format!("'{p}'"));
+    }
+    sql.batch_execute(&format!("SET search_path = {schema}; SET TIME ZONE 'UTC'"))
+        .unwrap();
+    sql.query(&format!("SELECT row_to_json(q)::text FROM ({q}) q"), &[])
+        .unwrap_or_else(|e| panic!("{q}: {e:?}"))
+        .into_iter()
+        .map(|r| serde_json::from_str(&r.get::<_, String>(0)).unwrap())
+        .collect()
+}
+
+/// An instant as seconds, whichever way it was written (`Z` or `+00:00`).
+fn instant(v: &serde_json::Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_default())
+        .map(|t| t.timestamp())
+        .unwrap_or_else(|e| panic!("{v}: {e}"))
+}
+
+#[test]
+fn the_documented_sql_queries_answer_what_the_views_answer() {
+    let queries = documented_queries();
+    assert!(queries.len() >= 5, "{:?}", queries.keys());
+    let data = tempfile::tempdir().unwrap();
+    let schema = pg::schema_for(data.path());
+    let workload = data.path().with_extension("ndjson");
+    let generated = Command::new(BIN)
+        .args(["generate", "--commands", "4000", "--seed", "11"])
+        .output()
+        .unwrap();
+    std::fs::write(&workload, &generated.stdout).unwrap();
+    let exec = run(data.path(), &["exec", workload.to_str().unwrap()], None);
+    assert!(exec.status.success(), "{}", text(&exec));
+    let mut sql =
+        postgres::Client::connect(&pg::server().url("postgres"), postgres::NoTls).unwrap();
+
+    // The expiring view comes from the CLI (the HTTP API has none): every active GDAP relationship ending in the 60
+    // days after the ledger's latest business time.
+    let latest = stdout_lines(&run(data.path(), &["events"], None))
+        .last()
+        .unwrap()["at"]
+        .clone();
+    let from = latest.as_str().unwrap().to_string();
+    let until = chrono::DateTime::parse_from_rfc3339(&from).unwrap() + chrono::Duration::days(60);
+    let until = until.to_rfc3339();
+    let cli = stdout_lines(&run(
+        data.path(),
+        &["expiring", "--days", "60", "--at", &from, "--json"],
+        None,
+    ));
+    let sql_expiring = sql_rows(
+        &mut sql,
+        &schema,
+        &queries["gdap-ending-soon"],
+        &[&from, &until],
+    );
+    let key = |v: &serde_json::Value| {
+        (
+            v["admin_relationship"].as_str().unwrap().to_string(),
+            instant(&v["ends_at"]),
+        )
+    };
+    assert_eq!(
+        sql_expiring.iter().map(key).collect::<Vec<_>>(),
+        cli.iter().map(key).collect::<Vec<_>>(),
+        "gdap-ending-soon"
+    );
+    assert!(
+        !cli.is_empty(),
+        "the workload has GDAP relationships ending in the window"
+    );
+
+    // The views as the CLI answers them (`customer --json`, `partner --json`: the same query layer as the HTTP API). A
+    // server would first advance the business clock to today's date, expiring every GDAP relationship of the 2024
+    // workload before the comparison.
+    let get = |args: &[&str]| -> serde_json::Value {
+        let out = run(data.path(), args, None);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let customers = sql_rows(
+        &mut sql,
+        &schema,
+        "SELECT customer FROM customers ORDER BY customer LIMIT 40",
+        &[],
+    );
+    assert_eq!(customers.len(), 40);
+    let mut compared = [0usize; 2];
+    for c in &customers {
+        let id = c["customer"].as_str().unwrap();
+        let view = get(&["customer", id, "--json"]);
+        let from_sql: Vec<_> = sql_rows(&mut sql, &schema, &queries["partners-of-customer"], &[id])
+            .iter()
+            .map(|r| {
+                (
+                    r["partner"].clone(),
+                    r["name"].clone(),
+                    r["status"].clone(),
+                    instant(&r["since"]),
+                    r["dap"].clone(),
+                )
+            })
+            .collect();
+        // The view also names partners without a relationship (`"relationship": "none"`, a request still pending,
+        // say); the SQL view holds relationships.
+        let mut from_api: Vec<_> = view["partners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["relationship"] != "none")
+            .map(|p| {
+                (
+                    p["partner"].clone(),
+                    p["name"].clone(),
+                    p["relationship"].clone(),
+                    instant(&p["since"]),
+                    p["delegated_admin"]["dap"].clone(),
+                )
+            })
+            .collect();
+        from_api.sort_by_key(|t| (t.3, t.0.to_string()));
+        assert_eq!(from_sql, from_api, "partners-of-customer {id}");
+        compared[0] += from_sql.len();
+
+        let licences = sql_rows(&mut sql, &schema, &queries["licences-of-customer"], &[id]);
+        let pick = |s: &serde_json::Value| {
+            [
+                "subscription",
+                "offer",
+                "quantity",
+                "status",
+                "partner_of_record",
+                "billing_partner",
+            ]
+            .map(|k| s[k].clone())
+        };
+        let mut api_licences: Vec<_> = view["subscriptions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["kind"] == "licence")
+            .map(pick)
+            .collect();
+        api_licences.sort_by_key(|s| s[0].to_string());
+        assert_eq!(
+            licences.iter().map(pick).collect::<Vec<_>>(),
+            api_licences,
+            "licences-of-customer {id}"
+        );
+        compared[1] += licences.len();
+    }
+    assert!(
+        compared.iter().all(|n| *n > 0),
+        "the sample holds relationships and licences: {compared:?}"
+    );
+
+    let partners = sql_rows(
+        &mut sql,
+        &schema,
+        "SELECT partner FROM partners ORDER BY partner LIMIT 15",
+        &[],
+    );
+    let mut gdap_customers = 0;
+    for p in &partners {
+        let id = p["partner"].as_str().unwrap();
+        let view = get(&["partner", id, "--json"]);
+        let served: Vec<_> = view["customers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["relationship"] == "active")
+            .collect();
+        let mut api: Vec<_> = served.iter().map(|c| c["customer"].clone()).collect();
+        api.sort_by_key(|v| v.to_string());
+        let rows = sql_rows(&mut sql, &schema, &queries["customers-of-partner"], &[id]);
+        assert_eq!(
+            rows.iter()
+                .map(|r| r["customer"].clone())
+                .collect::<Vec<_>>(),
+            api,
+            "customers-of-partner {id}"
+        );
+        let mut api_ending: Vec<_> = served
+            .iter()
+            .filter(|c| {
+                c["delegated_admin"]["admin_relationships"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|a| {
+                        a["status"] == "active"
+                            && instant(&a["ends_at"]) < instant(&serde_json::json!(until))
+                    })
+            })
+            .map(|c| c["customer"].clone())
+            .collect();
+        api_ending.sort_by_key(|v| v.to_string());
+        let rows = sql_rows(
+            &mut sql,
+            &schema,
+            &queries["partner-gdap-customers-ending"],
+            &[id, &until],
+        );
+        assert_eq!(
+            rows.iter()
+                .map(|r| r["customer"].clone())
+                .collect::<Vec<_>>(),
+            api_ending,
+            "partner-gdap-customers-ending {id}"
+        );
+        gdap_customers += rows.len();
+    }
+    assert!(
+        gdap_customers > 0,
+        "the sample's partners have GDAP relationships ending in the window"
+    );
+}
+
+#[test]
+fn an_older_schema_asks_for_migrate_schema_and_the_owner_brings_it_up_to_date() {
+    let data = tempfile::tempdir().unwrap();
+    let schema = pg::schema_for(data.path());
+    seed(data.path());
+    // What version 1 was: the tables without the views.
+    server_sql(&format!(
+        "DROP VIEW {schema}.customers, {schema}.partners, {schema}.customer_partners, \
+         {schema}.admin_relationships, {schema}.subscriptions; \
+         UPDATE {schema}.meta SET value = '1' WHERE key = 'schema_version'"
+    ));
+    let refused = run(data.path(), &["verify"], None);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("migrate-schema"),
+        "{}",
+        text(&refused)
+    );
+    let owner = pg::server().url("postgres");
+    let migrated = on(
+        &owner,
+        &schema,
+        &["migrate-schema", "--runtime-role", pg::RUNTIME_ROLE],
+    );
+    assert!(migrated.status.success(), "{}", text(&migrated));
+    assert!(
+        text(&migrated).contains("from version 1 to 2"),
+        "{}",
+        text(&migrated)
+    );
+    let verify = run(data.path(), &["verify"], None);
+    assert!(verify.status.success(), "{}", text(&verify));
+    let mut as_runtime =
+        postgres::Client::connect(&pg::server().url(pg::RUNTIME_ROLE), postgres::NoTls).unwrap();
+    let n: i64 = as_runtime
+        .query_one(
+            &format!("SELECT count(*) FROM {schema}.customer_partners"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        n, 2,
+        "Contoso's two partners, through the view version 2 added"
+    );
 }

@@ -14,7 +14,7 @@ use super::{pg_error, PgTarget};
 use crate::store::StoreError;
 
 /// The schema version this build reads and writes.
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 
 /// What each migration runs, in order: migration N brings the schema from version N−1 to N. `{runtime}` is the
 /// runtime role (quoted identifier), granted what it may do.
@@ -115,6 +115,64 @@ CREATE TRIGGER refusals_append_only BEFORE UPDATE OR DELETE ON refusals
 CREATE TRIGGER refusals_no_truncate BEFORE TRUNCATE ON refusals
     FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
 "#,
+    // 2: views over the read models' documents, for operators' SQL (docs/postgres.md). They read what the documents
+    // hold: the state as of the read models' checkpoint (`read_model_checkpoints`), a second or so behind the head.
+    r#"
+CREATE VIEW customers AS
+SELECT d.customer,
+       c->>'company_name' AS company_name,
+       c->>'domain' AS domain,
+       c->>'country' AS country,
+       c->>'cloud' AS cloud,
+       (c->>'agreement_accepted')::boolean AS agreement_accepted
+FROM customer_documents d, jsonb_array_elements(d.document->'customers') c
+WHERE (c->>'id')::uuid = d.customer;
+
+CREATE VIEW partners AS
+SELECT d.partner,
+       p->>'name' AS name,
+       p->>'kind' AS kind,
+       p->>'program_id' AS program_id,
+       p->>'country' AS country,
+       p->>'cloud' AS cloud
+FROM partner_documents d, jsonb_array_elements(d.document->'partners') p
+WHERE (p->>'id')::uuid = d.partner;
+
+CREATE VIEW customer_partners AS
+SELECT d.customer,
+       (r->>0)::uuid AS partner,
+       r->2->>'status' AS status,
+       (r->2->>'since')::timestamptz AS since,
+       (r->2->>'dap')::boolean AS dap
+FROM customer_documents d, jsonb_array_elements(d.document->'relationships') r
+WHERE (r->>1)::uuid = d.customer;
+
+CREATE VIEW admin_relationships AS
+SELECT (a->>'id')::uuid AS admin_relationship,
+       d.customer,
+       (a->>'partner')::uuid AS partner,
+       a->>'name' AS name,
+       a->>'status' AS status,
+       (a->>'ends_at')::timestamptz AS ends_at,
+       (a->>'auto_extend')::boolean AS auto_extend,
+       (a->>'duration_days')::integer AS duration_days,
+       ARRAY(SELECT jsonb_array_elements_text(a->'roles'))::uuid[] AS roles
+FROM customer_documents d, jsonb_array_elements(d.document->'admin') a
+WHERE (a->>'customer')::uuid = d.customer;
+
+CREATE VIEW subscriptions AS
+SELECT (s->>'id')::uuid AS subscription,
+       d.customer,
+       s->>'kind' AS kind,
+       s->>'offer' AS offer,
+       s->>'friendly_name' AS friendly_name,
+       (s->>'quantity')::integer AS quantity,
+       s->>'status' AS status,
+       (s->>'partner_of_record')::uuid AS partner_of_record,
+       (s->>'billing_partner')::uuid AS billing_partner
+FROM customer_documents d, jsonb_array_elements(d.document->'subscriptions') s
+WHERE (s->>'customer')::uuid = d.customer;
+"#,
 ];
 
 /// What the runtime role may do, granted by every migration run (idempotent).
@@ -126,6 +184,7 @@ GRANT SELECT, UPDATE ON head TO {runtime};
 GRANT SELECT, INSERT ON events, history, commands, refusals, refusal_entities TO {runtime};
 GRANT SELECT, INSERT, UPDATE, DELETE ON consumers, snapshot, read_model_checkpoints, customer_documents,
     partner_documents, partner_customers, expiring_days TO {runtime};
+GRANT SELECT ON customers, partners, customer_partners, admin_relationships, subscriptions TO {runtime};
 "#;
 
 /// Whether `name` is an identifier we accept for a schema or a role: lowercase letters, digits and `_`, not starting
