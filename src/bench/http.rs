@@ -30,6 +30,11 @@ impl Server {
         let mut child = Command::new(exe)
             .arg("--data")
             .arg(data)
+            .envs(
+                crate::store::default_postgres()
+                    .map(|t| t.child_env().to_vec())
+                    .unwrap_or_default(),
+            )
             .args([
                 "serve",
                 "--listen",

@@ -60,6 +60,7 @@ pub struct Summary {
 pub mod big;
 pub mod growth;
 pub mod growth_report;
+pub mod postgres;
 pub mod report;
 
 use std::path::PathBuf;
@@ -301,7 +302,11 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
         report::plot(&results, &svg)?;
         // A growth section written by `--growth` is kept.
         let old = std::fs::read_to_string(out).unwrap_or_default();
-        let page = growth_report::keeping_section(&old, report::markdown(&results, &svg_name));
+        let mut page = growth_report::keeping_section(&old, report::markdown(&results, &svg_name));
+        // So is the PostgreSQL section written by `bench --postgres`.
+        if let Some(pg) = postgres::section_of(&old) {
+            page = format!("{}\n\n{pg}", page.trim_end());
+        }
         std::fs::write(out, page)?;
         step(&format!("wrote {} and {}", out.display(), svg.display()));
     }

@@ -334,6 +334,12 @@ pub enum Command {
         /// section of the page. With --quick and no sizes: 2000,5000. The 10M-event ledger alone takes about 15 minutes.
         #[arg(long, value_name = "SIZES", value_delimiter = ',', num_args = 0..)]
         growth: Option<Vec<usize>>,
+        /// Instead of the standard suite, the PostgreSQL suite, on the database --store names (its role must be
+        /// allowed to create schemas: each run's ledger gets one, dropped afterwards): throughput in process and over
+        /// HTTP, the per-command baseline, catch-up and open time (--big commands, default 1,000,000; --quick: small
+        /// sizes). With --out it rewrites only that section of the page.
+        #[arg(long, conflicts_with = "growth")]
+        postgres: bool,
     },
     /// Prints a realistic, deterministic workload of NDJSON commands (for trials and measurements).
     Generate {

@@ -277,7 +277,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             big,
             commands,
             growth,
+            postgres: on_postgres,
         } => {
+            if on_postgres {
+                let Some(target) = postgres else {
+                    anyhow::bail!("bench --postgres measures a PostgreSQL server: name it with --store postgres://…");
+                };
+                let (commands, big) = if quick {
+                    (commands.unwrap_or(2_000), big.unwrap_or(5_000))
+                } else {
+                    (commands.unwrap_or(20_000), big.unwrap_or(1_000_000))
+                };
+                crate::bench::postgres::run(&target, commands, big, out.as_deref())?;
+                return Ok(ExitCode::SUCCESS);
+            }
             if let Some(mut sizes) = growth {
                 if sizes.is_empty() {
                     anyhow::ensure!(

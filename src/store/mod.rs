@@ -292,6 +292,14 @@ pub fn set_default_postgres(target: Option<postgres::PgTarget>) {
     *DEFAULT_POSTGRES.lock().unwrap_or_else(|e| e.into_inner()) = target;
 }
 
+/// The PostgreSQL ledger this process opens by default (`--store`), if any.
+pub fn default_postgres() -> Option<postgres::PgTarget> {
+    DEFAULT_POSTGRES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
+
 /// Where a ledger opened with default options from `dir` lives, for messages: the PostgreSQL host, database and
 /// schema (never the password) when `--store` named one, otherwise the folder.
 pub fn describe(dir: &Path) -> String {

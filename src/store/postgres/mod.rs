@@ -23,7 +23,7 @@ use std::sync::Mutex;
 
 use postgres::Client;
 
-use super::journal::Committed;
+use super::journal::{Commands, Committed};
 use super::sealed::{SealedBatch, StagedBatch};
 use super::{
     CommandRecord, CommitEntry, ConsumerStore, Envelope, EventStore, Head, ReadModelStore,
@@ -37,6 +37,8 @@ use pool::Pool;
 #[derive(Clone)]
 pub struct PgTarget {
     config: postgres::Config,
+    /// The URL as given, for a child process of this one (through its environment, never its command line).
+    url: String,
     pub schema: String,
 }
 
@@ -115,8 +117,31 @@ impl PgTarget {
         config.connect_timeout(std::time::Duration::from_secs(10));
         Ok(PgTarget {
             config,
+            url: url.to_string(),
             schema: schema.to_string(),
         })
+    }
+
+    /// The same database, another schema.
+    pub fn with_schema(&self, schema: &str) -> Result<PgTarget, String> {
+        PgTarget::parse(&self.url, schema)
+    }
+
+    /// The environment that points a child process (`partner-ledger serve`) at this ledger: the URL travels in the
+    /// environment, never on a command line where `ps` shows it.
+    pub fn child_env(&self) -> [(&'static str, String); 2] {
+        [
+            ("PARTNER_LEDGER_STORE", self.url.clone()),
+            ("PARTNER_LEDGER_PG_SCHEMA", self.schema.clone()),
+        ]
+    }
+
+    /// Drops this schema and everything in it: for the benchmark's own throwaway ledgers only.
+    pub fn drop_schema(&self) -> Result<(), StoreError> {
+        let mut client = self.connect()?;
+        client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
+            .map_err(|e| pg_error(self, "cannot drop a benchmark schema", &e))
     }
 
     /// Opens a connection.
@@ -283,6 +308,9 @@ pub struct PgStore {
     /// Commands committed (the head row's count) as of the written and the settled head.
     written_commands: AtomicU64,
     settled_commands: AtomicU64,
+    /// Every settled command's idempotency key (20 bytes a command), so that the writer's "was this command_id
+    /// committed?" costs a lookup, not a round trip; a hit reads the command's row.
+    commands: Commands,
     failed: AtomicBool,
     documents: documents::Documents,
     batches: AtomicU64,
@@ -329,6 +357,7 @@ impl PgStore {
             written: Mutex::new(Head::genesis()),
             written_commands: AtomicU64::new(0),
             settled_commands: AtomicU64::new(0),
+            commands: Commands::default(),
             failed: AtomicBool::new(false),
             batches: AtomicU64::new(0),
             commits: AtomicU64::new(0),
@@ -341,6 +370,7 @@ impl PgStore {
         store.written_commands.store(commands, Ordering::SeqCst);
         store.settled_commands.store(commands, Ordering::SeqCst);
         store.documents.load_refusal_count()?;
+        store.load_command_keys()?;
         if options.check_on_open {
             store.recover_head(&head, options.tail_check)?;
         }
@@ -367,6 +397,30 @@ impl PgStore {
             },
             u64::try_from(commands).unwrap_or(0),
         ))
+    }
+
+    /// Reads every committed command's key into memory, a page at a time.
+    fn load_command_keys(&self) -> Result<(), StoreError> {
+        let mut found = Vec::new();
+        let mut after = 0i64;
+        loop {
+            let rows = self
+                .pool
+                .get()?
+                .query(
+                    "SELECT key, seq FROM commands WHERE seq > $1 ORDER BY seq LIMIT 100000",
+                    &[&after],
+                )
+                .map_err(self.err("cannot read the command journal"))?;
+            let Some(last) = rows.last() else { break };
+            after = last.get(1);
+            found.extend(
+                rows.iter()
+                    .map(|r| (*r.get::<_, uuid::Uuid>(0).as_bytes(), 0u32)),
+            );
+        }
+        self.commands.load(found);
+        Ok(())
     }
 
     /// The head row checked against the last event; the newest `tail` events re-verified.
@@ -473,6 +527,9 @@ impl EventStore for PgStore {
     }
 
     fn command(&self, id: CommandId) -> Result<Option<CommandRecord>, StoreError> {
+        if self.commands.record_of(id).is_none() {
+            return Ok(None);
+        }
         let settled = i64::try_from(self.settled_commands.load(Ordering::SeqCst)).unwrap_or(0);
         let row = self
             .pool
@@ -571,6 +628,7 @@ impl Store for PgStore {
             self.appended.fetch_add(b.events as u64, Ordering::Relaxed);
             self.commands_committed
                 .fetch_add(b.journal.len() as u64, Ordering::Relaxed);
+            self.commands.add(0, &b.journal);
         }
         self.settled_commands.store(commands, Ordering::SeqCst);
         *self.head.lock().unwrap_or_else(|e| e.into_inner()) = new_head;
