@@ -68,6 +68,7 @@ async fn view<V: serde::Serialize + Send + 'static>(
             "not_found",
             format!("{what} is not in this ledger"),
         )),
+        Ok(Err(e @ crate::store::StoreError::Unreachable { .. })) => Err(ApiError::from(e)),
         Ok(Err(e)) => {
             tracing::error!(error = %e, "read failed");
             Err(failed())

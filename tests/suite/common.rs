@@ -15,11 +15,12 @@ pub fn fixtures() -> PathBuf {
 /// Runs the binary against `data` with `args`, feeding `stdin`.
 pub fn run(data: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
     use std::io::Write;
-    let mut child = Command::new(BIN)
+    let mut command = Command::new(BIN);
+    crate::pg::point(&mut command, data);
+    let mut child = command
         .arg("--data")
         .arg(data)
         .args(args)
-        .envs(crate::pg::env_for(data).unwrap_or_default())
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -85,10 +86,11 @@ impl Server {
             Some(p) => Stdio::from(std::fs::File::create(p).map_err(|e| e.to_string())?),
             None => Stdio::null(),
         };
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        crate::pg::point(&mut command, data);
+        let mut child = command
             .arg("--data")
             .arg(data)
-            .envs(crate::pg::env_for(data).unwrap_or_default())
             .args([
                 "serve",
                 "--listen",
@@ -179,10 +181,11 @@ pub fn spawn_serve(
     String,
 ) {
     use std::io::BufRead;
-    let mut child = Command::new(BIN)
+    let mut command = Command::new(BIN);
+    crate::pg::point(&mut command, data);
+    let mut child = command
         .arg("--data")
         .arg(data)
-        .envs(crate::pg::env_for(data).unwrap_or_default())
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args(extra)
         .stdout(Stdio::piped())

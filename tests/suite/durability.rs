@@ -25,10 +25,11 @@ fn register_line(n: u64) -> (String, String) {
 /// One round: stream commands into `exec -`, kill -9 after at least `min_acks` acknowledgements with more in flight,
 /// and return the acknowledged command ids with their positions.
 fn kill_round(data: &std::path::Path, first: u64, min_acks: usize) -> HashMap<String, Vec<u64>> {
-    let mut child = Command::new(BIN)
+    let mut command = Command::new(BIN);
+    crate::pg::point(&mut command, data);
+    let mut child = command
         .arg("--data")
         .arg(data)
-        .envs(crate::pg::env_for(data).unwrap_or_default())
         .args(["exec", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

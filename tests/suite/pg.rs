@@ -170,7 +170,8 @@ impl Pg {
         let pg_ctl = bin.join("pg_ctl");
         // A supervisor shell stops the server (and removes its folder) once this test process is gone.
         let script = format!(
-            "while [ -e /proc/{me} ]; do sleep 0.5; done; {pg_ctl} -D {data} stop -m immediate >/dev/null 2>&1; rm -rf {dir}",
+            "trap '' INT TERM HUP; while [ -e /proc/{me} ]; do sleep 0.5; done; \
+             {pg_ctl} -D {data} stop -m immediate >/dev/null 2>&1; rm -rf {dir}",
             pg_ctl = pg_ctl.display(),
             data = data.display(),
             dir = dir.display(),
@@ -185,6 +186,8 @@ impl Pg {
             c.args(["-c", &script]);
             c
         };
+        // In a process group of its own, so that a Ctrl-C or a timeout that kills the tests' group leaves it to clean up.
+        std::os::unix::process::CommandExt::process_group(&mut supervisor, 0);
         let supervisor = supervisor
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -289,6 +292,22 @@ pub fn register(dir: &Path, pg: &Pg, schema: &str) {
         dir.to_path_buf(),
         (pg.url(RUNTIME_ROLE), schema.to_string()),
     );
+}
+
+/// Points `command` at the ledger standing for `dir`: its PostgreSQL schema when it has one, otherwise the folder
+/// itself, whatever this process's environment says (a developer's `PARTNER_LEDGER_STORE` must not send the sled
+/// tests into a real database).
+pub fn point(command: &mut Command, dir: &Path) {
+    match env_for(dir) {
+        Some(env) => {
+            command.envs(env);
+        }
+        None => {
+            command
+                .env_remove("PARTNER_LEDGER_STORE")
+                .env_remove("PARTNER_LEDGER_PG_SCHEMA");
+        }
+    }
 }
 
 /// The environment that points the binary at the PostgreSQL ledger standing for `dir`, if one does.

@@ -408,6 +408,24 @@ fn the_database_gone_mid_run_answers_unknown_and_writing_resumes_by_itself_exact
     });
     assert_eq!((read.0, read.1), (503, true), "{}", read.2);
     assert_eq!(read.2["error"], "storage_unavailable", "{}", read.2);
+    let history = rt.block_on(async {
+        let customer = "c0000000-0000-4000-8000-000000000000";
+        let r = client
+            .get(format!("{url}/v1/customers/{customer}/history"))
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<serde_json::Value>().await.unwrap(),
+        )
+    });
+    assert_eq!(
+        history.0, 503,
+        "a history read needs the database: {}",
+        history.1
+    );
+    assert_eq!(history.1["error"], "storage_unavailable", "{}", history.1);
     let during = committed.load(Ordering::SeqCst);
     // Longer than the writer looks into a lost COMMIT (5 s), so commands are answered unknown meanwhile.
     std::thread::sleep(std::time::Duration::from_millis(5500));

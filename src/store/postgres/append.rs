@@ -81,16 +81,30 @@ impl PgStore {
         }
     }
 
-    /// The head row, read on a new connection.
-    fn head_row_now(&self) -> Result<Head, StoreError> {
+    /// The head row (the head and the number of committed commands, which tells a batch without events from its
+    /// base), read on a new connection.
+    fn head_row_now(&self) -> Result<(Head, u64), StoreError> {
         let mut client = self.target.connect()?;
         let row = client
-            .query_one("SELECT position, hash FROM head", &[])
+            .query_one("SELECT position, hash, commands FROM head", &[])
             .map_err(|e| pg_error(&self.target, "cannot read the head row", &e))?;
-        Ok(Head {
-            position: crate::domain::Position(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0)),
-            hash: row.get(1),
-        })
+        Ok((
+            Head {
+                position: crate::domain::Position(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0)),
+                hash: row.get(1),
+            },
+            u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
+        ))
+    }
+
+    /// A write transaction after a COMMIT found written on a new connection: when it commits, everything before it
+    /// has reached any synchronous standby too (they confirm in the order of the log), so the found batch is
+    /// acknowledged only as durable as any other.
+    fn barrier(&self) -> Result<(), StoreError> {
+        let mut client = self.target.connect()?;
+        client
+            .batch_execute("BEGIN; UPDATE head SET epoch = epoch; COMMIT")
+            .map_err(|e| pg_error(&self.target, "cannot confirm a commit", &e))
     }
 
     /// Finds out what an unknown COMMIT did, for up to [`RESOLVE_FOR`]: the number of commands committed when it
@@ -98,14 +112,24 @@ impl PgStore {
     fn resolve(&self, batch: &SealedBatch, e: StoreError) -> Result<u64, StoreError> {
         tracing::warn!(error = %e, "the answer to a COMMIT was lost; reading the head row to learn what it did");
         let deadline = std::time::Instant::now() + RESOLVE_FOR;
+        let before = self.written_commands.load(Ordering::SeqCst);
+        let after = before + batch.journal.len() as u64;
         loop {
             match self.head_row_now() {
-                Ok(h) if h == batch.base => return Err(self.not_written(e)),
-                Ok(h) if h == batch.new_head => {
-                    let (_, commands) = self.head_row()?;
-                    return Ok(commands);
+                Ok((h, n)) if h == batch.base && n == before => return Err(self.not_written(e)),
+                Ok((h, n)) if h == batch.new_head && n == after => {
+                    return match self.barrier() {
+                        Ok(()) => Ok(after),
+                        Err(why) => {
+                            *self.uncertain.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some((batch.base.clone(), before, batch.new_head.clone(), after));
+                            Err(StoreError::WriteFailed {
+                                message: format!("the outcome is unknown: {why}"),
+                            })
+                        }
+                    };
                 }
-                Ok(h) => {
+                Ok((h, _)) => {
                     return self.fail(StoreError::Conflict {
                         message: format!(
                             "after a lost COMMIT the head row records position {}, neither this writer's {} nor {}",
@@ -118,7 +142,7 @@ impl PgStore {
                 }
                 Err(now) => {
                     *self.uncertain.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some((batch.base.clone(), batch.new_head.clone()));
+                        Some((batch.base.clone(), before, batch.new_head.clone(), after));
                     self.pool.clear();
                     return Err(StoreError::WriteFailed {
                         message: format!(
@@ -132,7 +156,7 @@ impl PgStore {
 
     /// Before writing after an unknown COMMIT: goes on if it wrote nothing, stops writes if it wrote its batch.
     fn settle_uncertainty(&self, written: &Head) -> Result<(), StoreError> {
-        let Some((base, head)) = self
+        let Some((base, before, head, after)) = self
             .uncertain
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -141,17 +165,17 @@ impl PgStore {
             return Ok(());
         };
         match self.head_row_now() {
-            Ok(h) if h == base && h == *written => {
+            Ok((h, n)) if h == base && n == before && h == *written => {
                 *self.uncertain.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 Ok(())
             }
-            Ok(h) if h == head => self.fail(StoreError::Conflict {
+            Ok((h, n)) if h == head && n == after => self.fail(StoreError::Conflict {
                 message: format!(
                     "a batch whose COMMIT was answered `unknown` was written after all (the head row records position {}): reopen the ledger, which rebuilds its state from the log; retried commands are answered as duplicates",
                     h.position
                 ),
             }),
-            Ok(h) => self.fail(StoreError::Conflict {
+            Ok((h, _)) => self.fail(StoreError::Conflict {
                 message: format!(
                     "the head row records position {}, not this writer's {}",
                     h.position, written.position
@@ -274,8 +298,9 @@ impl PgStore {
         )
         .map_err(not_written("the append failed (command journal)"))?;
         tx.commit().map_err(|e| {
-            if e.as_db_error().is_some() {
-                // The server answered: it refused the COMMIT and rolled the transaction back.
+            if e.as_db_error().is_some_and(|d| d.severity() == "ERROR") {
+                // The server answered an ERROR (not FATAL: a session ended by a shutdown says nothing of its last
+                // commit): it refused the COMMIT and rolled the transaction back.
                 return Failure::NotWritten(pg_error(&self.target, "COMMIT was refused", &e));
             }
             Failure::Unknown(StoreError::Postgres {

@@ -39,7 +39,8 @@ pub struct PgTarget {
     config: postgres::Config,
     /// The URL as given, for a child process of this one (through its environment, never its command line).
     url: String,
-    pub schema: String,
+    /// Checked by [`PgTarget::parse`] (it is put into SQL text).
+    schema: String,
 }
 
 impl std::fmt::Debug for PgTarget {
@@ -113,13 +114,25 @@ impl PgTarget {
             std::process::id(),
             hostname()
         ));
-        config.options(&format!("-c search_path={schema} -c synchronous_commit=on"));
+        // Keepalives on both sides: a session whose peer vanished (a network cut, a crashed host) ends within about
+        // 25 s instead of the kernel's two hours, and with it the writer's lock.
+        config.options(&format!(
+            "-c search_path={schema} -c synchronous_commit=on -c tcp_keepalives_idle=10 \
+             -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
+        ));
         config.connect_timeout(std::time::Duration::from_secs(10));
+        config.keepalives(true);
+        config.keepalives_idle(std::time::Duration::from_secs(10));
         Ok(PgTarget {
             config,
             url: url.to_string(),
             schema: schema.to_string(),
         })
+    }
+
+    /// The schema the ledger lives in.
+    pub fn schema(&self) -> &str {
+        &self.schema
     }
 
     /// The same database, another schema.
@@ -267,9 +280,30 @@ fn take_writer_lock(client: &mut Client, target: &PgTarget) -> Result<(), StoreE
             .as_ref()
             .and_then(|h| h.0.clone())
             .unwrap_or_default();
-        if name.starts_with(&ours) && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            continue;
+        if name.starts_with(&ours) {
+            if std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                continue;
+            }
+            // Still this very process after five seconds: a session of its own whose connection was lost (a network
+            // blip) but which the server has not noticed yet. It is ended, so the lock is free again.
+            let ended: bool = client
+                .query_one(
+                    "SELECT coalesce(bool_or(pg_terminate_backend(l.pid)), false) FROM pg_locks l
+                     JOIN pg_stat_activity a ON a.pid = l.pid
+                     WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = $2
+                       AND ((l.classid::bigint << 32) | l.objid::bigint) = $1",
+                    &[&key, &name],
+                )
+                .map_err(|e| pg_error(target, "cannot end a stale session of this process", &e))?
+                .get(0);
+            if ended {
+                tracing::warn!(
+                    "ended a stale session of this process that still held the writer's lock"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                continue;
+            }
         }
         let holder = match holder {
             Some((name, addr)) => format!(
@@ -298,8 +332,9 @@ pub struct PgStore {
     /// append opens another, takes the lock again and checks the head row before it writes.
     writer: Mutex<Option<Client>>,
     /// A batch whose COMMIT was sent but whose outcome could not be learnt (the database went away): its base and
-    /// its head. The next append first finds out which one the head row records.
-    uncertain: Mutex<Option<(Head, Head)>>,
+    /// its head, each with the number of commands committed there. The next append first finds out which one the
+    /// head row records.
+    uncertain: Mutex<Option<(Head, u64, Head, u64)>>,
 
     /// The last settled event: what readers see.
     head: Mutex<Head>,
@@ -816,11 +851,11 @@ pub fn migrate_schema(
     runtime_role: Option<&str>,
 ) -> Result<(i64, i64), StoreError> {
     if let Some(role) = runtime_role {
-        if !schema::valid_identifier(role) {
+        if !schema::valid_role(role) {
             return Err(StoreError::NotALedgerAt {
                 place: target.to_string(),
                 why: format!(
-                    "the runtime role name {role:?} is not accepted: use lowercase letters, digits and _"
+                    "the runtime role name {role:?} is not accepted: an existing role's name in lowercase letters, digits and _, and not public, none, current_user, session_user or a pg_ role"
                 ),
             });
         }

@@ -4,8 +4,8 @@
 //! database without meeting. The **owner** (the role `migrate-schema` connects as) creates and migrates the schema;
 //! the **runtime role** the ledger runs as (`migrate-schema --runtime-role NAME`) may read everything, but may only
 //! INSERT into the log, the history index, the command journal and the refusal audit trail: never UPDATE, DELETE or
-//! TRUNCATE them. Triggers refuse those statements on the log for every role, the owner included; only a superuser
-//! can get around them (and `verify` then finds what was changed). The ledger never migrates as its runtime role:
+//! TRUNCATE them. Triggers refuse those statements on the log for every role, the owner included, unless the owner
+//! (or a superuser) first disables or drops them; `verify` then finds what was changed. The ledger never migrates as its runtime role:
 //! opening a schema of an older version asks for `migrate-schema`, and a newer one is refused.
 
 use postgres::Client;
@@ -17,7 +17,7 @@ use crate::store::StoreError;
 pub const VERSION: i64 = 2;
 
 /// What each migration runs, in order: migration N brings the schema from version N−1 to N. `{runtime}` is the
-/// runtime role (quoted identifier), granted what it may do.
+/// runtime role (checked by [`valid_role`]), granted what it may do.
 const MIGRATIONS: &[&str] = &[
     // 1: the log and everything beside it.
     r#"
@@ -196,6 +196,17 @@ pub fn valid_identifier(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Whether `name` may be granted the runtime role's rights: an identifier as above, and none of the names PostgreSQL
+/// reads as something else in a GRANT (`public` is every role; `pg_` roles are the system's).
+pub fn valid_role(name: &str) -> bool {
+    valid_identifier(name)
+        && !matches!(
+            name,
+            "public" | "none" | "current_user" | "session_user" | "current_role"
+        )
+        && !name.starts_with("pg_")
 }
 
 /// The version of the ledger schema `schema`, or `None` when there is no such schema; an error when it exists but
