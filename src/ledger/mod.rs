@@ -231,6 +231,7 @@ impl Ledger {
             shared: Arc::clone(&shared),
             head: head_tx,
             project: project_tx,
+            unfiled: std::sync::Mutex::new(Vec::new()),
         };
         let writer = Writer {
             shared: Arc::clone(&shared),

@@ -24,6 +24,9 @@ pub(super) struct Syncer {
     pub(super) shared: Arc<Shared>,
     pub(super) head: watch::Sender<Position>,
     pub(super) project: std::sync::mpsc::Sender<Settled>,
+    /// Refusals the audit trail could not take (its database was away), filed with the next batch's.
+    pub(super) unfiled:
+        std::sync::Mutex<Vec<(crate::domain::RefusalRecord, Vec<crate::domain::EntityRef>)>>,
 }
 
 impl Syncer {
@@ -86,13 +89,25 @@ impl Syncer {
         }
         let c = &self.shared.counters;
         // Filed before answering, so a client that was refused finds the refusal in the history right away.
-        let refusals: Vec<_> = batches
-            .iter_mut()
-            .flat_map(|b| std::mem::take(&mut b.refusals))
-            .collect();
-        if let Err(e) = self.shared.store.refusals().append(&refusals) {
-            tracing::warn!(error = %e, "refused commands could not be recorded in the audit trail");
+        let mut unfiled = self.unfiled.lock().unwrap_or_else(|e| e.into_inner());
+        let mut refusals = std::mem::take(&mut *unfiled);
+        refusals.extend(
+            batches
+                .iter_mut()
+                .flat_map(|b| std::mem::take(&mut b.refusals)),
+        );
+        match self.shared.store.refusals().append(&refusals) {
+            Ok(()) => {}
+            // The database was away, so nothing was filed: kept for the next batch.
+            Err(e @ crate::store::StoreError::Unreachable { .. }) => {
+                tracing::warn!(error = %e, waiting = refusals.len(), "refused commands could not be recorded in the audit trail yet; they are filed with the next batch");
+                *unfiled = refusals;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "refused commands could not be recorded in the audit trail")
+            }
         }
+        drop(unfiled);
         let oldest = batches.iter().map(|b| b.started).min();
         let entries: usize = batches.iter().map(|b| b.positions.len()).sum();
         let mut settled: Option<Settled> = None;

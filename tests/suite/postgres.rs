@@ -434,6 +434,22 @@ fn the_database_gone_mid_run_answers_unknown_and_writing_resumes_by_itself_exact
         during,
         "nothing commits while the database is away"
     );
+    // A refusal needs no database to be decided; its audit record is filed once the database is back.
+    let refused_id = "0ffff000-0000-4000-8000-000000000001";
+    let refusal = rt.block_on(async {
+        let line = register_customer(0, 0)
+            .1
+            .replace(&register_customer(0, 0).0, refused_id);
+        let r = client
+            .post(format!("{url}/v1/commands"))
+            .header("content-type", "application/x-ndjson")
+            .body(format!("{line}\n"))
+            .send()
+            .await
+            .unwrap();
+        r.text().await.unwrap()
+    });
+    assert!(refusal.contains("\"refused\""), "{refusal}");
     pg.start_again();
     let acked: Vec<(String, serde_json::Value)> = rt.block_on(async {
         let mut all = Vec::new();
@@ -492,6 +508,17 @@ fn the_database_gone_mid_run_answers_unknown_and_writing_resumes_by_itself_exact
         .unwrap()
         .get(0);
     assert_eq!(documents, i64::try_from(WRITERS * EACH).unwrap());
+    let filed: i64 = sql
+        .query_one(
+            &format!("SELECT count(*) FROM {schema}.refusals WHERE record LIKE '%{refused_id}%'"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        filed, 1,
+        "the refusal decided during the outage is in the audit trail, once"
+    );
 }
 
 /// The SQL queries docs/postgres.md documents, by the name on their first line (`-- name: …`).
