@@ -1,34 +1,46 @@
-//! A small pool of PostgreSQL connections for readers: a connection is taken for one statement or one page and
-//! handed back, so readers on many threads (HTTP handlers, streams, the projector) never queue behind the writer's
-//! connection. A connection found closed is dropped, and the next reader opens a new one.
+//! A small, bounded pool of PostgreSQL connections for readers: a connection is taken for one statement or one page
+//! and handed back, so readers on many threads (HTTP handlers, streams, the projector) never queue behind the
+//! writer's connection. At most [`MAX`] are open at once (a burst of reads waits for one rather than exhausting the
+//! server's `max_connections`, which the writer's reconnection also needs). A connection found closed is dropped, and
+//! the next reader opens a new one.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use postgres::Client;
 
 use super::PgTarget;
 use crate::store::StoreError;
 
-/// The connections kept idle at most.
-const IDLE: usize = 8;
+/// The readers' connections open at most.
+pub(super) const MAX: usize = 16;
+/// How long a reader waits for a connection when all are in use.
+const WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+struct Slots {
+    idle: Vec<Client>,
+    /// Connections open: idle or taken.
+    open: usize,
+}
 
 #[derive(Clone)]
 pub(super) struct Pool {
     target: PgTarget,
-    idle: Arc<Mutex<Vec<Client>>>,
+    shared: Arc<(Mutex<Slots>, Condvar)>,
 }
 
 /// A connection taken from the pool; handed back when dropped, unless it is closed.
 pub(super) struct Pooled {
     client: Option<Client>,
-    idle: Arc<Mutex<Vec<Client>>>,
+    shared: Arc<(Mutex<Slots>, Condvar)>,
 }
 
 impl Pool {
     pub(super) fn new(target: PgTarget) -> Pool {
         Pool {
             target,
-            idle: Arc::new(Mutex::new(Vec::new())),
+            shared: Arc::default(),
         }
     }
 
@@ -38,20 +50,60 @@ impl Pool {
 
     /// Drops the idle connections (after the database was found gone: they are as dead).
     pub(super) fn clear(&self) {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let mut slots = self.shared.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = slots.idle.len();
+        slots.idle.clear();
+        slots.open -= n;
+        self.shared.1.notify_all();
     }
 
-    /// An idle connection, or a new one.
+    /// An idle connection, or a new one when fewer than [`MAX`] are open; otherwise waits for one.
     pub(super) fn get(&self) -> Result<Pooled, StoreError> {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let client = match idle {
-            Some(c) if !c.is_closed() => c,
-            _ => self.target.connect()?,
-        };
-        Ok(Pooled {
+        let (lock, freed) = &*self.shared;
+        let mut slots = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(c) = slots.idle.pop() {
+                if c.is_closed() {
+                    slots.open -= 1;
+                    continue;
+                }
+                return Ok(self.pooled(c));
+            }
+            if slots.open < MAX {
+                slots.open += 1;
+                drop(slots);
+                return match self.target.connect() {
+                    Ok(c) => Ok(self.pooled(c)),
+                    Err(e) => {
+                        lock.lock().unwrap_or_else(|e| e.into_inner()).open -= 1;
+                        freed.notify_one();
+                        Err(e)
+                    }
+                };
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(StoreError::Unreachable {
+                    place: self.target.to_string(),
+                    message: format!(
+                        "all {MAX} readers' connections stayed busy for {} s",
+                        WAIT.as_secs()
+                    ),
+                });
+            }
+            slots = freed
+                .wait_timeout(slots, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn pooled(&self, client: Client) -> Pooled {
+        Pooled {
             client: Some(client),
-            idle: Arc::clone(&self.idle),
-        })
+            shared: Arc::clone(&self.shared),
+        }
     }
 }
 
@@ -74,13 +126,12 @@ impl std::ops::DerefMut for Pooled {
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        if let Some(c) = self.client.take() {
-            if !c.is_closed() {
-                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                if idle.len() < IDLE {
-                    idle.push(c);
-                }
-            }
+        let (lock, freed) = &*self.shared;
+        let mut slots = lock.lock().unwrap_or_else(|e| e.into_inner());
+        match self.client.take() {
+            Some(c) if !c.is_closed() => slots.idle.push(c),
+            _ => slots.open -= 1,
         }
+        freed.notify_one();
     }
 }
