@@ -335,9 +335,10 @@ pub enum Command {
         #[arg(long, value_name = "SIZES", value_delimiter = ',', num_args = 0..)]
         growth: Option<Vec<usize>>,
         /// Instead of the standard suite, the PostgreSQL suite, on the database --store names (its role must be
-        /// allowed to create schemas: each run's ledger gets one, dropped afterwards): throughput in process and over
-        /// HTTP, the per-command baseline, catch-up and open time (--big commands, default 1,000,000; --quick: small
-        /// sizes). With --out it rewrites only that section of the page.
+        /// allowed to create schemas: each run's ledger gets one, dropped afterwards), or without --store on a
+        /// throwaway server of this machine's PostgreSQL: throughput in process and over HTTP, the per-command
+        /// baseline, catch-up and open time (--big commands, default 1,000,000; --quick: small sizes). With --out it
+        /// rewrites only that section of the page.
         #[arg(long, conflicts_with = "growth")]
         postgres: bool,
     },

@@ -280,8 +280,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             postgres: on_postgres,
         } => {
             if on_postgres {
-                let Some(target) = postgres else {
-                    anyhow::bail!("bench --postgres measures a PostgreSQL server: name it with --store postgres://…");
+                // Without --store, a throwaway server of this machine's PostgreSQL, for as long as the run.
+                let target = match postgres {
+                    Some(t) => t,
+                    None => {
+                        use crate::store::postgres::{throwaway, PgTarget};
+                        PgTarget::parse(&throwaway::server().url("postgres"), "partner_ledger")
+                            .map_err(anyhow::Error::msg)?
+                    }
                 };
                 let (commands, big) = if quick {
                     (commands.unwrap_or(2_000), big.unwrap_or(5_000))

@@ -1,4 +1,4 @@
-//! The read models' property test, through the real writer on a real sled folder: random valid and invalid command
+//! The read models' property test, through the real writer on a real sled folder (and, 200 cases, on PostgreSQL): random valid and invalid command
 //! sequences (ids from small pools, so most commands meet existing entities), submitted in groups so they share
 //! batches. After each case:
 //! - the projections maintained batch by batch equal a rebuild from scratch, byte for byte;
@@ -30,6 +30,58 @@ fn cases() -> u32 {
 
 #[test]
 fn projections_rebuilt_from_scratch_equal_incremental_ones_and_the_write_models_views() {
+    let (types, codes) = check(cases(), &|dir| LedgerConfig::new(dir));
+    let missing_types: Vec<&str> = Event::TYPE_NAMES
+        .iter()
+        .copied()
+        .filter(|t| !types.contains(*t))
+        .collect();
+    assert!(
+        missing_types.is_empty(),
+        "event types that never occurred: {missing_types:?}"
+    );
+    let missing_codes: Vec<String> = Code::ALL
+        .iter()
+        .map(Code::as_str)
+        .filter(|c| !codes.contains(c))
+        .collect();
+    if cases() >= 1000 {
+        assert!(
+            missing_codes.is_empty(),
+            "refusal codes that never occurred: {missing_codes:?}"
+        );
+    }
+}
+
+/// The same property on PostgreSQL: 200 cases (`PROJECTION_PG_CASES` sets another number), each ledger in a schema of
+/// its own on a throwaway server, run as the runtime role.
+#[test]
+fn the_same_property_holds_on_postgres() {
+    use crate::store::postgres::{throwaway, PgTarget};
+    let cases = std::env::var("PROJECTION_PG_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let pg = throwaway::server();
+    let (types, _) = check(cases, &|dir| {
+        let mut config = LedgerConfig::new(dir);
+        let schema = throwaway::fresh_schema_on(pg);
+        config.store.postgres =
+            Some(PgTarget::parse(&pg.url(throwaway::RUNTIME_ROLE), &schema).unwrap());
+        config
+    });
+    assert!(
+        types.len() > 20,
+        "the cases reached most event types: {types:?}"
+    );
+}
+
+/// Runs `cases` random cases, each on the ledger `config` describes for a fresh folder; returns the event types and
+/// refusal codes that occurred.
+fn check(
+    cases: u32,
+    config: &dyn Fn(&std::path::Path) -> LedgerConfig,
+) -> (BTreeSet<String>, BTreeSet<String>) {
     let types = Mutex::new(BTreeSet::<String>::new());
     let codes = Mutex::new(BTreeSet::<String>::new());
     // A fixed seed (PROJECTION_SEED picks another): which event types and refusal codes 1,000 random cases reach
@@ -43,7 +95,7 @@ fn projections_rebuilt_from_scratch_equal_incremental_ones_and_the_write_models_
     seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
     let mut runner = TestRunner::new_with_rng(
         Config {
-            cases: cases(),
+            cases,
             ..Config::default()
         },
         proptest::test_runner::TestRng::from_seed(
@@ -54,7 +106,7 @@ fn projections_rebuilt_from_scratch_equal_incremental_ones_and_the_write_models_
     let step = (any::<u8>(), any::<[u8; 4]>(), 0i64..40, 0u8..24, 1usize..8);
     let result = runner.run(&prop::collection::vec(step, 50..110), |steps| {
         let dir = tempfile::tempdir().unwrap();
-        let ledger = Ledger::open(LedgerConfig::new(dir.path())).unwrap();
+        let ledger = Ledger::open(config(dir.path())).unwrap();
         let mut t: Timestamp = "2023-06-01T00:00:00Z".parse().unwrap();
         for mut v in prelude() {
             v["at"] = json!(t.to_string());
@@ -181,26 +233,5 @@ fn projections_rebuilt_from_scratch_equal_incremental_ones_and_the_write_models_
     if let Err(e) = result {
         panic!("{e}");
     }
-    let types = types.into_inner().unwrap();
-    let missing_types: Vec<&str> = Event::TYPE_NAMES
-        .iter()
-        .copied()
-        .filter(|t| !types.contains(*t))
-        .collect();
-    assert!(
-        missing_types.is_empty(),
-        "event types that never occurred: {missing_types:?}"
-    );
-    let codes = codes.into_inner().unwrap();
-    let missing_codes: Vec<String> = Code::ALL
-        .iter()
-        .map(Code::as_str)
-        .filter(|c| !codes.contains(c))
-        .collect();
-    if cases() >= 1000 {
-        assert!(
-            missing_codes.is_empty(),
-            "refusal codes that never occurred: {missing_codes:?}"
-        );
-    }
+    (types.into_inner().unwrap(), codes.into_inner().unwrap())
 }

@@ -17,6 +17,7 @@ mod append;
 mod documents;
 mod pool;
 pub mod schema;
+pub mod throwaway;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
