@@ -243,7 +243,7 @@ fn large(dir: &std::path::Path, commands: usize) -> anyhow::Result<Large> {
     })
 }
 
-const BEGIN: &str = "<!-- postgres: written by `partner-ledger --store URL bench --postgres --out docs/performance.md`; other runs keep it -->";
+const BEGIN: &str = "<!-- postgres: written by `partner-ledger bench --postgres --out docs/performance.md`; other runs keep it -->";
 const END: &str = "<!-- end of postgres -->";
 
 /// `page` with its PostgreSQL section replaced by `section` (appended when it has none).
@@ -274,8 +274,9 @@ fn markdown(r: &Results) -> String {
     let _ = writeln!(t, "## On PostgreSQL\n");
     let _ = writeln!(
         t,
-        "`partner-ledger --store URL bench --postgres` on PostgreSQL {} (the same machine, loopback, `synchronous_commit` on, \
-         the server's defaults otherwise), {:.0} s in all. Each run is a fresh ledger in a schema of its own.\n",
+        "`partner-ledger bench --postgres --out docs/performance.md` (without `--store`: a throwaway server of this machine's \
+         PostgreSQL) on PostgreSQL {} (the same machine, loopback, `synchronous_commit` on, the server's defaults \
+         otherwise), {:.0} s in all. Each run is a fresh ledger in a schema of its own.\n",
         r.server_version, r.suite_seconds
     );
     let _ = writeln!(t, "| submitters | in process: commands/s | p50 | p99 | p99.9 | over HTTP: commands/s | p50 | p99 | p99.9 | commands per COMMIT (HTTP) |");

@@ -1,4 +1,5 @@
-//! History, refusals, diff, checkpoints, export and import, through the real binary.
+//! History, refusals, diff, checkpoints, export and import, through the real binary; most of them on both backends
+//! (sled, then PostgreSQL).
 
 use crate::common;
 
@@ -9,7 +10,7 @@ const CONTOSO: &str = "c0000000-0000-4000-8000-00000000000c";
 const A: &str = "a0000000-0000-4000-8000-00000000000a";
 
 fn ledger_with(fixture: &str) -> tempfile::TempDir {
-    let data = tempfile::tempdir().unwrap();
+    let data = crate::pg::folder();
     let commands = fixtures().join(fixture).join("commands.ndjson");
     assert!(
         run(data.path(), &["exec", commands.to_str().unwrap()], None)
@@ -25,173 +26,181 @@ fn text(out: &std::process::Output) -> String {
 
 #[test]
 fn history_includes_refused_commands_from_the_audit_trail_without_changing_state() {
-    let data = ledger_with("refusals");
-    let plain = stdout_lines(&run(
-        data.path(),
-        &["history", "customer", CONTOSO, "--json"],
-        None,
-    ));
-    assert!(plain.iter().all(|l| l.get("position").is_some()));
-    let with = stdout_lines(&run(
-        data.path(),
-        &[
-            "history",
-            "customer",
-            CONTOSO,
-            "--json",
-            "--include-refusals",
-        ],
-        None,
-    ));
-    let refused: Vec<&Value> = with.iter().filter_map(|l| l.get("refused")).collect();
-    let codes: Vec<&str> = refused
-        .iter()
-        .map(|r| r["code"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        codes,
-        [
-            "no_reseller_relationship",
-            "cloud_mismatch",
-            "not_partner_of_record",
-            "relationship_has_active_subscriptions",
-            "invalid_duration",
-            "duplicate_name",
-            "auto_extend_with_global_admin",
-            "request_expired"
-        ]
-    );
-    let first = refused[0];
-    assert_eq!(first["type"], "AddAzureSubscription");
-    assert_eq!(first["rule"], "R24");
-    assert_eq!(first["actor"]["role"], "partner_sales_agent");
-    assert_eq!(first["at"], "2024-01-12T09:01:00Z");
-    assert_eq!(with.len(), plain.len() + refused.len());
-    // The refusals left the event log alone.
-    assert_eq!(stdout_lines(&run(data.path(), &["events"], None)).len(), 15);
-    // A partner's history carries its own refusals, e.g. B cancelling A's subscription.
-    let b = stdout_lines(&run(
-        data.path(),
-        &[
-            "history",
-            "partner",
-            "b0000000-0000-4000-8000-00000000000b",
-            "--json",
-            "--include-refusals",
-        ],
-        None,
-    ));
-    assert!(b
-        .iter()
-        .any(|l| l["refused"]["code"] == "not_partner_of_record"));
+    crate::pg::on_both_backends(|| {
+        let data = ledger_with("refusals");
+        let plain = stdout_lines(&run(
+            data.path(),
+            &["history", "customer", CONTOSO, "--json"],
+            None,
+        ));
+        assert!(plain.iter().all(|l| l.get("position").is_some()));
+        let with = stdout_lines(&run(
+            data.path(),
+            &[
+                "history",
+                "customer",
+                CONTOSO,
+                "--json",
+                "--include-refusals",
+            ],
+            None,
+        ));
+        let refused: Vec<&Value> = with.iter().filter_map(|l| l.get("refused")).collect();
+        let codes: Vec<&str> = refused
+            .iter()
+            .map(|r| r["code"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                "no_reseller_relationship",
+                "cloud_mismatch",
+                "not_partner_of_record",
+                "relationship_has_active_subscriptions",
+                "invalid_duration",
+                "duplicate_name",
+                "auto_extend_with_global_admin",
+                "request_expired"
+            ]
+        );
+        let first = refused[0];
+        assert_eq!(first["type"], "AddAzureSubscription");
+        assert_eq!(first["rule"], "R24");
+        assert_eq!(first["actor"]["role"], "partner_sales_agent");
+        assert_eq!(first["at"], "2024-01-12T09:01:00Z");
+        assert_eq!(with.len(), plain.len() + refused.len());
+        // The refusals left the event log alone.
+        assert_eq!(stdout_lines(&run(data.path(), &["events"], None)).len(), 15);
+        // A partner's history carries its own refusals, e.g. B cancelling A's subscription.
+        let b = stdout_lines(&run(
+            data.path(),
+            &[
+                "history",
+                "partner",
+                "b0000000-0000-4000-8000-00000000000b",
+                "--json",
+                "--include-refusals",
+            ],
+            None,
+        ));
+        assert!(b
+            .iter()
+            .any(|l| l["refused"]["code"] == "not_partner_of_record"));
+    });
 }
 
 #[test]
 fn diff_lists_what_changed_between_two_points_with_time_actor_and_position() {
-    let data = ledger_with("partner-set-over-time");
-    let out = text(&run(
-        data.path(),
-        &[
-            "customer",
-            CONTOSO,
-            "--diff",
-            "2024-04-01T00:00:00Z",
-            "2024-07-01T12:00:00Z",
-        ],
-        None,
-    ));
-    let lines: Vec<&str> = out.lines().collect();
-    assert!(lines[0].starts_with("4 change(s)"), "{out}");
-    assert!(
-        lines[1].contains("2024-05-01T09:00:00Z")
-            && lines[1].contains("#10")
-            && lines[1].contains("cancelled"),
-        "{out}"
-    );
-    assert!(
-        lines[2].contains("partner Adatum Cloud removed")
-            && lines[2].contains("admin@adatum.example"),
-        "{out}"
-    );
-    assert!(lines[3].contains("partner Bellows IT removed"), "{out}");
-    assert!(
-        lines[4].contains("Adatum Cloud requested a relationship") && lines[4].contains("#13"),
-        "{out}"
-    );
+    crate::pg::on_both_backends(|| {
+        let data = ledger_with("partner-set-over-time");
+        let out = text(&run(
+            data.path(),
+            &[
+                "customer",
+                CONTOSO,
+                "--diff",
+                "2024-04-01T00:00:00Z",
+                "2024-07-01T12:00:00Z",
+            ],
+            None,
+        ));
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("4 change(s)"), "{out}");
+        assert!(
+            lines[1].contains("2024-05-01T09:00:00Z")
+                && lines[1].contains("#10")
+                && lines[1].contains("cancelled"),
+            "{out}"
+        );
+        assert!(
+            lines[2].contains("partner Adatum Cloud removed")
+                && lines[2].contains("admin@adatum.example"),
+            "{out}"
+        );
+        assert!(lines[3].contains("partner Bellows IT removed"), "{out}");
+        assert!(
+            lines[4].contains("Adatum Cloud requested a relationship") && lines[4].contains("#13"),
+            "{out}"
+        );
+    });
 }
 
 #[test]
 fn verify_against_a_checkpoint_proves_extension_and_names_a_rewrite_or_truncation() {
-    let data = ledger_with("seed-story");
-    let checkpoint = text(&run(data.path(), &["checkpoint"], None))
-        .trim()
-        .to_string();
-    assert!(checkpoint.starts_with("11:"));
-    // More history is appended: the log still extends the checkpoint.
-    let more = fixtures().join("gdap-lifecycle/commands.ndjson");
-    let extra: String = std::fs::read_to_string(more)
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains("\"AdvanceClock\"") && l.contains("2024-02-16"))
-        .collect();
-    assert!(run(data.path(), &["exec", "-"], Some(extra.as_bytes()))
-        .status
-        .success());
-    let out = run(data.path(), &["verify", "--against", &checkpoint], None);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("extends the checkpoint at 11"));
-    // A checkpoint whose hash differs names the position.
-    let forged = format!("5:{}", "ab".repeat(32));
-    let out = run(data.path(), &["verify", "--against", &forged], None);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).contains("FAILED at position 5") && text(&out).contains("rewritten"));
-    // A checkpoint beyond the head means events were removed.
-    let out = run(
-        data.path(),
-        &["verify", "--against", &format!("99:{}", "cd".repeat(32))],
-        None,
-    );
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).contains("events were removed"));
-    assert!(
-        !run(data.path(), &["verify", "--against", "nonsense"], None)
+    crate::pg::on_both_backends(|| {
+        let data = ledger_with("seed-story");
+        let checkpoint = text(&run(data.path(), &["checkpoint"], None))
+            .trim()
+            .to_string();
+        assert!(checkpoint.starts_with("11:"));
+        // More history is appended: the log still extends the checkpoint.
+        let more = fixtures().join("gdap-lifecycle/commands.ndjson");
+        let extra: String = std::fs::read_to_string(more)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"AdvanceClock\"") && l.contains("2024-02-16"))
+            .collect();
+        assert!(run(data.path(), &["exec", "-"], Some(extra.as_bytes()))
             .status
-            .success()
-    );
+            .success());
+        let out = run(data.path(), &["verify", "--against", &checkpoint], None);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains("extends the checkpoint at 11"));
+        // A checkpoint whose hash differs names the position.
+        let forged = format!("5:{}", "ab".repeat(32));
+        let out = run(data.path(), &["verify", "--against", &forged], None);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(text(&out).contains("FAILED at position 5") && text(&out).contains("rewritten"));
+        // A checkpoint beyond the head means events were removed.
+        let out = run(
+            data.path(),
+            &["verify", "--against", &format!("99:{}", "cd".repeat(32))],
+            None,
+        );
+        assert_eq!(out.status.code(), Some(1));
+        assert!(text(&out).contains("events were removed"));
+        assert!(
+            !run(data.path(), &["verify", "--against", "nonsense"], None)
+                .status
+                .success()
+        );
+    });
 }
 
 #[test]
 fn export_then_import_reproduces_the_identical_chain_and_views() {
-    let data = ledger_with("two-tier");
-    let export = run(data.path(), &["export"], None).stdout;
-    let file = data.path().join("backup.ndjson");
-    std::fs::write(&file, &export).unwrap();
-    let restored = tempfile::tempdir().unwrap();
-    let out = run(restored.path(), &["import", file.to_str().unwrap()], None);
-    assert!(
-        out.status.success(),
-        "{}{}",
-        text(&out),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        run(restored.path(), &["export"], None).stdout,
-        export,
-        "byte for byte"
-    );
-    assert!(run(restored.path(), &["verify"], None).status.success());
-    let view = |d: &std::path::Path| run(d, &["customer", CONTOSO, "--json"], None).stdout;
-    assert_eq!(view(restored.path()), view(data.path()));
-    // Re-submitting a restored command is recognised as a duplicate.
-    let first = std::fs::read_to_string(fixtures().join("two-tier/commands.ndjson")).unwrap();
-    let line = first.lines().find(|l| l.starts_with('{')).unwrap();
-    let again = stdout_lines(&run(restored.path(), &["exec", "-"], Some(line.as_bytes())));
-    assert_eq!(again[0]["duplicate"], true);
-    assert_eq!(again[0]["positions"], serde_json::json!([1]));
-    // Importing into a ledger that is not empty is refused.
-    let out = run(restored.path(), &["import", file.to_str().unwrap()], None);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("import needs an empty ledger"));
+    crate::pg::on_both_backends(|| {
+        let data = ledger_with("two-tier");
+        let export = run(data.path(), &["export"], None).stdout;
+        let file = data.path().join("backup.ndjson");
+        std::fs::write(&file, &export).unwrap();
+        let restored = crate::pg::folder();
+        let out = run(restored.path(), &["import", file.to_str().unwrap()], None);
+        assert!(
+            out.status.success(),
+            "{}{}",
+            text(&out),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            run(restored.path(), &["export"], None).stdout,
+            export,
+            "byte for byte"
+        );
+        assert!(run(restored.path(), &["verify"], None).status.success());
+        let view = |d: &std::path::Path| run(d, &["customer", CONTOSO, "--json"], None).stdout;
+        assert_eq!(view(restored.path()), view(data.path()));
+        // Re-submitting a restored command is recognised as a duplicate.
+        let first = std::fs::read_to_string(fixtures().join("two-tier/commands.ndjson")).unwrap();
+        let line = first.lines().find(|l| l.starts_with('{')).unwrap();
+        let again = stdout_lines(&run(restored.path(), &["exec", "-"], Some(line.as_bytes())));
+        assert_eq!(again[0]["duplicate"], true);
+        assert_eq!(again[0]["positions"], serde_json::json!([1]));
+        // Importing into a ledger that is not empty is refused.
+        let out = run(restored.path(), &["import", file.to_str().unwrap()], None);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("import needs an empty ledger"));
+    });
 }
 
 #[test]
@@ -237,143 +246,152 @@ fn import_refuses_a_broken_chain_naming_the_first_bad_position_and_writes_nothin
 
 #[test]
 fn csv_export_has_a_header_and_one_row_per_event() {
-    let data = ledger_with("seed-story");
-    let csv = text(&run(data.path(), &["export", "--format", "csv"], None));
-    let rows: Vec<&str> = csv.lines().collect();
-    assert_eq!(rows.len(), 12);
-    assert!(rows[0].starts_with("position,at,recorded_at,type,"));
-    assert!(rows[7].starts_with("7,2024-01-11T08:00:00Z,"));
-    assert!(
-        rows[7].contains(",SubscriptionAdded,") && rows[7].contains("\"{\"\"billing_partner\"\"")
-    );
+    crate::pg::on_both_backends(|| {
+        let data = ledger_with("seed-story");
+        let csv = text(&run(data.path(), &["export", "--format", "csv"], None));
+        let rows: Vec<&str> = csv.lines().collect();
+        assert_eq!(rows.len(), 12);
+        assert!(rows[0].starts_with("position,at,recorded_at,type,"));
+        assert!(rows[7].starts_with("7,2024-01-11T08:00:00Z,"));
+        assert!(
+            rows[7].contains(",SubscriptionAdded,")
+                && rows[7].contains("\"{\"\"billing_partner\"\"")
+        );
+    });
 }
 
 #[test]
 fn partner_and_subscription_views_now_and_as_of() {
-    let data = ledger_with("partner-set-over-time");
-    let partner = |as_of: Option<&str>| -> Value {
-        let mut args = vec!["partner", A, "--json"];
-        if let Some(a) = as_of {
-            args.extend(["--as-of", a]);
-        }
-        serde_json::from_slice(&run(data.path(), &args, None).stdout).unwrap()
-    };
-    let before = partner(Some("2024-03-01T00:00:00Z"));
-    assert_eq!(before["customers"][0]["relationship"], "active");
-    assert_eq!(
-        before["customers"][0]["subscriptions"],
-        serde_json::json!({"active": 1, "suspended": 0, "cancelled": 0})
-    );
-    let gone = partner(Some("2024-06-01T00:00:00Z"));
-    assert_eq!(gone["customers"][0]["relationship"], "removed");
-    assert_eq!(gone["customers"][0]["subscriptions"]["cancelled"], 1);
-    let now = partner(None);
-    assert_eq!(now["customers"][0]["relationship"], "active");
-    assert_eq!(now["customers"][0]["company_name"], "Contoso Ltd");
-    let sub = |as_of: &str| -> Value {
-        serde_json::from_slice(
-            &run(
+    crate::pg::on_both_backends(|| {
+        let data = ledger_with("partner-set-over-time");
+        let partner = |as_of: Option<&str>| -> Value {
+            let mut args = vec!["partner", A, "--json"];
+            if let Some(a) = as_of {
+                args.extend(["--as-of", a]);
+            }
+            serde_json::from_slice(&run(data.path(), &args, None).stdout).unwrap()
+        };
+        let before = partner(Some("2024-03-01T00:00:00Z"));
+        assert_eq!(before["customers"][0]["relationship"], "active");
+        assert_eq!(
+            before["customers"][0]["subscriptions"],
+            serde_json::json!({"active": 1, "suspended": 0, "cancelled": 0})
+        );
+        let gone = partner(Some("2024-06-01T00:00:00Z"));
+        assert_eq!(gone["customers"][0]["relationship"], "removed");
+        assert_eq!(gone["customers"][0]["subscriptions"]["cancelled"], 1);
+        let now = partner(None);
+        assert_eq!(now["customers"][0]["relationship"], "active");
+        assert_eq!(now["customers"][0]["company_name"], "Contoso Ltd");
+        let sub = |as_of: &str| -> Value {
+            serde_json::from_slice(
+                &run(
+                    data.path(),
+                    &[
+                        "subscription",
+                        "5a000000-0000-4000-8000-000000000001",
+                        "--json",
+                        "--as-of",
+                        as_of,
+                    ],
+                    None,
+                )
+                .stdout,
+            )
+            .unwrap()
+        };
+        assert_eq!(sub("2024-04-01T00:00:00Z")["status"], "active");
+        assert_eq!(sub("2024-05-01T09:00:00Z")["status"], "cancelled");
+        assert_eq!(
+            run(
                 data.path(),
                 &[
                     "subscription",
                     "5a000000-0000-4000-8000-000000000001",
-                    "--json",
                     "--as-of",
-                    as_of,
+                    "3"
                 ],
-                None,
+                None
             )
-            .stdout,
-        )
-        .unwrap()
-    };
-    assert_eq!(sub("2024-04-01T00:00:00Z")["status"], "active");
-    assert_eq!(sub("2024-05-01T09:00:00Z")["status"], "cancelled");
-    assert_eq!(
-        run(
-            data.path(),
-            &[
-                "subscription",
-                "5a000000-0000-4000-8000-000000000001",
-                "--as-of",
-                "3"
-            ],
-            None
-        )
-        .status
-        .code(),
-        Some(3)
-    );
+            .status
+            .code(),
+            Some(3)
+        );
+    });
 }
 
 #[test]
 fn the_expiring_view_lists_active_admin_relationships_ending_soon() {
-    let data = ledger_with("gdap-lifecycle");
-    // Cut the fixture before the termination: position 8 extends the relationship to 2025-02-09T08:00Z.
-    let export =
-        String::from_utf8(run(data.path(), &["export", "--to", "8"], None).stdout).unwrap();
-    let file = data.path().join("upto8.ndjson");
-    std::fs::write(&file, export).unwrap();
-    let restored = tempfile::tempdir().unwrap();
-    assert!(
-        run(restored.path(), &["import", file.to_str().unwrap()], None)
-            .status
-            .success()
-    );
-    let rows = |args: &[&str]| {
-        stdout_lines(&run(
-            restored.path(),
-            &[&["expiring", "--json"], args].concat(),
-            None,
+    crate::pg::on_both_backends(|| {
+        let data = ledger_with("gdap-lifecycle");
+        // Cut the fixture before the termination: position 8 extends the relationship to 2025-02-09T08:00Z.
+        let export =
+            String::from_utf8(run(data.path(), &["export", "--to", "8"], None).stdout).unwrap();
+        let file = data.path().join("upto8.ndjson");
+        std::fs::write(&file, export).unwrap();
+        let restored = crate::pg::folder();
+        assert!(
+            run(restored.path(), &["import", file.to_str().unwrap()], None)
+                .status
+                .success()
+        );
+        let rows = |args: &[&str]| {
+            stdout_lines(&run(
+                restored.path(),
+                &[&["expiring", "--json"], args].concat(),
+                None,
+            ))
+        };
+        assert!(
+            rows(&["--days", "30"]).is_empty(),
+            "the end is months after the last business time"
+        );
+        let soon = rows(&["--days", "30", "--at", "2025-01-20T00:00:00Z"]);
+        assert_eq!(soon.len(), 1);
+        assert_eq!(soon[0]["ends_at"], "2025-02-09T08:00:00Z");
+        assert_eq!(soon[0]["auto_extend"], true);
+        assert_eq!(soon[0]["company_name"], "Contoso Ltd");
+        // Once terminated, it is no longer listed.
+        assert!(stdout_lines(&run(
+            data.path(),
+            &[
+                "expiring",
+                "--json",
+                "--days",
+                "365",
+                "--at",
+                "2025-01-20T00:00:00Z"
+            ],
+            None
         ))
-    };
-    assert!(
-        rows(&["--days", "30"]).is_empty(),
-        "the end is months after the last business time"
-    );
-    let soon = rows(&["--days", "30", "--at", "2025-01-20T00:00:00Z"]);
-    assert_eq!(soon.len(), 1);
-    assert_eq!(soon[0]["ends_at"], "2025-02-09T08:00:00Z");
-    assert_eq!(soon[0]["auto_extend"], true);
-    assert_eq!(soon[0]["company_name"], "Contoso Ltd");
-    // Once terminated, it is no longer listed.
-    assert!(stdout_lines(&run(
-        data.path(),
-        &[
-            "expiring",
-            "--json",
-            "--days",
-            "365",
-            "--at",
-            "2025-01-20T00:00:00Z"
-        ],
-        None
-    ))
-    .is_empty());
+        .is_empty());
+    });
 }
 
 #[test]
 fn rebuild_recreates_the_read_models_identically() {
-    let data = ledger_with("refusals");
-    let before: Vec<Vec<u8>> = [("customer", CONTOSO), ("partner", A)]
-        .iter()
-        .map(|(k, id)| run(data.path(), &[k, id, "--json"], None).stdout)
-        .collect();
-    let out = text(&run(data.path(), &["rebuild"], None));
-    assert!(
-        out.starts_with("rebuilt customers, partners, expiring from 15 events"),
-        "{out}"
-    );
-    let out = text(&run(data.path(), &["rebuild", "customers"], None));
-    assert!(out.starts_with("rebuilt customers from 15 events"), "{out}");
-    let after: Vec<Vec<u8>> = [("customer", CONTOSO), ("partner", A)]
-        .iter()
-        .map(|(k, id)| run(data.path(), &[k, id, "--json"], None).stdout)
-        .collect();
-    assert_eq!(before, after);
-    assert!(!run(data.path(), &["rebuild", "nonsense"], None)
-        .status
-        .success());
+    crate::pg::on_both_backends(|| {
+        let data = ledger_with("refusals");
+        let before: Vec<Vec<u8>> = [("customer", CONTOSO), ("partner", A)]
+            .iter()
+            .map(|(k, id)| run(data.path(), &[k, id, "--json"], None).stdout)
+            .collect();
+        let out = text(&run(data.path(), &["rebuild"], None));
+        assert!(
+            out.starts_with("rebuilt customers, partners, expiring from 15 events"),
+            "{out}"
+        );
+        let out = text(&run(data.path(), &["rebuild", "customers"], None));
+        assert!(out.starts_with("rebuilt customers from 15 events"), "{out}");
+        let after: Vec<Vec<u8>> = [("customer", CONTOSO), ("partner", A)]
+            .iter()
+            .map(|(k, id)| run(data.path(), &[k, id, "--json"], None).stdout)
+            .collect();
+        assert_eq!(before, after);
+        assert!(!run(data.path(), &["rebuild", "nonsense"], None)
+            .status
+            .success());
+    });
 }
 
 #[test]

@@ -80,3 +80,42 @@ pub fn ledger_folders() -> Vec<(&'static str, tempfile::TempDir)> {
     schema_for(postgres.path());
     vec![("sled", sled), ("postgres", postgres)]
 }
+
+thread_local! {
+    /// Whether [`folder`] gives PostgreSQL ledgers on this thread (inside [`on_both_backends`]).
+    static ON_POSTGRES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A new folder for a ledger: a plain one, or inside [`on_both_backends`]'s PostgreSQL round one standing for a fresh
+/// schema.
+pub fn folder() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    if ON_POSTGRES.get() {
+        schema_for(dir.path());
+    }
+    dir
+}
+
+/// Runs a test written against [`folder`]s twice: on sled, then on PostgreSQL.
+pub fn on_both_backends(test: impl Fn()) {
+    for postgres in [false, true] {
+        ON_POSTGRES.set(postgres);
+        let backend = if postgres { "postgres" } else { "sled" };
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&test));
+        ON_POSTGRES.set(false);
+        if let Err(e) = outcome {
+            eprintln!("the test failed on {backend}");
+            std::panic::resume_unwind(e);
+        }
+    }
+}
+
+/// A ledger configuration for `dir`: its PostgreSQL schema when it stands for one (for tests that open the ledger in
+/// process rather than through the binary).
+pub fn config_for(dir: &Path) -> partner_ledger::ledger::LedgerConfig {
+    let mut config = partner_ledger::ledger::LedgerConfig::new(dir);
+    if let Some((url, schema)) = folders().get(dir).cloned() {
+        config.store.postgres = Some(PgTarget::parse(&url, &schema).unwrap());
+    }
+    config
+}

@@ -188,7 +188,7 @@ impl PgStore {
     /// The writer's connection, opened again (lock taken, head row checked) if it was lost.
     fn writer_session<'a>(&self, slot: &'a mut Option<Client>) -> Result<&'a mut Client, Failure> {
         if slot.as_ref().is_some_and(|c| c.is_closed()) {
-            *slot = None;
+            slot.take().into_iter().for_each(super::pool::close);
         }
         if slot.is_none() {
             let mut client = self.target.connect().map_err(Failure::NotWritten)?;
@@ -215,7 +215,7 @@ impl PgStore {
         let result = self.write_on(&mut slot, batch);
         if matches!(result, Err(Failure::NotWritten(_) | Failure::Unknown(_))) {
             // A connection that failed a write is not trusted again: the next append opens another.
-            *slot = None;
+            slot.take().into_iter().for_each(super::pool::close);
         }
         result
     }

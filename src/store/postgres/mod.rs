@@ -545,6 +545,18 @@ impl PgStore {
     }
 }
 
+impl Drop for PgStore {
+    /// The writer's connection (and with it the writer's lock) closes off any asynchronous runtime (`pool::close`).
+    fn drop(&mut self) {
+        let writer = self
+            .writer
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        writer.into_iter().for_each(pool::close);
+    }
+}
+
 /// A position as PostgreSQL's `bigint`.
 fn pos(p: Position) -> i64 {
     i64::try_from(p.0).unwrap_or(i64::MAX)

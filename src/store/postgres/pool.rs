@@ -24,6 +24,27 @@ struct Slots {
     open: usize,
 }
 
+impl Drop for Slots {
+    fn drop(&mut self) {
+        for c in self.idle.drain(..) {
+            close(c);
+        }
+    }
+}
+
+/// Closes a connection. The synchronous client closes through a runtime of its own, which cannot run on a thread that
+/// drives asynchronous tasks (a server's last handle on the ledger may be dropped there): there it is closed on a
+/// thread of its own.
+pub(super) fn close(client: Client) {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        let _ = std::thread::Builder::new()
+            .name("pg-close".into())
+            .spawn(move || drop(client));
+    } else {
+        drop(client);
+    }
+}
+
 #[derive(Clone)]
 pub(super) struct Pool {
     target: PgTarget,
@@ -51,10 +72,11 @@ impl Pool {
     /// Drops the idle connections (after the database was found gone: they are as dead).
     pub(super) fn clear(&self) {
         let mut slots = self.shared.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = slots.idle.len();
-        slots.idle.clear();
-        slots.open -= n;
+        let idle: Vec<Client> = slots.idle.drain(..).collect();
+        slots.open -= idle.len();
         self.shared.1.notify_all();
+        drop(slots);
+        idle.into_iter().for_each(close);
     }
 
     /// An idle connection, or a new one when fewer than [`MAX`] are open; otherwise waits for one.
@@ -66,6 +88,7 @@ impl Pool {
             if let Some(c) = slots.idle.pop() {
                 if c.is_closed() {
                     slots.open -= 1;
+                    close(c);
                     continue;
                 }
                 return Ok(self.pooled(c));
@@ -130,7 +153,10 @@ impl Drop for Pooled {
         let mut slots = lock.lock().unwrap_or_else(|e| e.into_inner());
         match self.client.take() {
             Some(c) if !c.is_closed() => slots.idle.push(c),
-            _ => slots.open -= 1,
+            other => {
+                slots.open -= 1;
+                other.into_iter().for_each(close);
+            }
         }
         freed.notify_one();
     }
