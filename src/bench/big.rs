@@ -313,6 +313,9 @@ async fn streams(
     }
     let catch_up_seconds = started.elapsed().as_secs_f64();
     drop(body);
+    // A fresh connection for the commands: the first one sat idle through the catch-up, which can take longer than
+    // the server keeps an idle connection open (--header-timeout-ms, 10 s).
+    let mut c = Client::connect(addr).await?;
     // Live: a stream already at the head, then commands one at a time.
     let mut s = Client::connect(addr).await?;
     let mut body = s.stream(&format!("/v1/events?from={head}")).await?;

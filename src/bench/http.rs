@@ -43,7 +43,7 @@ impl Server {
                 "86400",
             ])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::inherit())
             .spawn()
             .context("cannot start the server")?;
         let stdout = child.stdout.take().context("no server output")?;

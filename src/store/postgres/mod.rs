@@ -322,8 +322,10 @@ fn take_writer_lock(client: &mut Client, target: &PgTarget) -> Result<(), StoreE
     }
 }
 
-/// How many events one page of a read holds.
+/// How many events one page of a read holds at most.
 const PAGE: i64 = 2048;
+/// How many the first page of a read holds.
+const FIRST_PAGE: i64 = 128;
 
 /// The ledger in a PostgreSQL schema.
 pub struct PgStore {
@@ -496,14 +498,19 @@ impl PgStore {
     }
 
     /// One page of events after `after`, up to `to`.
-    fn page(&self, after: Position, to: Position) -> Result<Vec<StoredEvent>, StoreError> {
+    fn page(
+        &self,
+        after: Position,
+        to: Position,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let rows = self
             .pool
             .get()?
             .query(
                 "SELECT position, envelope FROM events WHERE position > $1 AND position <= $2
                  ORDER BY position LIMIT $3",
-                &[&pos(after), &pos(to), &PAGE],
+                &[&pos(after), &pos(to), &limit],
             )
             .map_err(self.err("cannot read the log"))?;
         Ok(rows
@@ -524,15 +531,19 @@ impl PgStore {
         let mut next = after;
         let mut buffer = std::collections::VecDeque::new();
         let mut done = after >= to;
+        // Pages start small and double up to [`PAGE`]: a reader that stops early (a stream's piece, a few hundred
+        // events) reads little more than it uses, and a long one soon reads in large pages.
+        let mut limit = FIRST_PAGE;
         std::iter::from_fn(move || {
             if buffer.is_empty() && !done {
-                match self.page(next, to) {
+                match self.page(next, to, limit) {
                     Err(e) => {
                         done = true;
                         return Some(Err(e));
                     }
                     Ok(page) => {
-                        done = page.len() < usize::try_from(PAGE).unwrap_or(0);
+                        done = page.len() < usize::try_from(limit).unwrap_or(0);
+                        limit = (limit * 2).min(PAGE);
                         if let Some(last) = page.last() {
                             next = last.position;
                         }
@@ -546,14 +557,29 @@ impl PgStore {
 }
 
 impl Drop for PgStore {
-    /// The writer's connection (and with it the writer's lock) closes off any asynchronous runtime (`pool::close`).
+    /// Lets go of the writer's lock before the connection closes, so that a process started right after this store
+    /// was dropped finds it free (the server ends a closed session a moment later, not at once); off any
+    /// asynchronous runtime (`pool::close`).
     fn drop(&mut self) {
         let writer = self
             .writer
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        writer.into_iter().for_each(pool::close);
+        if let Some(mut writer) = writer {
+            let release = move || {
+                let _ = writer.batch_execute("SELECT pg_advisory_unlock_all()");
+                drop(writer);
+            };
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let _ = std::thread::Builder::new()
+                    .name("pg-close".into())
+                    .spawn(release)
+                    .map(|t| t.join());
+            } else {
+                release();
+            }
+        }
     }
 }
 
