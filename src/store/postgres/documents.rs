@@ -359,34 +359,20 @@ impl RefusalStore for Documents {
 
     fn upto(&self, last: u64) -> Box<dyn Iterator<Item = Result<RefusalRecord, StoreError>> + '_> {
         let last = i64::try_from(last).unwrap_or(i64::MAX);
-        let mut after = 0i64;
-        let mut buffer = std::collections::VecDeque::new();
-        let mut done = false;
-        Box::new(std::iter::from_fn(move || {
-            if buffer.is_empty() && !done {
-                let rows = self.pool.get().and_then(|mut c| {
-                    c.query(
-                        "SELECT seq, record FROM refusals WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT 1024",
-                        &[&after, &last],
-                    )
-                    .map_err(err(&self.pool, "cannot read the refusal audit trail"))
-                });
-                match rows {
-                    Err(e) => {
-                        done = true;
-                        return Some(Err(e));
-                    }
-                    Ok(rows) => {
-                        done = rows.len() < 1024;
-                        for r in rows {
-                            after = r.get(0);
-                            buffer.push_back(decode(&r.get::<_, String>(1)));
-                        }
-                    }
-                }
-            }
-            buffer.pop_front()
-        }))
+        super::pool::paged(1024, move |after| {
+            let rows = self
+                .pool
+                .get()?
+                .query(
+                    "SELECT seq, record FROM refusals WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT 1024",
+                    &[&after, &last],
+                )
+                .map_err(err(&self.pool, "cannot read the refusal audit trail"))?;
+            Ok(rows
+                .into_iter()
+                .map(|r| (r.get(0), decode(&r.get::<_, String>(1))))
+                .collect())
+        })
     }
 
     fn is_empty(&self) -> bool {

@@ -15,9 +15,15 @@
 
 mod append;
 mod documents;
+mod lock;
 mod pool;
 pub mod schema;
+mod target;
 pub mod throwaway;
+
+use lock::take_writer_lock;
+pub use target::PgTarget;
+pub(crate) use target::{message_of, pg_error};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -33,293 +39,11 @@ use super::{
 use crate::domain::{CommandId, EntityRef, Position};
 use pool::Pool;
 
-/// Where a ledger lives in PostgreSQL: a connection URL (or key=value string) and a schema. Displayed as host, port,
-/// database and schema: never with the password.
-#[derive(Clone)]
-pub struct PgTarget {
-    config: postgres::Config,
-    /// The URL as given, for a child process of this one (through its environment, never its command line).
-    url: String,
-    /// Checked by [`PgTarget::parse`] (it is put into SQL text).
-    schema: String,
-}
-
-impl std::fmt::Debug for PgTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PgTarget({self})")
-    }
-}
-
-impl std::fmt::Display for PgTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let hosts: Vec<String> = self
-            .config
-            .get_hosts()
-            .iter()
-            .zip(
-                self.config
-                    .get_ports()
-                    .iter()
-                    .chain(std::iter::repeat(&5432)),
-            )
-            .map(|(h, p)| match h {
-                postgres::config::Host::Tcp(h) => format!("{h}:{p}"),
-                postgres::config::Host::Unix(path) => format!("{}:{p}", path.display()),
-            })
-            .collect();
-        write!(
-            f,
-            "{} database {} schema {}",
-            if hosts.is_empty() {
-                "localhost:5432".to_string()
-            } else {
-                hosts.join(",")
-            },
-            self.config.get_dbname().unwrap_or("(default)"),
-            self.schema
-        )
-    }
-}
-
-impl PgTarget {
-    /// Parses a connection URL (`postgres://user@host:port/db`, or libpq's `key=value` form) and a schema name. The
-    /// password may be in the URL, in `PGPASSWORD`, or in `PGPASSFILE` (or `~/.pgpass`), so that it need not appear on
-    /// a command line.
-    pub fn parse(url: &str, schema: &str) -> Result<PgTarget, String> {
-        if !schema::valid_identifier(schema) {
-            return Err(format!(
-                "the schema name {schema:?} is not accepted: use lowercase letters, digits and _ (at most 63, not starting with a digit)"
-            ));
-        }
-        let mut config: postgres::Config = url
-            .parse()
-            .map_err(|e| format!("the PostgreSQL URL does not parse: {e}"))?;
-        if config.get_user().is_none() {
-            if let Ok(user) = std::env::var("PGUSER") {
-                config.user(&user);
-            }
-        }
-        if config.get_password().is_none() {
-            if let Some(p) = std::env::var("PGPASSWORD")
-                .ok()
-                .or_else(|| password_from_file(&config))
-            {
-                config.password(p);
-            }
-        }
-        if config.get_hosts().is_empty() {
-            config.host(&std::env::var("PGHOST").unwrap_or_else(|_| "localhost".into()));
-        }
-        config.application_name(&format!(
-            "partner-ledger pid {} on {}",
-            std::process::id(),
-            hostname()
-        ));
-        // Keepalives on both sides: a session whose peer vanished (a network cut, a crashed host) ends within about
-        // 25 s instead of the kernel's two hours, and with it the writer's lock.
-        config.options(&format!(
-            "-c search_path={schema} -c synchronous_commit=on -c tcp_keepalives_idle=10 \
-             -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
-        ));
-        config.connect_timeout(std::time::Duration::from_secs(10));
-        config.keepalives(true);
-        config.keepalives_idle(std::time::Duration::from_secs(10));
-        Ok(PgTarget {
-            config,
-            url: url.to_string(),
-            schema: schema.to_string(),
-        })
-    }
-
-    /// The schema the ledger lives in.
-    pub fn schema(&self) -> &str {
-        &self.schema
-    }
-
-    /// The same database, another schema.
-    pub fn with_schema(&self, schema: &str) -> Result<PgTarget, String> {
-        PgTarget::parse(&self.url, schema)
-    }
-
-    /// The environment that points a child process (`partner-ledger serve`) at this ledger: the URL travels in the
-    /// environment, never on a command line where `ps` shows it.
-    pub fn child_env(&self) -> [(&'static str, String); 2] {
-        [
-            ("PARTNER_LEDGER_STORE", self.url.clone()),
-            ("PARTNER_LEDGER_PG_SCHEMA", self.schema.clone()),
-        ]
-    }
-
-    /// Drops this schema and everything in it: for the benchmark's own throwaway ledgers only.
-    pub fn drop_schema(&self) -> Result<(), StoreError> {
-        let mut client = self.connect()?;
-        client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
-            .map_err(|e| pg_error(self, "cannot drop a benchmark schema", &e))
-    }
-
-    /// Opens a connection.
-    pub(crate) fn connect(&self) -> Result<Client, StoreError> {
-        self.config
-            .connect(postgres::NoTls)
-            .map_err(|e| StoreError::Unreachable {
-                place: self.to_string(),
-                message: message_of(&e),
-            })
-    }
-}
-
-/// The password `PGPASSFILE` (or `~/.pgpass`) holds for this host, port, database and user, as libpq reads it.
-fn password_from_file(config: &postgres::Config) -> Option<String> {
-    let path = std::env::var_os("PGPASSFILE")
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".pgpass")))?;
-    let text = std::fs::read_to_string(path).ok()?;
-    let host = match config.get_hosts().first() {
-        Some(postgres::config::Host::Tcp(h)) => h.clone(),
-        _ => "localhost".into(),
-    };
-    let port = config
-        .get_ports()
-        .first()
-        .copied()
-        .unwrap_or(5432)
-        .to_string();
-    let db = config.get_dbname().unwrap_or("").to_string();
-    let user = config.get_user().unwrap_or("").to_string();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let fields: Vec<&str> = line.splitn(5, ':').collect();
-            let [h, p, d, u, pw] = fields.as_slice() else {
-                return None;
-            };
-            let matches = |pattern: &str, value: &str| pattern == "*" || pattern == value;
-            (matches(h, &host) && matches(p, &port) && matches(d, &db) && matches(u, &user))
-                .then(|| pw.to_string())
-        })
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "this host".into())
-}
-
-/// A PostgreSQL error's message without its "db error:" wrapping (and never a password: none is ever in one).
-pub(crate) fn message_of(e: &postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => {
-            let mut m = e.to_string();
-            let mut source = std::error::Error::source(e);
-            while let Some(s) = source {
-                m = format!("{m}: {s}");
-                source = s.source();
-            }
-            m
-        }
-    }
-}
-
-/// A store error for a failed statement: `Unreachable` when the connection itself is gone.
-pub(crate) fn pg_error(target: &PgTarget, context: &str, e: &postgres::Error) -> StoreError {
-    if e.is_closed() || e.as_db_error().is_none() {
-        return StoreError::Unreachable {
-            place: target.to_string(),
-            message: format!("{context}: {}", message_of(e)),
-        };
-    }
-    StoreError::Postgres {
-        place: target.to_string(),
-        context: context.to_string(),
-        message: message_of(e),
-    }
-}
-
-/// The advisory-lock key of a ledger schema: one writer per schema.
-fn lock_key(schema: &str) -> i64 {
-    use sha2::{Digest, Sha256};
-    let d = Sha256::digest(format!("partner-ledger writer {schema}").as_bytes());
-    i64::from_be_bytes(d[..8].try_into().unwrap_or_default())
-}
-
 /// An entity as the history and refusal tables key it.
 pub(crate) fn entity_key(entity: &EntityRef) -> (i8, uuid::Uuid) {
     let prefix = super::entity_prefix(entity);
     let id = uuid::Uuid::from_slice(&prefix[2..]).unwrap_or_default();
     (i8::from_ne_bytes([prefix[1]]), id)
-}
-
-/// Takes the ledger's writer lock on `client`'s session, or says who holds it. A holder that is this very process (a
-/// store of it that is closing: the server ends a session a moment after its client let go) is waited out, for up to
-/// five seconds.
-fn take_writer_lock(client: &mut Client, target: &PgTarget) -> Result<(), StoreError> {
-    let key = lock_key(&target.schema);
-    let ours = format!("partner-ledger pid {} on ", std::process::id());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let locked: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
-            .map_err(|e| pg_error(target, "cannot take the writer's lock", &e))?
-            .get(0);
-        if locked {
-            return Ok(());
-        }
-        let holder = client
-            .query_opt(
-                "SELECT a.application_name, host(a.client_addr) FROM pg_locks l
-                 JOIN pg_stat_activity a ON a.pid = l.pid
-                 WHERE l.locktype = 'advisory' AND l.granted
-                   AND ((l.classid::bigint << 32) | l.objid::bigint) = $1",
-                &[&key],
-            )
-            .ok()
-            .flatten()
-            .map(|r| (r.get::<_, Option<String>>(0), r.get::<_, Option<String>>(1)));
-        let name = holder
-            .as_ref()
-            .and_then(|h| h.0.clone())
-            .unwrap_or_default();
-        if name.starts_with(&ours) {
-            if std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-                continue;
-            }
-            // Still this very process after five seconds: a session of its own whose connection was lost (a network
-            // blip) but which the server has not noticed yet. It is ended, so the lock is free again.
-            let ended: bool = client
-                .query_one(
-                    "SELECT coalesce(bool_or(pg_terminate_backend(l.pid)), false) FROM pg_locks l
-                     JOIN pg_stat_activity a ON a.pid = l.pid
-                     WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = $2
-                       AND ((l.classid::bigint << 32) | l.objid::bigint) = $1",
-                    &[&key, &name],
-                )
-                .map_err(|e| pg_error(target, "cannot end a stale session of this process", &e))?
-                .get(0);
-            if ended {
-                tracing::warn!(
-                    "ended a stale session of this process that still held the writer's lock"
-                );
-                std::thread::sleep(std::time::Duration::from_millis(100));
-                continue;
-            }
-        }
-        let holder = match holder {
-            Some((name, addr)) => format!(
-                "{}{}",
-                name.filter(|n| !n.is_empty())
-                    .unwrap_or_else(|| "another session".into()),
-                addr.map(|a| format!(" from {a}")).unwrap_or_default()
-            ),
-            None => "another process".into(),
-        };
-        return Err(StoreError::LockedAt {
-            place: target.to_string(),
-            holder,
-        });
-    }
 }
 
 /// How many events one page of a read holds at most.
@@ -718,46 +442,35 @@ impl Store for PgStore {
 
     fn journal(&self) -> Box<dyn Iterator<Item = Result<Committed, StoreError>> + '_> {
         let settled = i64::try_from(self.settled_commands.load(Ordering::SeqCst)).unwrap_or(0);
-        let mut after = 0i64;
-        let mut buffer = std::collections::VecDeque::new();
-        let mut done = false;
-        Box::new(std::iter::from_fn(move || {
-            if buffer.is_empty() && !done {
-                let rows = self.pool.get().and_then(|mut c| {
-                    c.query(
-                        "SELECT key, seq, fingerprint, first_position, event_count FROM commands
-                         WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3",
-                        &[&after, &settled, &PAGE],
-                    )
-                    .map_err(self.err("cannot read the command journal"))
-                });
-                match rows {
-                    Err(e) => {
-                        done = true;
-                        return Some(Err(e));
-                    }
-                    Ok(rows) => {
-                        done = rows.len() < usize::try_from(PAGE).unwrap_or(0);
-                        for r in rows {
-                            after = r.get(1);
-                            let fingerprint: Option<Vec<u8>> = r.get(2);
-                            let command =
-                                CommandId::new(r.get::<_, uuid::Uuid>(0)).map(|id| Committed {
-                                    command_id: id,
-                                    fingerprint: fingerprint.and_then(|f| f.try_into().ok()),
-                                    first: Position(u64::try_from(r.get::<_, i64>(3)).unwrap_or(0)),
-                                    count: u32::try_from(r.get::<_, i32>(4)).unwrap_or(0),
-                                });
-                            buffer.push_back(command.map_err(|_| StoreError::Corrupt {
-                                position: None,
-                                message: "the command journal holds a nil command id".into(),
-                            }));
-                        }
-                    }
-                }
-            }
-            buffer.pop_front()
-        }))
+        pool::paged(usize::try_from(PAGE).unwrap_or(0), move |after| {
+            let rows = self
+                .pool
+                .get()?
+                .query(
+                    "SELECT key, seq, fingerprint, first_position, event_count FROM commands
+                     WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3",
+                    &[&after, &settled, &PAGE],
+                )
+                .map_err(self.err("cannot read the command journal"))?;
+            Ok(rows
+                .into_iter()
+                .map(|r| {
+                    let fingerprint: Option<Vec<u8>> = r.get(2);
+                    let command = CommandId::new(r.get::<_, uuid::Uuid>(0))
+                        .map(|id| Committed {
+                            command_id: id,
+                            fingerprint: fingerprint.and_then(|f| f.try_into().ok()),
+                            first: Position(u64::try_from(r.get::<_, i64>(3)).unwrap_or(0)),
+                            count: u32::try_from(r.get::<_, i32>(4)).unwrap_or(0),
+                        })
+                        .map_err(|_| StoreError::Corrupt {
+                            position: None,
+                            message: "the command journal holds a nil command id".into(),
+                        });
+                    (r.get(1), command)
+                })
+                .collect())
+        })
     }
 
     fn import_with(

@@ -161,3 +161,32 @@ impl Drop for Pooled {
         freed.notify_one();
     }
 }
+
+/// Rows read a page at a time, in key order: `fetch(after)` returns the next page (at most `page` rows) after the key
+/// `after`, each row with its key; a shorter page is the last. Constant memory whatever the table's length.
+pub(super) fn paged<'a, T: 'a>(
+    page: usize,
+    mut fetch: impl FnMut(i64) -> Result<Vec<(i64, Result<T, StoreError>)>, StoreError> + 'a,
+) -> Box<dyn Iterator<Item = Result<T, StoreError>> + 'a> {
+    let mut after = 0i64;
+    let mut buffer = std::collections::VecDeque::new();
+    let mut done = false;
+    Box::new(std::iter::from_fn(move || {
+        if buffer.is_empty() && !done {
+            match fetch(after) {
+                Err(e) => {
+                    done = true;
+                    return Some(Err(e));
+                }
+                Ok(rows) => {
+                    done = rows.len() < page;
+                    for (key, item) in rows {
+                        after = key;
+                        buffer.push_back(item);
+                    }
+                }
+            }
+        }
+        buffer.pop_front()
+    }))
+}

@@ -215,7 +215,7 @@ pub fn version_of(client: &mut Client, target: &PgTarget) -> Result<Option<i64>,
     let exists = client
         .query_opt(
             "SELECT 1 FROM pg_namespace WHERE nspname = $1",
-            &[&target.schema],
+            &[&target.schema()],
         )
         .map_err(|e| pg_error(target, "cannot read the catalog", &e))?
         .is_some();
@@ -225,7 +225,7 @@ pub fn version_of(client: &mut Client, target: &PgTarget) -> Result<Option<i64>,
     let has_meta = client
         .query_opt(
             "SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = 'meta'",
-            &[&target.schema],
+            &[&target.schema()],
         )
         .map_err(|e| pg_error(target, "cannot read the catalog", &e))?
         .is_some();
@@ -267,7 +267,7 @@ pub fn migrate(
     if before > VERSION {
         return Err(newer(target, before));
     }
-    let schema = &target.schema;
+    let schema = target.schema();
     let mut tx = client
         .transaction()
         .map_err(|e| pg_error(target, "cannot begin the migration", &e))?;

@@ -1,0 +1,211 @@
+//! Where a ledger lives in PostgreSQL (`PgTarget`: the connection settings and the schema, shown without the
+//! password), opening connections, and what a failed statement means (`pg_error`).
+
+use postgres::Client;
+
+use super::schema;
+use crate::store::StoreError;
+
+/// Where a ledger lives in PostgreSQL: a connection URL (or key=value string) and a schema. Displayed as host, port,
+/// database and schema: never with the password.
+#[derive(Clone)]
+pub struct PgTarget {
+    config: postgres::Config,
+    /// The URL as given, for a child process of this one (through its environment, never its command line).
+    url: String,
+    /// Checked by [`PgTarget::parse`] (it is put into SQL text).
+    schema: String,
+}
+
+impl std::fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PgTarget({self})")
+    }
+}
+
+impl std::fmt::Display for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hosts: Vec<String> = self
+            .config
+            .get_hosts()
+            .iter()
+            .zip(
+                self.config
+                    .get_ports()
+                    .iter()
+                    .chain(std::iter::repeat(&5432)),
+            )
+            .map(|(h, p)| match h {
+                postgres::config::Host::Tcp(h) => format!("{h}:{p}"),
+                postgres::config::Host::Unix(path) => format!("{}:{p}", path.display()),
+            })
+            .collect();
+        write!(
+            f,
+            "{} database {} schema {}",
+            if hosts.is_empty() {
+                "localhost:5432".to_string()
+            } else {
+                hosts.join(",")
+            },
+            self.config.get_dbname().unwrap_or("(default)"),
+            self.schema
+        )
+    }
+}
+
+impl PgTarget {
+    /// Parses a connection URL (`postgres://user@host:port/db`, or libpq's `key=value` form) and a schema name. The
+    /// password may be in the URL, in `PGPASSWORD`, or in `PGPASSFILE` (or `~/.pgpass`), so that it need not appear on
+    /// a command line.
+    pub fn parse(url: &str, schema: &str) -> Result<PgTarget, String> {
+        if !schema::valid_identifier(schema) {
+            return Err(format!(
+                "the schema name {schema:?} is not accepted: use lowercase letters, digits and _ (at most 63, not starting with a digit)"
+            ));
+        }
+        let mut config: postgres::Config = url
+            .parse()
+            .map_err(|e| format!("the PostgreSQL URL does not parse: {e}"))?;
+        if config.get_user().is_none() {
+            if let Ok(user) = std::env::var("PGUSER") {
+                config.user(&user);
+            }
+        }
+        if config.get_password().is_none() {
+            if let Some(p) = std::env::var("PGPASSWORD")
+                .ok()
+                .or_else(|| password_from_file(&config))
+            {
+                config.password(p);
+            }
+        }
+        if config.get_hosts().is_empty() {
+            config.host(&std::env::var("PGHOST").unwrap_or_else(|_| "localhost".into()));
+        }
+        config.application_name(&format!(
+            "partner-ledger pid {} on {}",
+            std::process::id(),
+            hostname()
+        ));
+        // Keepalives on both sides: a session whose peer vanished (a network cut, a crashed host) ends within about
+        // 25 s instead of the kernel's two hours, and with it the writer's lock.
+        config.options(&format!(
+            "-c search_path={schema} -c synchronous_commit=on -c tcp_keepalives_idle=10 \
+             -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
+        ));
+        config.connect_timeout(std::time::Duration::from_secs(10));
+        config.keepalives(true);
+        config.keepalives_idle(std::time::Duration::from_secs(10));
+        Ok(PgTarget {
+            config,
+            url: url.to_string(),
+            schema: schema.to_string(),
+        })
+    }
+
+    /// The schema the ledger lives in.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// The same database, another schema.
+    pub fn with_schema(&self, schema: &str) -> Result<PgTarget, String> {
+        PgTarget::parse(&self.url, schema)
+    }
+
+    /// The environment that points a child process (`partner-ledger serve`) at this ledger: the URL travels in the
+    /// environment, never on a command line where `ps` shows it.
+    pub fn child_env(&self) -> [(&'static str, String); 2] {
+        [
+            ("PARTNER_LEDGER_STORE", self.url.clone()),
+            ("PARTNER_LEDGER_PG_SCHEMA", self.schema.clone()),
+        ]
+    }
+
+    /// Drops this schema and everything in it: for the benchmark's own throwaway ledgers only.
+    pub fn drop_schema(&self) -> Result<(), StoreError> {
+        let mut client = self.connect()?;
+        client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
+            .map_err(|e| pg_error(self, "cannot drop a benchmark schema", &e))
+    }
+
+    /// Opens a connection.
+    pub(crate) fn connect(&self) -> Result<Client, StoreError> {
+        self.config
+            .connect(postgres::NoTls)
+            .map_err(|e| StoreError::Unreachable {
+                place: self.to_string(),
+                message: message_of(&e),
+            })
+    }
+}
+
+/// The password `PGPASSFILE` (or `~/.pgpass`) holds for this host, port, database and user, as libpq reads it.
+fn password_from_file(config: &postgres::Config) -> Option<String> {
+    let path = std::env::var_os("PGPASSFILE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".pgpass")))?;
+    let text = std::fs::read_to_string(path).ok()?;
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "localhost".into(),
+    };
+    let port = config
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(5432)
+        .to_string();
+    let db = config.get_dbname().unwrap_or("").to_string();
+    let user = config.get_user().unwrap_or("").to_string();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let fields: Vec<&str> = line.splitn(5, ':').collect();
+            let [h, p, d, u, pw] = fields.as_slice() else {
+                return None;
+            };
+            let matches = |pattern: &str, value: &str| pattern == "*" || pattern == value;
+            (matches(h, &host) && matches(p, &port) && matches(d, &db) && matches(u, &user))
+                .then(|| pw.to_string())
+        })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "this host".into())
+}
+
+/// A PostgreSQL error's message without its "db error:" wrapping (and never a password: none is ever in one).
+pub(crate) fn message_of(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => {
+            let mut m = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                m = format!("{m}: {s}");
+                source = s.source();
+            }
+            m
+        }
+    }
+}
+
+/// A store error for a failed statement: `Unreachable` when the connection itself is gone.
+pub(crate) fn pg_error(target: &PgTarget, context: &str, e: &postgres::Error) -> StoreError {
+    if e.is_closed() || e.as_db_error().is_none() {
+        return StoreError::Unreachable {
+            place: target.to_string(),
+            message: format!("{context}: {}", message_of(e)),
+        };
+    }
+    StoreError::Postgres {
+        place: target.to_string(),
+        context: context.to_string(),
+        message: message_of(e),
+    }
+}
