@@ -13,9 +13,24 @@ pub(super) fn lock_key(schema: &str) -> i64 {
     i64::from_be_bytes(d[..8].try_into().unwrap_or_default())
 }
 
+/// Whether a lock holder named `partner-ledger pid N on HOST` (its `application_name`) ran on this host under a pid
+/// that no longer exists: its session outlived it.
+fn holder_is_gone(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("partner-ledger pid ") else {
+        return false;
+    };
+    let mut parts = rest.splitn(2, " on ");
+    let (Some(pid), Some(host)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    pid.parse::<u32>().is_ok()
+        && host == super::target::hostname()
+        && !std::path::Path::new("/proc").join(pid).exists()
+}
+
 /// Takes the ledger's writer lock on `client`'s session, or says who holds it. A holder that is this very process (a
 /// store of it that is closing: the server ends a session a moment after its client let go) is waited out, for up to
-/// five seconds.
+/// five seconds, then ended; one that was a process of this host that no longer runs is ended at once.
 pub(super) fn take_writer_lock(client: &mut Client, target: &PgTarget) -> Result<(), StoreError> {
     let key = lock_key(target.schema());
     let ours = format!("partner-ledger pid {} on ", std::process::id());
@@ -43,13 +58,16 @@ pub(super) fn take_writer_lock(client: &mut Client, target: &PgTarget) -> Result
             .as_ref()
             .and_then(|h| h.0.clone())
             .unwrap_or_default();
-        if name.starts_with(&ours) {
-            if std::time::Instant::now() < deadline {
+        // A holder that is this very process is waited out for five seconds; one whose process on this host is gone
+        // (killed: the server ends its session a moment later, or after the keepalives) is not waited for.
+        let dead = holder_is_gone(&name);
+        if name.starts_with(&ours) || dead {
+            if !dead && std::time::Instant::now() < deadline {
                 std::thread::sleep(std::time::Duration::from_millis(20));
                 continue;
             }
-            // Still this very process after five seconds: a session of its own whose connection was lost (a network
-            // blip) but which the server has not noticed yet. It is ended, so the lock is free again.
+            // A session of this very process whose connection was lost (a network blip), or of a process of this
+            // host that no longer runs, which the server has not noticed yet: it is ended, so the lock is free again.
             let ended: bool = client
                 .query_one(
                     "SELECT coalesce(bool_or(pg_terminate_backend(l.pid)), false) FROM pg_locks l
@@ -58,12 +76,10 @@ pub(super) fn take_writer_lock(client: &mut Client, target: &PgTarget) -> Result
                        AND ((l.classid::bigint << 32) | l.objid::bigint) = $1",
                     &[&key, &name],
                 )
-                .map_err(|e| pg_error(target, "cannot end a stale session of this process", &e))?
+                .map_err(|e| pg_error(target, "cannot end a stale session", &e))?
                 .get(0);
             if ended {
-                tracing::warn!(
-                    "ended a stale session of this process that still held the writer's lock"
-                );
+                tracing::warn!(holder = %name, "ended a stale session that still held the writer's lock");
                 std::thread::sleep(std::time::Duration::from_millis(100));
                 continue;
             }
