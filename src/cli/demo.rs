@@ -47,9 +47,16 @@ pub(super) fn demo(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         Some(answer) => print!("{}", render::customer_table(&answer.view)),
         None => println!("Contoso is not in this ledger."),
     }
-    let data = dir.display();
+    // On PostgreSQL the hints leave out where the ledger is: the URL may hold a password, never printed.
+    let (next, data) = match crate::store::default_postgres() {
+        Some(_) => (
+            "Next (with the same --store and --pg-schema):",
+            String::new(),
+        ),
+        None => ("Next:", format!("--data {} ", dir.display())),
+    };
     println!(
-        "\nNext:\n  partner-ledger --data {data} customer {CONTOSO} --json\n  partner-ledger --data {data} customer {CONTOSO} --as-of 2024-03-01T00:00:00Z\n  partner-ledger --data {data} events --customer {CONTOSO}\n  partner-ledger --data {data} verify"
+        "\n{next}\n  partner-ledger {data}customer {CONTOSO} --json\n  partner-ledger {data}customer {CONTOSO} --as-of 2024-03-01T00:00:00Z\n  partner-ledger {data}events --customer {CONTOSO}\n  partner-ledger {data}verify"
     );
     ledger.close();
     Ok(ExitCode::SUCCESS)

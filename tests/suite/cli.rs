@@ -256,8 +256,33 @@ fn the_demo_loads_the_seed_story_once_and_shows_contoso() {
         text.contains("Bellows IT") && text.contains("Contoso Production"),
         "{text}"
     );
+    assert!(
+        text.contains(&format!("--data {}", ledger.display())),
+        "{text}"
+    );
     let again = run(&ledger, &["demo"], None);
     assert!(String::from_utf8_lossy(&again.stdout).contains("already holds 11 events"));
+}
+
+/// On PostgreSQL the demo names where the ledger is without the URL (which may hold a password), and its hints leave
+/// out `--data`, which would point at another ledger.
+#[test]
+fn the_demo_on_postgres_names_the_database_and_hints_without_data() {
+    let data = crate::pg::folder_on_postgres();
+    let out = run(data.path(), &["demo"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("10 commands committed durably"), "{text}");
+    assert!(text.contains("database postgres schema ledger_"), "{text}");
+    assert!(!text.contains("--data"), "{text}");
+    assert!(
+        text.contains("with the same --store and --pg-schema"),
+        "{text}"
+    );
 }
 
 #[test]

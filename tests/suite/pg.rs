@@ -96,6 +96,13 @@ pub fn folder() -> tempfile::TempDir {
     dir
 }
 
+/// A new folder standing for a fresh PostgreSQL ledger.
+pub fn folder_on_postgres() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    schema_for(dir.path());
+    dir
+}
+
 /// Runs a test written against [`folder`]s twice: on sled, then on PostgreSQL.
 pub fn on_both_backends(test: impl Fn()) {
     for postgres in [false, true] {
