@@ -122,6 +122,21 @@ impl SealedBatch {
         })
     }
 
+    /// `Ok` when this batch extends `staged` (the store's staged head); otherwise the error every backend answers: the
+    /// caller's bug, not a storage failure, and nothing is written.
+    pub(crate) fn check_base(&self, staged: &Head) -> Result<(), StoreError> {
+        if *staged == self.base {
+            return Ok(());
+        }
+        Err(StoreError::Corrupt {
+            position: Some(self.base.position.next()),
+            message: format!(
+                "a batch prepared after position {} was offered at position {}",
+                self.base.position, staged.position
+            ),
+        })
+    }
+
     /// Appends a batch sealed after this one, so both are staged together and settled by one sync. Refuses
     /// (returning `next` unchanged) a batch that does not extend this one.
     pub fn append(&mut self, next: SealedBatch) -> Result<(), Box<SealedBatch>> {

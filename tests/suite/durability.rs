@@ -104,8 +104,9 @@ fn kill_rounds(data: &tempfile::TempDir) {
         let verify = run(data.path(), &["verify"], None);
         assert!(
             verify.status.success(),
-            "round {round}: {}",
-            String::from_utf8_lossy(&verify.stdout)
+            "round {round}: {}{}",
+            String::from_utf8_lossy(&verify.stdout),
+            String::from_utf8_lossy(&verify.stderr)
         );
         let events = stdout_lines(&run(data.path(), &["events"], None));
         let positions: Vec<u64> = events

@@ -41,15 +41,7 @@ impl PgStore {
             return Err(StoreError::FailStopped);
         }
         let written = self.staged_head();
-        if written != batch.base {
-            return Err(StoreError::Corrupt {
-                position: Some(batch.base.position.next()),
-                message: format!(
-                    "a batch prepared after position {} was offered at position {}",
-                    batch.base.position, written.position
-                ),
-            });
-        }
+        batch.check_base(&written)?;
         self.settle_uncertainty(&written)?;
         let outcome = match self.write_batch(&batch) {
             Ok(commands) => Ok(commands),

@@ -97,6 +97,8 @@ impl PgTarget {
         config.connect_timeout(std::time::Duration::from_secs(10));
         config.keepalives(true);
         config.keepalives_idle(std::time::Duration::from_secs(10));
+        config.keepalives_interval(std::time::Duration::from_secs(5));
+        config.keepalives_retries(3);
         Ok(PgTarget {
             config,
             url: url.to_string(),

@@ -47,15 +47,7 @@ impl SledStore {
             return Err(StoreError::FailStopped);
         }
         let written_head = self.staged();
-        if written_head != prepared.base {
-            return Err(StoreError::Corrupt {
-                position: Some(prepared.base.position.next()),
-                message: format!(
-                    "a batch prepared after position {} was offered at position {}",
-                    prepared.base.position, written_head.position
-                ),
-            });
-        }
+        prepared.check_base(&written_head)?;
         let SealedBatch {
             rows,
             journal,
