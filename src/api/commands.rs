@@ -12,7 +12,7 @@ use axum::Json;
 
 use super::error::ApiError;
 use super::extract::media_type;
-use super::{auth, AppState};
+use super::{auth, forward, AppState};
 use crate::access::Principal;
 use crate::domain::command::MAX_COMMAND_BYTES;
 use crate::domain::parse_line_as;
@@ -108,13 +108,28 @@ async fn authorise(
     }
 }
 
-/// `POST /v1/commands`: one JSON command, or NDJSON (one outcome line per input line).
+/// `POST /v1/commands`: one JSON command, or NDJSON (one outcome line per input line). On a process that does not
+/// write a shared ledger, forwarded to the one that does (`forward.rs`). Every answer carries `Ledger-Position`.
 pub(super) async fn post_commands(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let answer = match forward::forward(&s, &headers, "/v1/commands", &body).await {
+        Some(relayed) => relayed,
+        None => submit_here(&s, who, headers, body).await,
+    }?;
+    Ok(forward::with_position(&s, answer))
+}
+
+async fn submit_here(
+    s: &AppState,
+    who: Principal,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let s = s.clone();
     if who.kind == crate::access::Kind::Auditor {
         return Err(s.auth.deny(
             &who.label(),

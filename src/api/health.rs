@@ -54,6 +54,17 @@ pub(super) async fn healthz(State(s): State<AppState>) -> Response {
     if let Err(why) = reachable {
         body["storage"] = json!(why);
     }
+    // Where several processes share a PostgreSQL ledger: which one writes (docs/operations.md).
+    if s.ledger.lease_period().is_some() {
+        body["role"] = match s.ledger.role() {
+            crate::ledger::Role::Writer => json!("writer"),
+            crate::ledger::Role::Follower { .. } => json!("follower"),
+        };
+        if let crate::ledger::Role::Follower { writer: Some(w) } = s.ledger.role() {
+            body["writer"] = json!({"name": w.name, "address": w.address, "epoch": w.epoch});
+        }
+        body["live"] = json!(s.ledger.live().position());
+    }
     let body = Json(body);
     if status != "ok" {
         (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
@@ -109,6 +120,11 @@ fn metrics_text(s: &AppState) -> String {
     let _ = writeln!(t, "partner_ledger_commit_batch_size_bucket{{le=\"+Inf\"}} {batches}\npartner_ledger_commit_batch_size_sum {}\npartner_ledger_commit_batch_size_count {batches}", st.committed);
     let _ = writeln!(t, "# HELP partner_ledger_stream_consumers Event streams connected.\n# TYPE partner_ledger_stream_consumers gauge\npartner_ledger_stream_consumers {}", s.metrics.streams.load(Ordering::Relaxed));
     let _ = writeln!(t, "# HELP partner_ledger_head_position The last position of the log.\n# TYPE partner_ledger_head_position gauge\npartner_ledger_head_position {}", s.ledger.store().head().position);
+    if s.ledger.lease_period().is_some() {
+        let writer = u8::from(s.ledger.role() == crate::ledger::Role::Writer);
+        let _ = writeln!(t, "# HELP partner_ledger_writer 1 while this process holds the writer's lease of a shared PostgreSQL ledger, 0 while it follows.\n# TYPE partner_ledger_writer gauge\npartner_ledger_writer {writer}");
+        let _ = writeln!(t, "# HELP partner_ledger_live_position The position this process's views reflect.\n# TYPE partner_ledger_live_position gauge\npartner_ledger_live_position {}", s.ledger.live().position());
+    }
     let _ = writeln!(t, "# HELP partner_ledger_entities Entities in the live write model, by kind (what its memory grows with).\n# TYPE partner_ledger_entities gauge");
     for (kind, n) in s.ledger.live().read(|st, _| st.entity_counts()) {
         let _ = writeln!(t, "partner_ledger_entities{{kind=\"{kind}\"}} {n}");

@@ -10,6 +10,7 @@ mod commands;
 mod consumers;
 mod error;
 mod extract;
+mod forward;
 mod framing;
 mod health;
 mod middleware;
@@ -158,6 +159,10 @@ pub fn router(state: AppState) -> Router {
         .merge(operations_routes)
         .fallback(extract::no_route)
         .method_not_allowed_fallback(extract::wrong_method)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            forward::min_position,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::read_body_in_time,

@@ -88,6 +88,10 @@ async fn scheduler(ledger: Arc<Ledger>, interval: Duration, mut stopping: watch:
             _ = tick.tick() => {}
             _ = stopping.changed() => return,
         }
+        // Where several processes share a ledger, the one that writes advances the clock.
+        if ledger.role() != crate::ledger::Role::Writer {
+            continue;
+        }
         if let Some(cmd) = clock_advance() {
             let outcome = ledger.submit_async(cmd).await.outcome().await;
             tracing::debug!(outcome = %outcome.to_json(), "clock advanced");

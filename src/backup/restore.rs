@@ -50,6 +50,7 @@ pub fn restore(
 ) -> Result<Restored, BackupError> {
     check_file(path)?;
     let store = crate::store::open(data, &crate::store::StoreOptions::default())?;
+    let _lease = crate::store::postgres::hold_lease(&store)?;
     let refusals = store.refusals();
     let consumers = store.consumers();
     if store.head().position.0 != 0 || !refusals.is_empty() || !consumers.all()?.is_empty() {

@@ -165,6 +165,15 @@ pub enum Command {
         /// in local mode: loopback only, every caller an operator.
         #[arg(long, env = "PARTNER_LEDGER_TOKENS")]
         tokens: Option<PathBuf>,
+        /// On PostgreSQL, where several `serve` processes share one ledger: the URL other processes forward
+        /// commands to while this one writes (default: http:// and the address it listens on, with this machine's
+        /// hostname when that address is 0.0.0.0 or ::). See docs/operations.md.
+        #[arg(long, env = "PARTNER_LEDGER_ADVERTISE")]
+        advertise: Option<String>,
+        /// On PostgreSQL: seconds the writer's lease lasts unless renewed (it is renewed five times as often). A
+        /// writer that stops renewing (paused, cut off) loses the right to write after this long.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
+        lease_seconds: u64,
     },
     /// Prints a shell completion script: `partner-ledger completions bash > /etc/bash_completion.d/partner-ledger`.
     Completions {

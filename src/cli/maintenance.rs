@@ -9,6 +9,7 @@ use crate::store::{ReadModel, StoreError, StoreOptions};
 
 pub(super) fn rebuild(dir: &std::path::Path, name: Option<&str>) -> anyhow::Result<ExitCode> {
     let store = open_existing(dir)?;
+    let _lease = crate::store::postgres::hold_lease(&store)?;
     let projections = crate::projection::Projections::open(&*store);
     let models: Vec<ReadModel> = match name {
         Some(n) => vec![ReadModel::named(n).ok_or_else(|| {

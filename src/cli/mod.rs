@@ -71,9 +71,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             header_timeout_ms,
             body_timeout_ms,
             tokens,
+            advertise,
+            lease_seconds,
         } => serve::serve(
             &cli.data,
             &listen,
+            serve::Shared {
+                advertise,
+                lease: std::time::Duration::from_secs(lease_seconds),
+            },
             crate::api::ServeConfig {
                 heartbeat: std::time::Duration::from_millis(heartbeat_ms.max(1)),
                 clock_interval: std::time::Duration::from_secs(clock_interval.max(1)),

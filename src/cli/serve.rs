@@ -7,10 +7,42 @@ use super::{CONTOSO, SEED_STORY};
 use crate::domain::{CustomerId, Position};
 use crate::ledger::{Ledger, LedgerConfig};
 
+/// How this process shares a PostgreSQL ledger with other `serve` processes (docs/operations.md).
+pub(super) struct Shared {
+    pub advertise: Option<String>,
+    pub lease: std::time::Duration,
+}
+
+/// The URL other processes forward commands to: `--advertise`, or http:// and the bound address.
+fn advertised(given: Option<String>, addr: std::net::SocketAddr) -> anyhow::Result<String> {
+    if let Some(url) = given {
+        let parsed: axum::http::Uri = url
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--advertise `{url}` is not a URL: {e}"))?;
+        if parsed.scheme_str() != Some("http")
+            || parsed.host().is_none()
+            || parsed.path() != "/" && !parsed.path().is_empty()
+        {
+            anyhow::bail!("--advertise `{url}` must be http://HOST:PORT, where other processes reach this one");
+        }
+        return Ok(url.trim_end_matches('/').to_string());
+    }
+    Ok(if addr.ip().is_unspecified() {
+        format!(
+            "http://{}:{}",
+            crate::store::postgres::hostname(),
+            addr.port()
+        )
+    } else {
+        format!("http://{addr}")
+    })
+}
+
 /// Runs the HTTP service on `dir` (docs/api.md).
 pub(super) fn serve(
     dir: &std::path::Path,
     listen: &str,
+    shared: Shared,
     config: crate::api::ServeConfig,
     sample_data: bool,
     tokens: Option<&std::path::Path>,
@@ -51,15 +83,26 @@ pub(super) fn serve(
         Ok::<_, anyhow::Error>(listener)
     })?;
     let addr = listener.local_addr()?;
-    let ledger = std::sync::Arc::new(Ledger::open(LedgerConfig::new(dir))?);
-    let loaded = if sample_data && ledger.store().head().position.0 == 0 {
+    let mut ledger_config = LedgerConfig::new(dir);
+    ledger_config.sharing = Some(crate::ledger::Sharing {
+        address: advertised(shared.advertise, addr)?,
+        lease: shared.lease,
+    });
+    let ledger = std::sync::Arc::new(Ledger::open(ledger_config)?);
+    let writing = ledger.role() == crate::ledger::Role::Writer;
+    if !writing {
+        tracing::info!(writer = ?ledger.role(), "another process writes this ledger: this one serves reads and forwards commands to it");
+    }
+    let loaded = if sample_data && writing && ledger.store().head().position.0 == 0 {
         load_sample_data(&ledger)?;
         Some(ledger.store().head().position)
     } else {
         None
     };
     // The first clock advance runs before the banner, so the banner's count is current and says what it recorded.
-    let advanced = crate::api::clock_advance().map(|cmd| ledger.execute(cmd));
+    let advanced = crate::api::clock_advance()
+        .filter(|_| writing)
+        .map(|cmd| ledger.execute(cmd));
     // The tail and the head marker were checked at open; the rest of the chain is verified while the server runs.
     ledger.verify_in_background()?;
     let result = runtime.block_on(async {

@@ -98,9 +98,25 @@ impl Committer {
             }
         }
         let Some(merged) = merged else {
-            return Handoff::Staged {
-                batches,
-                staged: None,
+            // Nothing to write (refusals, duplicates): answered only once the store confirms that no other process
+            // has written since (PostgreSQL's lease; nothing to do on sled).
+            return match self.shared.store.confirm() {
+                Ok(()) => Handoff::Staged {
+                    batches,
+                    staged: None,
+                },
+                Err(e @ StoreError::Deposed { .. }) => {
+                    self.shared.failed.store(true, Ordering::SeqCst);
+                    Handoff::Failed {
+                        batches,
+                        error: e.to_string(),
+                    }
+                }
+                // The database could not be asked: answered `unknown`, and the writer goes on.
+                Err(e) => Handoff::Voided {
+                    batches,
+                    error: format!("the answer could not be confirmed ({e})"),
+                },
             };
         };
         match self.shared.store.stage(merged) {

@@ -29,6 +29,7 @@ use crate::projection::Projections;
 use crate::store::{RefusalStore, Store, StoreError, StoreOptions};
 
 mod committer;
+mod coordinator;
 #[cfg(test)]
 mod fault_tests;
 mod integrity;
@@ -42,6 +43,7 @@ mod syncer;
 mod writer;
 
 pub use crate::replay::{load_state, replay, replay_onto, OpenError};
+pub use coordinator::Role;
 pub use integrity::{Integrity, IntegrityStatus};
 pub use live::{Live, CATCH_UP_TIMEOUT};
 pub use metrics::{Histograms, Stats, BATCH_BUCKETS, LATENCY_BUCKETS};
@@ -78,6 +80,19 @@ pub struct LedgerConfig {
     /// came after the last one), so opening replays only what follows it.
     pub snapshot_every: u64,
     pub snapshot_at_close: u64,
+    /// On PostgreSQL: this process shares the ledger with others (`serve`): it writes while it holds the writer's
+    /// lease and follows the writer otherwise (`coordinator.rs`). `None`: it takes the lease at open or fails
+    /// naming the holder (the CLI's commands that write).
+    pub sharing: Option<Sharing>,
+}
+
+/// How a `serve` process shares a PostgreSQL ledger with others.
+#[derive(Clone, Debug)]
+pub struct Sharing {
+    /// Where other processes forward commands to this one while it writes (advertised in the lease row).
+    pub address: String,
+    /// How long the writer's lease lasts unless renewed; it is renewed five times as often.
+    pub lease: Duration,
 }
 
 impl LedgerConfig {
@@ -92,6 +107,7 @@ impl LedgerConfig {
             projection_interval: Duration::from_millis(1000),
             snapshot_every: 500_000,
             snapshot_at_close: 10_000,
+            sharing: None,
         }
     }
 }
@@ -171,11 +187,25 @@ pub struct Ledger {
     head: watch::Receiver<Position>,
     shared: Arc<Shared>,
     live: Arc<Live>,
+    core: Arc<Core>,
+    /// The background verification, with its stop flag.
+    verifier: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
+    /// On PostgreSQL: the thread that renews the writer's lease, or follows the writer and takes the lease when it is
+    /// free (`coordinator.rs`), with its stop flag.
+    coordinator: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
+}
+
+/// What the coordinator needs to start and stop writing.
+struct Core {
+    shared: Arc<Shared>,
+    live: Arc<Live>,
+    head: Arc<watch::Sender<Position>>,
+    config: LedgerConfig,
+    /// Where commands go while this process writes.
     tx: Mutex<Option<mpsc::Sender<Job>>>,
     /// The writer, committer, syncer and projector, in the order they stop.
     threads: Mutex<Vec<JoinHandle<()>>>,
-    /// The background verification, with its stop flag.
-    verifier: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
+    role: Mutex<Role>,
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StoreError> {
@@ -188,13 +218,102 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
         })
 }
 
+impl Core {
+    /// Starts writing from `state`, the write model as of the store's head (`snapshot_at`: where the last snapshot
+    /// was taken): the writer, committer, syncer and projector threads.
+    fn start_writing(
+        self: &Arc<Self>,
+        state: crate::domain::State,
+        snapshot_at: Position,
+    ) -> Result<(), StoreError> {
+        let store = Arc::clone(&self.shared.store);
+        let head = store.head();
+        let config = &self.config;
+        let (tx, rx) = mpsc::channel(config.queue.max(1));
+        // A few decided batches may wait for the committer: enough to keep it busy, few enough that a failure
+        // answers little speculative work as unknown.
+        let (commit_tx, commit_rx) = std::sync::mpsc::sync_channel::<Decided>(4);
+        let (project_tx, project_rx) = std::sync::mpsc::channel::<writer::Settled>();
+        let projector = Projector {
+            store: Arc::clone(&store),
+            live: Arc::clone(&self.live),
+            interval: config.projection_interval,
+            snapshot_every: config.snapshot_every,
+            snapshot_at_close: config.snapshot_at_close,
+            since_snapshot: head.position.0.saturating_sub(snapshot_at.0),
+        };
+        let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<Handoff>(4);
+        let committer = Committer {
+            shared: Arc::clone(&self.shared),
+            sync: sync_tx,
+        };
+        let syncer = Syncer {
+            shared: Arc::clone(&self.shared),
+            head: Arc::clone(&self.head),
+            project: project_tx,
+            unfiled: std::sync::Mutex::new(Vec::new()),
+        };
+        let writer = Writer {
+            shared: Arc::clone(&self.shared),
+            live: Arc::clone(&self.live),
+            epoch: self.shared.epoch.load(Ordering::SeqCst),
+            state,
+            touched: crate::projection::Touched::default(),
+            head,
+            clock: Arc::clone(&config.clock),
+            max_batch: config.max_batch.max(1),
+            seq: self.shared.durable.load(Ordering::SeqCst),
+            in_flight: HashMap::new(),
+            commit: commit_tx,
+            pending: std::collections::VecDeque::new(),
+        };
+        let threads = vec![
+            spawn("ledger-writer", move || writer.run(rx))?,
+            spawn("ledger-commit", move || committer.run(commit_rx))?,
+            spawn("ledger-sync", move || syncer.run(sync_rx))?,
+            spawn("ledger-project", move || projector.run(project_rx))?,
+        ];
+        *self.threads.lock().unwrap_or_else(|e| e.into_inner()) = threads;
+        *self.tx.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        Ok(())
+    }
+
+    /// Stops writing: no command is taken any more, every queued one is answered, the read models are written.
+    fn stop_writing(&self) {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
 impl Ledger {
     /// Opens the ledger, rebuilds the write model (from its snapshot and the events after it) and starts the writer.
+    /// On PostgreSQL it first takes the writer's lease (`LedgerConfig::sharing` says what happens when another
+    /// process holds it).
     pub fn open(config: LedgerConfig) -> Result<Ledger, OpenError> {
         let store = crate::store::open(&config.data_dir, &config.store)?;
+        let ttl = config
+            .sharing
+            .as_ref()
+            .map_or(crate::store::postgres::DEFAULT_LEASE, |s| s.lease);
+        let writing = match (store.shared(), &config.sharing) {
+            (None, _) => true,
+            (Some(pg), None) => {
+                pg.take_lease_for_cli(ttl)?;
+                true
+            }
+            (Some(pg), Some(sharing)) => matches!(
+                pg.take_lease(&sharing.address, ttl)?,
+                crate::store::postgres::Taken::Ours(_)
+            ),
+        };
         let (state, snapshot_at) = load_state(store.as_ref(), |_| {})?;
         let head = store.head();
-        Projections::open(&*store).catch_up(&state)?;
+        if writing {
+            Projections::open(&*store).catch_up(&state)?;
+        }
         let live = Arc::new(Live::new(state.clone(), head.position));
         let shared = Arc::new(Shared {
             store: Arc::clone(&store),
@@ -208,63 +327,58 @@ impl Ledger {
             #[cfg(test)]
             writer_model: Mutex::new(None),
         });
-        let (tx, rx) = mpsc::channel(config.queue.max(1));
         let (head_tx, head_rx) = watch::channel(head.position);
-        // A few decided batches may wait for the committer: enough to keep it busy, few enough that a failure
-        // answers little speculative work as unknown.
-        let (commit_tx, commit_rx) = std::sync::mpsc::sync_channel::<Decided>(4);
-        let (project_tx, project_rx) = std::sync::mpsc::channel::<writer::Settled>();
-        let projector = Projector {
-            store: Arc::clone(&store),
-            live: Arc::clone(&live),
-            interval: config.projection_interval,
-            snapshot_every: config.snapshot_every,
-            snapshot_at_close: config.snapshot_at_close,
-            since_snapshot: head.position.0.saturating_sub(snapshot_at.0),
-        };
-        let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<Handoff>(4);
-        let committer = Committer {
-            shared: Arc::clone(&shared),
-            sync: sync_tx,
-        };
-        let syncer = Syncer {
-            shared: Arc::clone(&shared),
-            head: head_tx,
-            project: project_tx,
-            unfiled: std::sync::Mutex::new(Vec::new()),
-        };
-        let writer = Writer {
+        let core = Arc::new(Core {
             shared: Arc::clone(&shared),
             live: Arc::clone(&live),
-            epoch: 0,
-            state,
-            touched: crate::projection::Touched::default(),
-            head,
-            clock: Arc::clone(&config.clock),
-            max_batch: config.max_batch.max(1),
-            seq: 0,
-            in_flight: HashMap::new(),
-            commit: commit_tx,
-            pending: std::collections::VecDeque::new(),
+            head: Arc::new(head_tx),
+            config: config.clone(),
+            tx: Mutex::new(None),
+            threads: Mutex::new(Vec::new()),
+            role: Mutex::new(if writing {
+                Role::Writer
+            } else {
+                Role::Follower { writer: None }
+            }),
+        });
+        if writing {
+            core.start_writing(state, snapshot_at)?;
+        }
+        let coordinator = match store.shared() {
+            Some(_) => Some(coordinator::start(Arc::clone(&core), ttl)?),
+            None => None,
         };
-        let threads = vec![
-            spawn("ledger-writer", move || writer.run(rx))?,
-            spawn("ledger-commit", move || committer.run(commit_rx))?,
-            spawn("ledger-sync", move || syncer.run(sync_rx))?,
-            spawn("ledger-project", move || projector.run(project_rx))?,
-        ];
         Ok(Ledger {
             head: head_rx,
             shared,
             live,
-            tx: Mutex::new(Some(tx)),
-            threads: Mutex::new(threads),
+            core,
             verifier: Mutex::new(None),
+            coordinator: Mutex::new(coordinator),
         })
     }
 
+    /// How long the writer's lease lasts, when this process shares a PostgreSQL ledger with others (`serve`).
+    pub fn lease_period(&self) -> Option<Duration> {
+        self.shared.store.shared()?;
+        self.core.config.sharing.as_ref().map(|s| s.lease)
+    }
+
+    /// Whether this process writes the ledger now, or follows the one that does (PostgreSQL, `serve`).
+    pub fn role(&self) -> Role {
+        self.core
+            .role
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn sender(&self) -> Option<mpsc::Sender<Job>> {
-        self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.core
+            .tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Queues a command from synchronous code (blocks while the queue is full). Must not be called from async code.
@@ -398,11 +512,16 @@ impl Ledger {
             stop.store(true, Ordering::SeqCst);
             let _ = thread.join();
         }
-        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
-        for t in threads {
-            let _ = t.join();
+        if let Some((stop, thread)) = self
+            .coordinator
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            stop.store(true, Ordering::SeqCst);
+            let _ = thread.join();
         }
+        self.core.stop_writing();
     }
 }
 

@@ -22,7 +22,7 @@ const RETRY: &str =
 /// answers their commands in order, and hands the projector the write model they left.
 pub(super) struct Syncer {
     pub(super) shared: Arc<Shared>,
-    pub(super) head: watch::Sender<Position>,
+    pub(super) head: std::sync::Arc<watch::Sender<Position>>,
     pub(super) project: std::sync::mpsc::Sender<Settled>,
     /// Refusals the audit trail could not take (its database was away), filed with the next batch's.
     pub(super) unfiled:

@@ -176,6 +176,16 @@ impl Commands {
         }
     }
 
+    /// Remembers commands another process committed (PostgreSQL followers), by their raw ids.
+    pub fn add_keys(&self, ids: impl Iterator<Item = [u8; 16]>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            if let Ok(id) = CommandId::new(uuid::Uuid::from_bytes(id)) {
+                inner.recent.entry(id).or_insert(0);
+            }
+        }
+    }
+
     /// The number of the journal record holding `id`, if it was committed.
     pub fn record_of(&self, id: CommandId) -> Option<u32> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());

@@ -236,6 +236,9 @@ pub enum StoreError {
     /// Another process appended to the log under this writer: it stops writing (reopen to go on).
     #[error("another process appended to this ledger ({message}); this process stops writing until it is reopened")]
     Conflict { message: String },
+    /// This process no longer holds the PostgreSQL ledger's writer lease: another process writes now.
+    #[error("this process is no longer the ledger's writer: {message}")]
+    Deposed { message: String },
     /// An earlier write or sync failed, so the store refuses writes until it is reopened and re-verified (fail-stop).
     #[error("writes are stopped after an earlier storage failure; reopen the ledger to recover")]
     FailStopped,

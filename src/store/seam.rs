@@ -106,6 +106,16 @@ pub trait Store: EventStore {
     fn snapshot_size(&self) -> u64;
     /// The read models' documents and checkpoints.
     fn read_models(&self) -> &dyn ReadModelStore;
+    /// The PostgreSQL backend, whose ledger several processes share: its writer's lease and how a process that does
+    /// not hold it follows the one that does (`None` on sled, which one process holds at a time).
+    fn shared(&self) -> Option<&super::postgres::PgStore> {
+        None
+    }
+    /// Before answering a group of commands that wrote nothing (refusals, duplicates): confirms this process still
+    /// writes the ledger as it last wrote it, so no answer is decided on a state another writer has moved past.
+    fn confirm(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// The refusal audit trail.
     fn refusals(&self) -> &dyn RefusalStore;
     /// The durable consumers.

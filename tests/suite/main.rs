@@ -24,6 +24,7 @@ mod golden;
 mod hostile_http;
 mod hostile_input;
 mod ledger;
+mod many_processes;
 mod never_panic;
 mod parties;
 mod pg;

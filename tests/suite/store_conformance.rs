@@ -26,12 +26,19 @@ fn open_postgres(dir: &Path) -> Arc<dyn Store> {
         postgres: Some(crate::pg::runtime_target(&crate::pg::schema_for(dir))),
         ..StoreOptions::default()
     };
-    partner_ledger::store::open(dir, &options).unwrap_or_else(|e| {
+    let store = partner_ledger::store::open(dir, &options).unwrap_or_else(|e| {
         panic!(
             "opening the PostgreSQL store for {}: {e} ({e:?})",
             dir.display()
         )
-    })
+    });
+    // A store writes only under the writer's lease (what `Ledger::open` takes).
+    store
+        .shared()
+        .expect("a PostgreSQL store")
+        .take_lease_for_cli(partner_ledger::store::postgres::DEFAULT_LEASE)
+        .unwrap();
+    store
 }
 
 fn backends() -> Vec<(&'static str, Opener)> {

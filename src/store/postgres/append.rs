@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 
 use postgres::Client;
 
-use super::{message_of, pg_error, pos, take_writer_lock, PgStore};
+use super::{message_of, pg_error, pos, PgStore};
 use crate::store::sealed::{SealedBatch, StagedBatch};
 use crate::store::{Head, Store, StoreError};
 
@@ -177,20 +177,13 @@ impl PgStore {
         }
     }
 
-    /// The writer's connection, opened again (lock taken, head row checked) if it was lost.
+    /// The writer's connection, opened again if it was lost (every append checks the head row and the epoch).
     fn writer_session<'a>(&self, slot: &'a mut Option<Client>) -> Result<&'a mut Client, Failure> {
         if slot.as_ref().is_some_and(|c| c.is_closed()) {
             slot.take().into_iter().for_each(super::pool::close);
         }
         if slot.is_none() {
-            let mut client = self.target.connect().map_err(Failure::NotWritten)?;
-            take_writer_lock(&mut client, &self.target).map_err(|e| match e {
-                StoreError::LockedAt { .. } => Failure::Conflict(e),
-                other => Failure::NotWritten(other),
-            })?;
-            tracing::info!(
-                "the connection to PostgreSQL is back; the writer's lock is taken again"
-            );
+            let client = self.target.connect().map_err(Failure::NotWritten)?;
             *slot = Some(client);
         }
         slot.as_mut().ok_or_else(|| {
@@ -219,26 +212,44 @@ impl PgStore {
             move |e: postgres::Error| Failure::NotWritten(pg_error(&target, context, &e))
         };
         let n = i64::try_from(batch.journal.len()).unwrap_or(i64::MAX);
+        let epoch = i64::try_from(self.epoch.load(Ordering::SeqCst)).unwrap_or(i64::MAX);
+        if epoch == 0 {
+            return Err(Failure::Conflict(StoreError::Deposed {
+                message: "this process does not hold the writer's lease".into(),
+            }));
+        }
         let mut tx = client
             .transaction()
             .map_err(not_written("cannot begin the append"))?;
         let moved = tx
             .query_opt(
                 "UPDATE head SET position = $1, hash = $2, commands = commands + $3
-                 WHERE position = $4 AND hash = $5 RETURNING commands - $3",
+                 WHERE position = $4 AND hash = $5 AND epoch = $6 RETURNING commands - $3",
                 &[
                     &pos(batch.new_head.position),
                     &batch.new_head.hash,
                     &n,
                     &pos(batch.base.position),
                     &batch.base.hash,
+                    &epoch,
                 ],
             )
             .map_err(not_written("the append failed (head row)"))?;
         let Some(row) = moved else {
+            let now = tx
+                .query_one("SELECT position, epoch FROM head", &[])
+                .map_err(not_written("the append failed (head row)"))?;
+            let (at, their): (i64, i64) = (now.get(0), now.get(1));
+            if their != epoch {
+                return Err(Failure::Conflict(StoreError::Deposed {
+                    message: format!(
+                        "another process took the writer's lease (epoch {their}; this writer's was {epoch})"
+                    ),
+                }));
+            }
             return Err(Failure::Conflict(StoreError::Conflict {
                 message: format!(
-                    "the head row no longer records position {} with this writer's hash",
+                    "the head row records position {at}, not this writer's {} with its hash",
                     batch.base.position
                 ),
             }));

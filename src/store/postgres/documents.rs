@@ -130,6 +130,18 @@ impl ReadModelStore for Documents {
         let mut tx = client
             .transaction()
             .map_err(e("cannot begin a read-model write"))?;
+        // Another process that wrote this read model further (a writer that took over from this one) wins: documents
+        // as of an earlier position are not written over later ones. The row lock orders two such writers.
+        let stored = tx
+            .query_opt(
+                "SELECT position FROM read_model_checkpoints WHERE model = $1 FOR UPDATE",
+                &[&model.name()],
+            )
+            .map_err(e("cannot read a read model's checkpoint"))?
+            .map(|r| r.get::<_, i64>(0));
+        if stored.is_some_and(|p| p > pos(checkpoint)) {
+            return Ok(());
+        }
         for w in writes {
             match w {
                 DocumentWrite::Customer(id, Some(doc)) => tx.execute(

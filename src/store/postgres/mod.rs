@@ -15,14 +15,17 @@
 
 mod append;
 mod documents;
-mod lock;
+mod lease;
 mod pool;
 pub mod schema;
 mod target;
 pub mod throwaway;
 
-use lock::take_writer_lock;
-pub use target::PgTarget;
+pub use lease::{
+    describe as describe_holder, hold as hold_lease, our_name as process_name, HeldLease,
+    LeaseHolder, Taken,
+};
+pub use target::{hostname, PgTarget};
 pub(crate) use target::{message_of, pg_error};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -51,13 +54,21 @@ const PAGE: i64 = 2048;
 /// How many the first page of a read holds.
 const FIRST_PAGE: i64 = 128;
 
+/// How long a writer's lease lasts unless renewed, unless set otherwise (`serve --lease-seconds`).
+pub const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The ledger in a PostgreSQL schema.
 pub struct PgStore {
     target: PgTarget,
     pool: Pool,
-    /// The connection appends go through; it holds the writer's advisory lock. `None` after it was lost: the next
-    /// append opens another, takes the lock again and checks the head row before it writes.
+    /// The connection appends go through. `None` after it was lost: the next append opens another.
     writer: Mutex<Option<Client>>,
+    /// The lease's connection: its session is the one the lease row names as the holder's (`lease.rs`).
+    lease: Mutex<Option<Client>>,
+    /// The lease epoch this store writes under; 0 while it does not hold the lease (it only reads).
+    epoch: AtomicU64,
+    /// How long the lease lasts unless renewed.
+    ttl: Mutex<std::time::Duration>,
     /// A batch whose COMMIT was sent but whose outcome could not be learnt (the database went away): its base and
     /// its head, each with the number of commands committed there. The next append first finds out which one the
     /// head row records.
@@ -106,13 +117,15 @@ impl PgStore {
             }
             Some(_) => {}
         }
-        take_writer_lock(&mut writer, target)?;
         let pool = Pool::new(target.clone());
         let store = PgStore {
             target: target.clone(),
             documents: documents::Documents::new(pool.clone()),
             pool,
             writer: Mutex::new(Some(writer)),
+            lease: Mutex::new(None),
+            epoch: AtomicU64::new(0),
+            ttl: Mutex::new(DEFAULT_LEASE),
             uncertain: Mutex::new(None),
 
             head: Mutex::new(Head::genesis()),
@@ -126,15 +139,16 @@ impl PgStore {
             appended: AtomicU64::new(0),
             commands_committed: AtomicU64::new(0),
         };
-        let (head, commands) = store.head_row()?;
+        // The head row and the last event from one snapshot: other processes may be appending meanwhile.
+        let (head, commands, last) = store.head_row_and_last()?;
         *store.head.lock().unwrap_or_else(|e| e.into_inner()) = head.clone();
         *store.written.lock().unwrap_or_else(|e| e.into_inner()) = head.clone();
         store.written_commands.store(commands, Ordering::SeqCst);
         store.settled_commands.store(commands, Ordering::SeqCst);
         store.documents.load_refusal_count()?;
-        store.load_command_keys()?;
+        store.load_command_keys(commands)?;
         if options.check_on_open {
-            store.recover_head(&head, options.tail_check)?;
+            store.recover_head(&head, last, options.tail_check)?;
         }
         Ok(store)
     }
@@ -161,8 +175,9 @@ impl PgStore {
         ))
     }
 
-    /// Reads every committed command's key into memory, a page at a time.
-    fn load_command_keys(&self) -> Result<(), StoreError> {
+    /// Reads the key of every command committed up to the `upto`th into memory, a page at a time.
+    fn load_command_keys(&self, upto: u64) -> Result<(), StoreError> {
+        let upto = i64::try_from(upto).unwrap_or(i64::MAX);
         let mut found = Vec::new();
         let mut after = 0i64;
         loop {
@@ -170,8 +185,8 @@ impl PgStore {
                 .pool
                 .get()?
                 .query(
-                    "SELECT key, seq FROM commands WHERE seq > $1 ORDER BY seq LIMIT 100000",
-                    &[&after],
+                    "SELECT key, seq FROM commands WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT 100000",
+                    &[&after, &upto],
                 )
                 .map_err(self.err("cannot read the command journal"))?;
             let Some(last) = rows.last() else { break };
@@ -185,22 +200,48 @@ impl PgStore {
         Ok(())
     }
 
-    /// The head row checked against the last event; the newest `tail` events re-verified.
-    fn recover_head(&self, head: &Head, tail: u64) -> Result<(), StoreError> {
-        let last = self
-            .pool
-            .get()?
+    /// The head row (the head and the number of committed commands) and the last event, read in one snapshot.
+    #[allow(clippy::type_complexity)]
+    fn head_row_and_last(&self) -> Result<(Head, u64, Option<(u64, String)>), StoreError> {
+        let mut client = self.pool.get()?;
+        let mut tx = client
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .map_err(self.err("cannot read the head row"))?;
+        let row = tx
+            .query_one("SELECT position, hash, commands FROM head", &[])
+            .map_err(self.err("cannot read the head row"))?;
+        let (position, hash, commands): (i64, String, i64) = (row.get(0), row.get(1), row.get(2));
+        let last = tx
             .query_opt(
                 "SELECT position, envelope FROM events ORDER BY position DESC LIMIT 1",
                 &[],
             )
-            .map_err(self.err("cannot read the last event"))?;
-        let last_pos = last
-            .as_ref()
-            .map_or(0, |r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0));
+            .map_err(self.err("cannot read the last event"))?
+            .map(|r| (u64::try_from(r.get::<_, i64>(0)).unwrap_or(0), r.get(1)));
+        tx.commit().map_err(self.err("cannot read the head row"))?;
+        Ok((
+            Head {
+                position: Position(u64::try_from(position).unwrap_or(0)),
+                hash,
+            },
+            u64::try_from(commands).unwrap_or(0),
+            last,
+        ))
+    }
+
+    /// The head row checked against the last event (read with it); the newest `tail` events re-verified.
+    fn recover_head(
+        &self,
+        head: &Head,
+        last: Option<(u64, String)>,
+        tail: u64,
+    ) -> Result<(), StoreError> {
+        let last_pos = last.as_ref().map_or(0, |(p, _)| *p);
         super::verify::ends_at_head(Position(last_pos), head.position, "the head row")?;
-        let Some(row) = last else { return Ok(()) };
-        let raw: String = row.get(1);
+        let Some((_, raw)) = last else { return Ok(()) };
         let hash = super::verify::stored_hash(raw.as_bytes(), head.position)?;
         if hash != head.hash {
             return Err(StoreError::Corrupt {
@@ -281,29 +322,29 @@ impl PgStore {
 }
 
 impl Drop for PgStore {
-    /// Lets go of the writer's lock before the connection closes, so that a process started right after this store
-    /// was dropped finds it free (the server ends a closed session a moment later, not at once); off any
-    /// asynchronous runtime (`pool::close`).
+    /// Lets go of the writer's lease, so that another process takes it at once rather than after it expires, and
+    /// closes the connections off any asynchronous runtime (`pool::close`).
     fn drop(&mut self) {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            std::thread::scope(|s| {
+                let _ = std::thread::Builder::new()
+                    .name("pg-close".into())
+                    .spawn_scoped(s, || self.release_lease());
+            });
+        } else {
+            self.release_lease();
+        }
         let writer = self
             .writer
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if let Some(mut writer) = writer {
-            let release = move || {
-                let _ = writer.batch_execute("SELECT pg_advisory_unlock_all()");
-                drop(writer);
-            };
-            if tokio::runtime::Handle::try_current().is_ok() {
-                let _ = std::thread::Builder::new()
-                    .name("pg-close".into())
-                    .spawn(release)
-                    .map(|t| t.join());
-            } else {
-                release();
-            }
-        }
+        let lease = self
+            .lease
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        writer.into_iter().chain(lease).for_each(pool::close);
     }
 }
 
@@ -573,6 +614,14 @@ impl Store for PgStore {
 
     fn snapshot_size(&self) -> u64 {
         self.documents.snapshot_size()
+    }
+
+    fn shared(&self) -> Option<&PgStore> {
+        Some(self)
+    }
+
+    fn confirm(&self) -> Result<(), StoreError> {
+        PgStore::confirm(self)
     }
 
     fn read_models(&self) -> &dyn ReadModelStore {

@@ -14,7 +14,7 @@ use super::{pg_error, PgTarget};
 use crate::store::StoreError;
 
 /// The schema version this build reads and writes.
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 
 /// What each migration runs, in order: migration N brings the schema from version N−1 to N. `{runtime}` is the
 /// runtime role (checked by [`valid_role`]), granted what it may do.
@@ -173,6 +173,22 @@ SELECT (s->>'id')::uuid AS subscription,
 FROM customer_documents d, jsonb_array_elements(d.document->'subscriptions') s
 WHERE (s->>'customer')::uuid = d.customer;
 "#,
+    // 3: the writer's lease (several processes share one ledger; `lease.rs`).
+    r#"
+-- Who may append: the holder's name, where it takes forwarded commands, its database session, and when its right
+-- ends unless renewed (by the database's clock). Taking it increments the epoch, which the head row copies in the
+-- same transaction; an append moves the head row only under the epoch its writer took.
+CREATE TABLE lease (
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    epoch bigint NOT NULL,
+    holder text NOT NULL,
+    address text NOT NULL,
+    backend_pid integer,
+    backend_start timestamptz,
+    expires_at timestamptz NOT NULL
+);
+INSERT INTO lease (epoch, holder, address, expires_at) SELECT epoch, '', '', 'epoch' FROM head;
+"#,
 ];
 
 /// What the runtime role may do, granted by every migration run (idempotent).
@@ -180,7 +196,7 @@ const GRANTS: &str = r#"
 REVOKE ALL ON ALL TABLES IN SCHEMA {schema} FROM PUBLIC;
 GRANT USAGE ON SCHEMA {schema} TO {runtime};
 GRANT SELECT ON meta TO {runtime};
-GRANT SELECT, UPDATE ON head TO {runtime};
+GRANT SELECT, UPDATE ON head, lease TO {runtime};
 GRANT SELECT, INSERT ON events, history, commands, refusals, refusal_entities TO {runtime};
 GRANT SELECT, INSERT, UPDATE, DELETE ON consumers, snapshot, read_model_checkpoints, customer_documents,
     partner_documents, partner_customers, expiring_days TO {runtime};

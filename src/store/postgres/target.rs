@@ -175,7 +175,7 @@ fn password_from_file(config: &postgres::Config) -> Option<String> {
         })
 }
 
-pub(super) fn hostname() -> String {
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "this host".into())

@@ -1,0 +1,237 @@
+//! Many processes, one ledger (PostgreSQL): commands sent to a process that does not write are forwarded to the one
+//! that does, and a read can ask to reflect a position another process answered (read-your-writes).
+//!
+//! - **Forwarding.** The writer advertises its address in the lease row (`serve --advertise`). A follower sends the
+//!   request on unchanged (body, `Content-Type`, `Accept`, `Authorization`), marked `Ledger-Forwarded-By`, and relays
+//!   the answer. The writer authenticates the caller's own credentials, exactly as if it had been called directly: a
+//!   follower gains no right of its own. A forwarded request that reaches a process which is no longer the writer is
+//!   answered 503 `not_the_writer` and never forwarded again; the follower then asks the lease again and retries,
+//!   for as long as a lease takes to expire and a few seconds more. Nothing is sent twice unless the first attempt
+//!   certainly did not arrive (the connection was refused); a request whose answer was lost is answered 503
+//!   `writer_unavailable` (retry with the same `command_id`).
+//! - **Read-your-writes.** Every answer to `POST /v1/commands` carries `Ledger-Position`: the log's head when it
+//!   was answered, which covers everything the answer reports. A request carrying `Ledger-Min-Position: N` waits
+//!   until this process reflects position N, for up to [`MIN_POSITION_WAIT`], or is answered 503
+//!   `position_not_reached` with `Retry-After`.
+
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::domain::Position;
+use crate::ledger::Role;
+
+/// The position a command's answer reached.
+pub const POSITION: HeaderName = HeaderName::from_static("ledger-position");
+/// The position a read must reflect.
+pub const MIN_POSITION: HeaderName = HeaderName::from_static("ledger-min-position");
+/// Set on a forwarded request: the name of the process that forwarded it.
+pub const FORWARDED_BY: HeaderName = HeaderName::from_static("ledger-forwarded-by");
+/// How long a read waits for `Ledger-Min-Position`.
+pub const MIN_POSITION_WAIT: Duration = Duration::from_secs(5);
+/// How long a forwarded command may take to be answered.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Adds `Ledger-Position` (the head now) to a command's answer.
+pub(super) fn with_position(s: &AppState, mut r: Response) -> Response {
+    if !r.headers().contains_key(POSITION) {
+        let head = s.ledger.store().head().position;
+        if let Ok(v) = HeaderValue::from_str(&head.0.to_string()) {
+            r.headers_mut().insert(POSITION, v);
+        }
+    }
+    r
+}
+
+/// Middleware: a request with `Ledger-Min-Position: N` waits until this process reflects position N.
+pub(super) async fn min_position(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, ApiError> {
+    let Some(value) = req.headers().get(MIN_POSITION) else {
+        return Ok(next.run(req).await);
+    };
+    let wanted = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_header",
+                "Ledger-Min-Position is a position: a whole number, as a command's answer gave it in Ledger-Position",
+            )
+        })?;
+    let ledger = std::sync::Arc::clone(&s.ledger);
+    let reached = tokio::task::spawn_blocking(move || {
+        ledger.live().wait_for(Position(wanted), MIN_POSITION_WAIT)
+    })
+    .await
+    .unwrap_or(Position(0));
+    if reached.0 < wanted {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "position_not_reached",
+            format!(
+                "this process reflects position {reached}, not yet {wanted}, after waiting {} s; retry, here or on the process that answered",
+                MIN_POSITION_WAIT.as_secs()
+            ),
+        )
+        .with("position", reached.0)
+        .header(header::RETRY_AFTER, "1"));
+    }
+    Ok(next.run(req).await)
+}
+
+fn client() -> &'static hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<Bytes>,
+> {
+    static CLIENT: std::sync::OnceLock<
+        hyper_util::client::legacy::Client<
+            hyper_util::client::legacy::connect::HttpConnector,
+            http_body_util::Full<Bytes>,
+        >,
+    > = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        connector.set_nodelay(true);
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector)
+    })
+}
+
+fn not_the_writer() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_the_writer",
+        "this process no longer writes the ledger; the request was not submitted: send it again",
+    )
+    .header(header::RETRY_AFTER, "1")
+}
+
+/// What a command request should become on this process: `None` to submit it here (this process writes, or the
+/// ledger is not shared); otherwise the writer's answer, relayed.
+pub(super) async fn forward(
+    s: &AppState,
+    headers: &HeaderMap,
+    path: &str,
+    body: &Bytes,
+) -> Option<Result<Response, ApiError>> {
+    let wait = s.ledger.lease_period()? + Duration::from_secs(3);
+    let deadline = Instant::now() + wait;
+    loop {
+        let writer = match s.ledger.role() {
+            Role::Writer => return None,
+            // A forwarded request is never forwarded again: the sender asks the lease again.
+            Role::Follower { .. } if headers.contains_key(FORWARDED_BY) => {
+                return Some(Ok(refuse_not_writer()))
+            }
+            Role::Follower { writer } => writer.filter(|w| !w.address.is_empty()),
+        };
+        if let Some(w) = writer {
+            match send(headers, &w.address, path, body).await {
+                Ok(r)
+                    if r.status() == StatusCode::SERVICE_UNAVAILABLE
+                        && r.headers().contains_key(NOT_WRITER) => {}
+                Ok(r) => return Some(Ok(r)),
+                Err(Sent::NotSent(_)) if Instant::now() < deadline => {}
+                Err(Sent::NotSent(why)) | Err(Sent::Unknown(why)) => {
+                    return Some(Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "writer_unavailable",
+                        format!(
+                            "the ledger's writer at {} did not answer ({why}); the command may or may not be committed: retry with the same command_id",
+                            w.address
+                        ),
+                    )
+                    .header(header::RETRY_AFTER, "1")))
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Some(Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_writer",
+                format!(
+                    "no process has written the ledger for {} s (the writer's lease is being taken over); nothing was submitted: retry",
+                    wait.as_secs()
+                ),
+            )
+            .header(header::RETRY_AFTER, "1")));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Marks a `not_the_writer` answer, so a forwarding process knows to ask the lease again.
+const NOT_WRITER: HeaderName = HeaderName::from_static("ledger-not-writer");
+
+/// The `not_the_writer` answer with its mark.
+pub(super) fn refuse_not_writer() -> Response {
+    let mut r = not_the_writer().into_response();
+    r.headers_mut()
+        .insert(NOT_WRITER, HeaderValue::from_static("1"));
+    r
+}
+
+enum Sent {
+    /// Certainly not received (no connection).
+    NotSent(String),
+    /// Sent, answer lost.
+    Unknown(String),
+}
+
+async fn send(
+    headers: &HeaderMap,
+    address: &str,
+    path: &str,
+    body: &Bytes,
+) -> Result<Response, Sent> {
+    let uri: axum::http::Uri = format!("{}{path}", address.trim_end_matches('/'))
+        .parse()
+        .map_err(|e| {
+            Sent::NotSent(format!(
+                "the advertised address `{address}` is not a URL: {e}"
+            ))
+        })?;
+    let mut req = axum::http::Request::post(uri);
+    for name in [header::CONTENT_TYPE, header::ACCEPT, header::AUTHORIZATION] {
+        if let Some(v) = headers.get(&name) {
+            req = req.header(name, v);
+        }
+    }
+    if let Some(v) = headers.get("x-request-id") {
+        req = req.header("x-request-id", v);
+    }
+    let name = HeaderValue::from_str(&crate::store::postgres::process_name())
+        .unwrap_or(HeaderValue::from_static("partner-ledger"));
+    let req = req
+        .header(FORWARDED_BY, name)
+        .body(http_body_util::Full::new(body.clone()))
+        .map_err(|e| Sent::NotSent(e.to_string()))?;
+    let answer = tokio::time::timeout(FORWARD_TIMEOUT, async {
+        let r = client().request(req).await.map_err(|e| {
+            if e.is_connect() {
+                Sent::NotSent(e.to_string())
+            } else {
+                Sent::Unknown(e.to_string())
+            }
+        })?;
+        let (parts, body) = r.into_parts();
+        let bytes = http_body_util::BodyExt::collect(body)
+            .await
+            .map_err(|e| Sent::Unknown(e.to_string()))?
+            .to_bytes();
+        Ok::<_, Sent>(Response::from_parts(parts, Body::from(bytes)))
+    })
+    .await
+    .map_err(|_| Sent::Unknown(format!("no answer within {} s", FORWARD_TIMEOUT.as_secs())))??;
+    Ok(answer)
+}
