@@ -116,7 +116,8 @@ pub(super) async fn post_commands(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let answer = match forward::forward(&s, &headers, "/v1/commands", &body).await {
+    let actor = who.actor();
+    let answer = match forward::forward(&s, &headers, "/v1/commands", &body, actor.as_ref()).await {
         Some(relayed) => relayed,
         None => submit_here(&s, who, headers, body).await,
     }?;

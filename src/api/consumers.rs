@@ -69,12 +69,14 @@ impl Consumers {
 
     /// Removes a consumer, durably; whether it existed.
     fn delete(&self, name: &str) -> Result<bool, StoreError> {
-        let _changing = self.lock();
+        let _changing = self.lock()?;
         self.store().remove(name)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.changing.lock().unwrap_or_else(|e| e.into_inner())
+    /// Held across every read-modify-write: this process's lock, then every process's (a shared PostgreSQL ledger).
+    fn lock(&self) -> Result<(std::sync::MutexGuard<'_, ()>, Box<dyn std::any::Any>), StoreError> {
+        let here = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        Ok((here, self.store().exclusive()?))
     }
 
     fn all(&self) -> Result<Vec<Consumer>, StoreError> {
@@ -158,7 +160,7 @@ pub async fn create(
     let consumers = Arc::clone(&s.consumers);
     // On a blocking thread: the lock may wait for acks that sync, and creating syncs too.
     tokio::task::spawn_blocking(move || {
-        let _changing = consumers.lock();
+        let _changing = consumers.lock().map_err(ApiError::from)?;
         match consumers.get(&name).map_err(ApiError::from)? {
             Some(existing) if existing.filter == filter => {
                 Ok((StatusCode::OK, Json(with_lag(&existing, head))).into_response())
@@ -287,9 +289,19 @@ pub async fn ack(
         ));
     };
     let consumers = Arc::clone(&s.consumers);
-    let head = s.ledger.store().head().position;
+    let mut head = s.ledger.store().head().position;
+    if body.position > head.0 && s.ledger.lease_period().is_some() {
+        // Several processes share the ledger: a position read on another one may not have reached this one yet.
+        let deadline = std::time::Instant::now() + super::forward::MIN_POSITION_WAIT;
+        while s.ledger.store().head().position.0 < body.position
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        head = s.ledger.store().head().position;
+    }
     let c = tokio::task::spawn_blocking(move || -> Result<Consumer, ApiError> {
-        let _changing = consumers.lock();
+        let _changing = consumers.lock().map_err(ApiError::from)?;
         let Some(mut c) = consumers.get(&name).map_err(ApiError::from)? else {
             return Err(no_consumer(&name));
         };

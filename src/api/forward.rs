@@ -23,7 +23,6 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::AppState;
-use crate::domain::Position;
 use crate::ledger::Role;
 
 /// The position a command's answer reached.
@@ -34,8 +33,8 @@ pub const MIN_POSITION: HeaderName = HeaderName::from_static("ledger-min-positio
 pub const FORWARDED_BY: HeaderName = HeaderName::from_static("ledger-forwarded-by");
 /// How long a read waits for `Ledger-Min-Position`.
 pub const MIN_POSITION_WAIT: Duration = Duration::from_secs(5);
-/// How long a forwarded command may take to be answered.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a forwarded request may take to be answered (a large NDJSON request takes a while).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Adds `Ledger-Position` (the head now) to a command's answer.
 pub(super) fn with_position(s: &AppState, mut r: Response) -> Response {
@@ -67,12 +66,15 @@ pub(super) async fn min_position(
                 "Ledger-Min-Position is a position: a whole number, as a command's answer gave it in Ledger-Position",
             )
         })?;
-    let ledger = std::sync::Arc::clone(&s.ledger);
-    let reached = tokio::task::spawn_blocking(move || {
-        ledger.live().wait_for(Position(wanted), MIN_POSITION_WAIT)
-    })
-    .await
-    .unwrap_or(Position(0));
+    // Polled rather than waited for on a blocking thread, so that many waiting reads hold no thread.
+    let deadline = Instant::now() + MIN_POSITION_WAIT;
+    let reached = loop {
+        let now = s.ledger.live().position();
+        if now.0 >= wanted || Instant::now() >= deadline {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
     if reached.0 < wanted {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -123,8 +125,14 @@ pub(super) async fn forward(
     headers: &HeaderMap,
     path: &str,
     body: &Bytes,
+    actor: Option<&crate::domain::Actor>,
 ) -> Option<Result<Response, ApiError>> {
     let wait = s.ledger.lease_period()? + Duration::from_secs(3);
+    if matches!(s.ledger.role(), Role::Writer) {
+        return None;
+    }
+    // Every command gets its `command_id` here, so that an answer lost on the way can name what to retry.
+    let (body, ids) = &with_command_ids(headers, body, actor);
     let deadline = Instant::now() + wait;
     loop {
         let writer = match s.ledger.role() {
@@ -147,10 +155,11 @@ pub(super) async fn forward(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "writer_unavailable",
                         format!(
-                            "the ledger's writer at {} did not answer ({why}); the command may or may not be committed: retry with the same command_id",
+                            "the ledger's writer at {} did not answer ({why}); the commands may or may not be committed: retry each with its command_id",
                             w.address
                         ),
                     )
+                    .with("command_ids", ids)
                     .header(header::RETRY_AFTER, "1")))
                 }
             }
@@ -168,6 +177,46 @@ pub(super) async fn forward(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The request's body with a `command_id` given to every command line that parses and has none (inserted as the
+/// object's first member; nothing else of the line changes), and the ids of all its commands, in order.
+fn with_command_ids(
+    headers: &HeaderMap,
+    body: &Bytes,
+    actor: Option<&crate::domain::Actor>,
+) -> (Bytes, Vec<String>) {
+    let ndjson = super::extract::media_type(headers) == "application/x-ndjson";
+    let Ok(text) = std::str::from_utf8(body) else {
+        return (body.clone(), Vec::new());
+    };
+    let mut out = String::with_capacity(text.len() + 64);
+    let mut ids = Vec::new();
+    let lines: Vec<&str> = if ndjson {
+        text.split_inclusive('\n').collect()
+    } else {
+        vec![text]
+    };
+    for line in lines {
+        let command = line.trim();
+        match crate::domain::parse_line_as(command, actor) {
+            Ok(c) if !command.is_empty() && !command.starts_with('#') => {
+                if let Some(given) = c.command_id {
+                    out.push_str(line);
+                    ids.push(given.to_string());
+                } else {
+                    let id = uuid::Uuid::new_v4().to_string();
+                    let at = line.find('{').map_or(0, |i| i + 1);
+                    out.push_str(&line[..at]);
+                    out.push_str(&format!("\"command_id\":\"{id}\","));
+                    out.push_str(&line[at..]);
+                    ids.push(id);
+                }
+            }
+            _ => out.push_str(line),
+        }
+    }
+    (Bytes::from(out), ids)
 }
 
 /// Marks a `not_the_writer` answer, so a forwarding process knows to ask the lease again.

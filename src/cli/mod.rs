@@ -189,13 +189,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Expiring { days, at, json } => {
             let store = open_existing(&cli.data)?;
-            let projections = current_projections(&*store)?;
             let from = match at {
                 Some(t) => t,
                 None => query::resolve(&*store, None)?.at,
             };
             let to = from.plus_days(i64::from(days));
-            let rows = projections.expiring(from, to)?;
+            let projections = crate::projection::Projections::open(&*store);
+            let rows = if projections.oldest_checkpoint()? == store.head().position {
+                projections.expiring(from, to)?
+            } else if store.shared().is_some() {
+                // On PostgreSQL the read models are the writer's to write (it may be running): computed in memory.
+                let state = crate::ledger::replay(&*store, |_| {})?;
+                crate::projection::expiring_in(&state, from, to)
+            } else {
+                current_projections(&*store)?.expiring(from, to)?
+            };
             if !json {
                 println!(
                     "{} admin relationship(s) ending between {from} and {to}",

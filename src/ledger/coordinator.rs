@@ -98,7 +98,8 @@ impl Coordinator {
         let mut ticks = 0u64;
         while !stop.load(Ordering::SeqCst) {
             std::thread::sleep(FOLLOW_EVERY);
-            let Some(pg) = self.store() else { return };
+            let store = Arc::clone(&self.core.shared.store);
+            let Some(pg) = store.shared() else { return };
             if self.writing() {
                 if renewed.elapsed() >= renew_every {
                     renewed = Instant::now();
@@ -106,19 +107,26 @@ impl Coordinator {
                         Ok(()) => {}
                         Err(StoreError::Deposed { message }) => {
                             self.step_down(&message);
+                            if self.core.config.sharing.is_none() {
+                                // A command of the CLI does not follow: its writes stay stopped.
+                                return;
+                            }
                             continue;
                         }
                         Err(e) => self.warn("cannot renew the writer's lease; retrying", &e),
                     }
                 }
-                let shared = &self.core.shared;
-                let damaged = shared
-                    .damage
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .is_some();
-                if shared.failed.load(Ordering::SeqCst) && !damaged {
-                    self.step_down("writes stopped after a storage failure");
+                // A shared process whose writes stopped steps down: after a storage failure it takes the lease
+                // again at once; after finding damage it lets another process (which verifies for itself) write.
+                if self.core.shared.failed.load(Ordering::SeqCst)
+                    && self.core.config.sharing.is_some()
+                {
+                    if self.damaged() {
+                        self.step_down("the background verification found the log damaged");
+                        pg.release_lease();
+                    } else {
+                        self.step_down("writes stopped after a storage failure");
+                    }
                 }
                 continue;
             }
@@ -147,7 +155,9 @@ impl Coordinator {
         self.set_role(Role::Follower { writer: None });
         self.core.stop_writing();
         pg.step_down();
-        self.core.shared.failed.store(false, Ordering::SeqCst);
+        if !self.damaged() {
+            self.core.shared.failed.store(false, Ordering::SeqCst);
+        }
         self.following = None;
     }
 
@@ -174,7 +184,20 @@ impl Coordinator {
     }
 
     /// Takes the lease when no live process holds it, and starts writing.
+    fn damaged(&self) -> bool {
+        self.core
+            .shared
+            .damage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
     fn consider_taking(&mut self) {
+        // A process that found the log damaged never takes the lease (docs/recovery.md).
+        if self.damaged() {
+            return;
+        }
         let store = Arc::clone(&self.core.shared.store);
         let Some(pg) = store.shared() else {
             return;
@@ -216,7 +239,10 @@ impl Coordinator {
             Some(f) => f,
             None => self.core.live.read(|s, p| (s.clone(), p)),
         };
-        crate::projection::Projections::open(&*self.core.shared.store).catch_up(&state)?;
+        {
+            let _renewing = crate::store::postgres::renewing(&self.core.shared.store, self.ttl)?;
+            crate::projection::Projections::open(&*self.core.shared.store).catch_up(&state)?;
+        }
         self.core.shared.failed.store(false, Ordering::SeqCst);
         self.core.start_writing(state, at)?;
         self.set_role(Role::Writer);

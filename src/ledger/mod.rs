@@ -298,6 +298,10 @@ impl Ledger {
             .sharing
             .as_ref()
             .map_or(crate::store::postgres::DEFAULT_LEASE, |s| s.lease);
+        // The write model first (it may take seconds), then the lease, then the events written meanwhile: the lease
+        // is never held for long without being renewed.
+        let (state, snapshot_at) = load_state(store.as_ref(), |_| {})?;
+        let loaded_at = store.head().position;
         let writing = match (store.shared(), &config.sharing) {
             (None, _) => true,
             (Some(pg), None) => {
@@ -309,9 +313,10 @@ impl Ledger {
                 crate::store::postgres::Taken::Ours(_)
             ),
         };
-        let (state, snapshot_at) = load_state(store.as_ref(), |_| {})?;
+        let state = crate::replay::replay_onto(store.as_ref(), state, loaded_at, |_| {})?;
         let head = store.head();
         if writing {
+            let _renewing = crate::store::postgres::renewing(&store, ttl)?;
             Projections::open(&*store).catch_up(&state)?;
         }
         let live = Arc::new(Live::new(state.clone(), head.position));

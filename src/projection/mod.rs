@@ -283,6 +283,24 @@ fn expiring_writes(state: &State, touched: &Touched) -> Vec<DocumentWrite> {
         .collect()
 }
 
+/// The admin relationships ending between `from` and `to` in `state`, as the `expiring` read model lists them,
+/// computed in memory: for a process that may not write the read models (it does not hold a shared ledger's lease).
+pub fn expiring_in(state: &State, from: Timestamp, to: Timestamp) -> Vec<ExpiringEntry> {
+    expiring_writes(state, &Touched::everything(state))
+        .into_iter()
+        .filter_map(|w| match w {
+            DocumentWrite::ExpiringDay { day, entries }
+                if day >= day_of(from) && day <= day_of(to) =>
+            {
+                Some(entries)
+            }
+            _ => None,
+        })
+        .flatten()
+        .filter(|e| e.ends_at >= from && e.ends_at <= to)
+        .collect()
+}
+
 /// The read models of one ledger, kept by its store.
 #[derive(Clone, Copy)]
 pub struct Projections<'a> {

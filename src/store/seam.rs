@@ -244,4 +244,9 @@ pub trait ConsumerStore: Send + Sync {
     fn remove(&self, name: &str) -> Result<bool, StoreError>;
     /// Every consumer's document, by name.
     fn all(&self) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// Held across a read-modify-write of a consumer by every process sharing the ledger (PostgreSQL), so that
+    /// acknowledgements on two processes still form an atomic maximum. One process holds a sled ledger: nothing to do.
+    fn exclusive(&self) -> Result<Box<dyn std::any::Any>, StoreError> {
+        Ok(Box::new(()))
+    }
 }

@@ -9,7 +9,7 @@ use partner_ledger::domain::{
     Actor, CommandId, CustomerId, EntityRef, Event, EventId, PartnerId, Position, Role, Timestamp,
 };
 use partner_ledger::store::{
-    check, CommitEntry, NewEvent, SealedBatch, Store, StoreOptions, GENESIS_HASH,
+    check, CommitEntry, NewEvent, SealedBatch, Store, StoreError, StoreOptions, GENESIS_HASH,
 };
 use proptest::prelude::*;
 
@@ -369,4 +369,37 @@ proptest! {
             }
         }
     }
+}
+
+/// PostgreSQL's fencing, at the store: once another store took the writer's lease, the first one can neither append
+/// (even though the head is still where it left it: only the epoch tells) nor confirm an answer that wrote nothing.
+#[test]
+fn on_postgres_a_store_whose_lease_was_taken_appends_nothing_even_at_the_same_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open_postgres(dir.path());
+    first.commit(&[entry(0, &[(1, 0)])]).unwrap();
+    first.confirm().unwrap();
+    let second = open_postgres(dir.path());
+    assert_eq!(
+        second.head(),
+        first.head(),
+        "the new writer starts from the head"
+    );
+    let stale = first.stage(SealedBatch::seal(
+        &[entry(1, &[(2, 0)])],
+        &first.staged_head(),
+    ));
+    assert!(
+        matches!(stale, Err(StoreError::Deposed { .. })),
+        "{stale:?}"
+    );
+    assert!(matches!(first.confirm(), Err(StoreError::Deposed { .. })));
+    assert_eq!(second.head().position, Position(1), "nothing was appended");
+    second.commit(&[entry(1, &[(2, 0)])]).unwrap();
+    second.confirm().unwrap();
+    assert_eq!(
+        second.read(Position(0), None).count(),
+        2,
+        "the new writer appends"
+    );
 }

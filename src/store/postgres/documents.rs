@@ -412,7 +412,30 @@ fn decode(text: &str) -> Result<RefusalRecord, StoreError> {
     serde_json::from_str(text).map_err(|e| corrupt("a refusal record", e))
 }
 
+/// The consumers' lock across processes: a session advisory lock on a pooled connection, let go when dropped (or when
+/// the connection is lost, with it).
+struct ConsumersLock(super::pool::Pooled, i64);
+
+impl Drop for ConsumersLock {
+    fn drop(&mut self) {
+        let _ = self.0.execute("SELECT pg_advisory_unlock($1)", &[&self.1]);
+    }
+}
+
 impl ConsumerStore for Documents {
+    fn exclusive(&self) -> Result<Box<dyn std::any::Any>, StoreError> {
+        use sha2::{Digest, Sha256};
+        let d = Sha256::digest(
+            format!("partner-ledger consumers {}", self.pool.target().schema()).as_bytes(),
+        );
+        let key = i64::from_be_bytes(d[..8].try_into().unwrap_or_default());
+        let mut client = self.pool.get()?;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&key])
+            .map_err(err(&self.pool, "cannot lock the consumers"))?;
+        Ok(Box::new(ConsumersLock(client, key)))
+    }
+
     fn get(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .pool

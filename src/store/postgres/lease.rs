@@ -7,8 +7,8 @@
 //! head row only where it still records the epoch its writer took (`append.rs`). A deposed writer therefore cannot
 //! append even before the new one wrote anything: its next transaction finds another epoch and writes nothing.
 //!
-//! The lease is free when it expired, when its holder's database session has ended (a killed process: the server
-//! notices the closed connection at once), or when its holder was a process of this host that no longer runs.
+//! The lease is free when it expired, or when its holder's database session has ended (a killed process: the server
+//! notices the closed connection at once).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -21,7 +21,7 @@ use crate::store::{EventStore, Store, StoreError};
 /// Who holds a ledger's lease, as the lease row says.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LeaseHolder {
-    /// The holder's name: `partner-ledger pid N on HOST`.
+    /// The holder's name: `partner-ledger pid N on HOST #INSTANCE`.
     pub name: String,
     /// Where it takes forwarded commands (`serve --advertise`); empty for a CLI command.
     pub address: String,
@@ -46,24 +46,14 @@ pub enum Taken {
     Held(LeaseHolder),
 }
 
-/// Whether a holder named `partner-ledger pid N on HOST` ran on this host under a pid that no longer exists.
-fn holder_is_gone(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix("partner-ledger pid ") else {
-        return false;
-    };
-    let mut parts = rest.splitn(2, " on ");
-    let (Some(pid), Some(host)) = (parts.next(), parts.next()) else {
-        return false;
-    };
-    pid.parse::<u32>().is_ok()
-        && host == super::target::hostname()
-        && !std::path::Path::new("/proc").join(pid).exists()
-}
-
-/// This process's name in the lease row and in `pg_stat_activity`.
+/// This process's name in the lease row: `partner-ledger pid N on HOST #INSTANCE`. The instance (random, drawn once
+/// per process) tells apart two processes with the same pid and hostname, as containers sharing a host's name have.
 pub fn our_name() -> String {
+    static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let instance =
+        INSTANCE.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_string());
     format!(
-        "partner-ledger pid {} on {}",
+        "partner-ledger pid {} on {} #{instance}",
         std::process::id(),
         super::target::hostname()
     )
@@ -103,10 +93,7 @@ fn take_on(
         .map_err(e("cannot read the writer's lease"))?;
     let (holder, session_alive) = holder_of(&row);
     let ours = holder.name == our_name();
-    let free = holder.name.is_empty()
-        || holder.expires_in <= 0.0
-        || !session_alive
-        || holder_is_gone(&holder.name);
+    let free = holder.name.is_empty() || holder.expires_in <= 0.0 || !session_alive;
     if !free && !ours {
         return Ok(Taken::Held(holder));
     }
@@ -168,10 +155,7 @@ impl PgStore {
             .query_one(READ_LEASE, &[])
             .map_err(self.err("cannot read the writer's lease"))?;
         let (holder, session_alive) = holder_of(&row);
-        let alive = !holder.name.is_empty()
-            && holder.expires_in > 0.0
-            && session_alive
-            && !holder_is_gone(&holder.name);
+        let alive = !holder.name.is_empty() && holder.expires_in > 0.0 && session_alive;
         Ok((holder, alive))
     }
 
@@ -254,7 +238,7 @@ impl PgStore {
     }
 
     /// Lets go of the lease (at close), so that another process takes it at once rather than after it expires.
-    pub(super) fn release_lease(&self) {
+    pub fn release_lease(&self) {
         let epoch = self.epoch.swap(0, Ordering::SeqCst);
         if epoch == 0 {
             return;
@@ -302,10 +286,14 @@ impl PgStore {
     pub fn follow(&self) -> Result<Option<(crate::store::Head, crate::store::Head)>, StoreError> {
         let (head, commands) = self.head_row()?;
         let before = self.head();
-        if head.position <= before.position {
+        // Refusals are filed without moving the head row.
+        self.documents.load_refusal_count()?;
+        let known = self.settled_commands.load(Ordering::SeqCst);
+        // Commands that appended no events (a clock advance with nothing due) move only the count.
+        if head.position <= before.position && commands <= known {
             return Ok(None);
         }
-        let after = i64::try_from(self.settled_commands.load(Ordering::SeqCst)).unwrap_or(0);
+        let after = i64::try_from(known).unwrap_or(0);
         let upto = i64::try_from(commands).unwrap_or(0);
         let rows = self
             .pool
@@ -318,7 +306,6 @@ impl PgStore {
         self.commands
             .add_keys(rows.iter().map(|r| *r.get::<_, uuid::Uuid>(0).as_bytes()));
         self.settled_commands.store(commands, Ordering::SeqCst);
-        self.documents.load_refusal_count()?;
         *self.head.lock().unwrap_or_else(|e| e.into_inner()) = head.clone();
         Ok(Some((before, head)))
     }
@@ -328,6 +315,11 @@ impl PgStore {
     pub(super) fn confirm(&self) -> Result<(), StoreError> {
         let written = self.staged_head();
         let epoch = i64::try_from(self.epoch.load(Ordering::SeqCst)).unwrap_or(i64::MAX);
+        if epoch == 0 {
+            return self.fail(StoreError::Deposed {
+                message: "this process does not hold the writer's lease".into(),
+            });
+        }
         let found = self
             .pool
             .get()?
@@ -363,29 +355,27 @@ pub fn describe(h: &LeaseHolder) -> String {
     )
 }
 
-/// The writer's lease held by a command of the CLI that writes without a ledger pipeline (`import`, `rebuild`):
-/// renewed in the background until dropped, then let go.
-pub struct HeldLease {
+/// Renews the lease this store holds in the background until dropped: for long work that holds the lease before
+/// anything else renews it (rebuilding the write model at open or when taking over, an import, a rebuild).
+pub struct Renewing {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// Takes the writer's lease for a command of the CLI on a PostgreSQL ledger (nothing to do on sled, whose folder
-/// lock the store already holds), or fails naming the live holder.
-pub fn hold(store: &std::sync::Arc<dyn Store>) -> Result<Option<HeldLease>, StoreError> {
-    let Some(pg) = store.shared() else {
-        return Ok(None);
-    };
-    pg.take_lease_for_cli(super::DEFAULT_LEASE)?;
+/// Starts renewing `store`'s lease every fifth of `ttl` (nothing on sled).
+pub fn renewing(store: &std::sync::Arc<dyn Store>, ttl: Duration) -> Result<Renewing, StoreError> {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if store.shared().is_none() {
+        return Ok(Renewing { stop, thread: None });
+    }
     let (flag, store) = (std::sync::Arc::clone(&stop), std::sync::Arc::clone(store));
     let thread = std::thread::Builder::new()
         .name("ledger-lease".into())
         .spawn(move || {
             let mut renewed = std::time::Instant::now();
             while !flag.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(100));
-                if renewed.elapsed() < super::DEFAULT_LEASE / 5 {
+                std::thread::sleep(Duration::from_millis(50));
+                if renewed.elapsed() < ttl / 5 {
                     continue;
                 }
                 renewed = std::time::Instant::now();
@@ -398,17 +388,31 @@ pub fn hold(store: &std::sync::Arc<dyn Store>) -> Result<Option<HeldLease>, Stor
             context: "cannot start the lease thread".into(),
             source: e,
         })?;
-    Ok(Some(HeldLease {
+    Ok(Renewing {
         stop,
         thread: Some(thread),
-    }))
+    })
 }
 
-impl Drop for HeldLease {
+impl Drop for Renewing {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
+}
+
+/// The writer's lease held by a command of the CLI that writes without a ledger pipeline (`import`, `rebuild`):
+/// renewed in the background until dropped.
+pub type HeldLease = Renewing;
+
+/// Takes the writer's lease for a command of the CLI on a PostgreSQL ledger (nothing to do on sled, whose folder
+/// lock the store already holds), or fails naming the live holder.
+pub fn hold(store: &std::sync::Arc<dyn Store>) -> Result<Option<HeldLease>, StoreError> {
+    let Some(pg) = store.shared() else {
+        return Ok(None);
+    };
+    pg.take_lease_for_cli(super::DEFAULT_LEASE)?;
+    renewing(store, super::DEFAULT_LEASE).map(Some)
 }

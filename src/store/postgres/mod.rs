@@ -22,8 +22,8 @@ mod target;
 pub mod throwaway;
 
 pub use lease::{
-    describe as describe_holder, hold as hold_lease, our_name as process_name, HeldLease,
-    LeaseHolder, Taken,
+    describe as describe_holder, hold as hold_lease, our_name as process_name, renewing, HeldLease,
+    LeaseHolder, Renewing, Taken,
 };
 pub use target::{hostname, PgTarget};
 pub(crate) use target::{message_of, pg_error};
