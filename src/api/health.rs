@@ -54,6 +54,11 @@ pub(super) async fn healthz(State(s): State<AppState>) -> Response {
     if let Err(why) = reachable {
         body["storage"] = json!(why);
     }
+    if s.insecure_http {
+        // Listening beyond loopback without TLS, on purpose (--insecure-http): say so to whoever probes.
+        body["insecure_http"] = json!(true);
+    }
+    body["tls"] = json!(s.tls.is_some());
     // Where several processes share a PostgreSQL ledger: which one writes (docs/operations.md).
     if s.ledger.lease_period().is_some() {
         body["role"] = match s.ledger.role() {

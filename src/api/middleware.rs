@@ -156,6 +156,23 @@ fn trace_id_of(traceparent: &str) -> Option<String> {
     }
 }
 
+/// Middleware: over TLS, every answer tells browsers to use HTTPS only for this host (`Strict-Transport-Security`,
+/// one year).
+pub(super) async fn strict_transport_security(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut r = next.run(req).await;
+    if s.tls.is_some() {
+        r.headers_mut().insert(
+            axum::http::header::STRICT_TRANSPORT_SECURITY,
+            axum::http::HeaderValue::from_static("max-age=31536000"),
+        );
+    }
+    r
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

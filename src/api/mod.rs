@@ -17,6 +17,7 @@ mod middleware;
 mod openapi;
 mod server;
 mod stream;
+pub mod tls;
 mod views;
 
 use std::sync::atomic::{AtomicI64, AtomicU64};
@@ -92,6 +93,10 @@ pub struct AppState {
     pub stopping: watch::Receiver<bool>,
     /// How callers are authenticated (local mode unless [`AppState::with_auth`]).
     pub auth: Arc<auth::Auth>,
+    /// The certificate connections are served with (`None`: plain HTTP/1.1 and h2c).
+    pub tls: Option<Arc<tls::Tls>>,
+    /// Listening beyond loopback without TLS, on purpose (`--insecure-http`): `/healthz` says so.
+    pub insecure_http: bool,
 }
 
 impl AppState {
@@ -108,7 +113,15 @@ impl AppState {
             config,
             stopping,
             auth: Arc::new(auth::Auth::local()),
+            tls: None,
+            insecure_http: false,
         })
+    }
+
+    /// The same state, serving connections over TLS with `tls`.
+    pub fn with_tls(mut self, tls: Option<Arc<tls::Tls>>) -> AppState {
+        self.tls = tls;
+        self
     }
 
     /// The same state, authenticating callers with `auth`.
@@ -173,5 +186,9 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(middleware::request_id))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::strict_transport_security,
+        ))
         .with_state(state)
 }

@@ -174,6 +174,16 @@ pub enum Command {
         /// writer that stops renewing (paused, cut off) loses the right to write after this long.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
         lease_seconds: u64,
+        /// Serve HTTPS (HTTP/2 and HTTP/1.1) with this PEM certificate chain, the server's certificate first;
+        /// reloaded on SIGHUP. Needs --tls-key.
+        #[arg(long, env = "PARTNER_LEDGER_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1); reloaded on SIGHUP.
+        #[arg(long, env = "PARTNER_LEDGER_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// With a tokens file, listen beyond loopback over plain HTTP anyway: only behind a TLS-terminating proxy.
+        #[arg(long)]
+        insecure_http: bool,
     },
     /// Prints a shell completion script: `partner-ledger completions bash > /etc/bash_completion.d/partner-ledger`.
     Completions {

@@ -73,12 +73,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tokens,
             advertise,
             lease_seconds,
+            tls_cert,
+            tls_key,
+            insecure_http,
         } => serve::serve(
             &cli.data,
             &listen,
             serve::Shared {
                 advertise,
                 lease: std::time::Duration::from_secs(lease_seconds),
+            },
+            serve::Transport {
+                cert: tls_cert,
+                key: tls_key,
+                insecure_http,
             },
             crate::api::ServeConfig {
                 heartbeat: std::time::Duration::from_millis(heartbeat_ms.max(1)),

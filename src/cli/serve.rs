@@ -13,6 +13,13 @@ pub(super) struct Shared {
     pub lease: std::time::Duration,
 }
 
+/// How connections are protected: `--tls-cert`/`--tls-key`, or `--insecure-http` beyond loopback.
+pub(super) struct Transport {
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+    pub insecure_http: bool,
+}
+
 /// The URL other processes forward commands to: `--advertise`, or http:// and the bound address.
 fn advertised(given: Option<String>, addr: std::net::SocketAddr) -> anyhow::Result<String> {
     if let Some(url) = given {
@@ -43,6 +50,7 @@ pub(super) fn serve(
     dir: &std::path::Path,
     listen: &str,
     shared: Shared,
+    transport: Transport,
     config: crate::api::ServeConfig,
     sample_data: bool,
     tokens: Option<&std::path::Path>,
@@ -67,6 +75,13 @@ pub(super) fn serve(
         )
         .map_err(|e| anyhow::anyhow!(e))?
     });
+    let tls = match (&transport.cert, &transport.key) {
+        (Some(cert), Some(key)) => Some(std::sync::Arc::new(
+            crate::api::tls::Tls::load(cert, key).map_err(|e| anyhow::anyhow!(e))?,
+        )),
+        (None, None) => None,
+        _ => anyhow::bail!("--tls-cert and --tls-key go together: give both, or neither"),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -75,6 +90,14 @@ pub(super) fn serve(
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
         let addr = listener.local_addr()?;
+        if !auth.is_local() && !addr.ip().is_loopback() && tls.is_none() {
+            if !transport.insecure_http {
+                anyhow::bail!(
+                    "refusing to listen on {addr} over plain HTTP: bearer tokens would cross the network in cleartext. Give --tls-cert FILE and --tls-key FILE, or --insecure-http when a TLS-terminating proxy is in front (docs/security.md)"
+                );
+            }
+            tracing::warn!(%addr, "listening beyond loopback over plain HTTP (--insecure-http): bearer tokens cross the network in cleartext unless a TLS-terminating proxy is in front");
+        }
         if auth.is_local() && !addr.ip().is_loopback() {
             anyhow::bail!(
                 "refusing to listen on {addr}: without a tokens file (--tokens, or {OPERATOR_TOKEN_ENV}) the server runs in local mode, where every caller is an operator, so it listens on loopback only (127.0.0.1 or ::1); see docs/security.md"
@@ -107,18 +130,28 @@ pub(super) fn serve(
     ledger.verify_in_background()?;
     let result = runtime.block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let state = crate::api::AppState::new(std::sync::Arc::clone(&ledger), config, stop_rx)?
-            .with_auth(std::sync::Arc::clone(&auth));
-        if !auth.is_local() {
-            let reload = std::sync::Arc::clone(&auth);
+        let mut state = crate::api::AppState::new(std::sync::Arc::clone(&ledger), config, stop_rx)?
+            .with_auth(std::sync::Arc::clone(&auth))
+            .with_tls(tls.clone());
+        state.insecure_http = transport.insecure_http && tls.is_none() && !addr.ip().is_loopback();
+        if !auth.is_local() || tls.is_some() {
+            let (reload, certificate) = (std::sync::Arc::clone(&auth), tls.clone());
             tokio::spawn(async move {
                 let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
                     return;
                 };
                 while hup.recv().await.is_some() {
-                    match reload.reload() {
-                        Ok(n) => tracing::info!(principals = n, "tokens file reloaded"),
-                        Err(e) => tracing::error!(error = %e, "tokens file not reloaded; the previous one stays in force"),
+                    if !reload.is_local() {
+                        match reload.reload() {
+                            Ok(n) => tracing::info!(principals = n, "tokens file reloaded"),
+                            Err(e) => tracing::error!(error = %e, "tokens file not reloaded; the previous one stays in force"),
+                        }
+                    }
+                    if let Some(t) = &certificate {
+                        match t.reload() {
+                            Ok(()) => tracing::info!("TLS certificate reloaded; new connections use it"),
+                            Err(e) => tracing::error!(error = %e, "TLS certificate not reloaded; the previous one stays in force"),
+                        }
                     }
                 }
             });
@@ -127,7 +160,15 @@ pub(super) fn serve(
         let _ = writeln!(
             std::io::stdout(),
             "{}",
-            banner(&ledger, dir, addr, loaded, sample_data, auth.is_local(), advanced.as_ref())
+            banner(
+                &ledger,
+                dir,
+                &format!("{}://{addr}", if tls.is_some() { "https" } else { "http" }),
+                loaded,
+                sample_data,
+                auth.is_local(),
+                advanced.as_ref(),
+            )
         );
         std::io::stdout().flush().ok();
         crate::api::serve(listener, state, stop_tx, shutdown_signal()).await?;
@@ -150,7 +191,7 @@ pub(super) fn serve(
 fn banner(
     ledger: &Ledger,
     dir: &std::path::Path,
-    addr: std::net::SocketAddr,
+    base: &str,
     loaded: Option<Position>,
     asked_for_sample: bool,
     local: bool,
@@ -158,7 +199,7 @@ fn banner(
 ) -> String {
     let head = ledger.store().head().position;
     let mut t = format!(
-        "partner-ledger listening on http://{addr} (data: {}, {head} events)\n",
+        "partner-ledger listening on {base} (data: {}, {head} events)\n",
         crate::store::describe(dir)
     );
     match loaded {
@@ -204,14 +245,14 @@ fn banner(
         contoso.is_some_and(|c| ledger.live().read(|st, _| st.customers.contains_key(&c)));
     t.push_str("\nTry:\n");
     if has_contoso {
-        t.push_str(&format!("  curl {auth}http://{addr}/v1/customers/{CONTOSO}\n  curl {auth}http://{addr}/v1/partners/a0000000-0000-4000-8000-00000000000a\n  curl {auth}\"http://{addr}/v1/customers/{CONTOSO}?as_of=2024-02-01T00:00:00Z\"\n  curl -N {auth}-H \"Accept: application/x-ndjson\" \"http://{addr}/v1/events?customer={CONTOSO}\"\n"));
+        t.push_str(&format!("  curl {auth}{base}/v1/customers/{CONTOSO}\n  curl {auth}{base}/v1/partners/a0000000-0000-4000-8000-00000000000a\n  curl {auth}\"{base}/v1/customers/{CONTOSO}?as_of=2024-02-01T00:00:00Z\"\n  curl -N {auth}-H \"Accept: application/x-ndjson\" \"{base}/v1/events?customer={CONTOSO}\"\n"));
         if local {
-            t.push_str(&format!("A refused command (partner B may not cancel the subscription of partner A: 422, R27):\n  curl -X POST -H \"Content-Type: application/json\" http://{addr}/v1/commands -d '{{\"type\":\"CancelSubscription\",\"actor\":{{\"tenant\":\"b0000000-0000-4000-8000-00000000000b\",\"user\":\"you\",\"role\":\"partner_admin_agent\"}},\"subscription\":\"5a000000-0000-4000-8000-000000000001\",\"partner\":\"b0000000-0000-4000-8000-00000000000b\"}}'\n"));
+            t.push_str(&format!("A refused command (partner B may not cancel the subscription of partner A: 422, R27):\n  curl -X POST -H \"Content-Type: application/json\" {base}/v1/commands -d '{{\"type\":\"CancelSubscription\",\"actor\":{{\"tenant\":\"b0000000-0000-4000-8000-00000000000b\",\"user\":\"you\",\"role\":\"partner_admin_agent\"}},\"subscription\":\"5a000000-0000-4000-8000-000000000001\",\"partner\":\"b0000000-0000-4000-8000-00000000000b\"}}'\n"));
         }
     } else {
-        t.push_str(&format!("  curl {auth}http://{addr}/healthz\n  curl -N {auth}-H \"Accept: application/x-ndjson\" http://{addr}/v1/events\n  curl {auth}http://{addr}/v1/openapi.json\n"));
+        t.push_str(&format!("  curl {auth}{base}/healthz\n  curl -N {auth}-H \"Accept: application/x-ndjson\" {base}/v1/events\n  curl {auth}{base}/v1/openapi.json\n"));
     }
-    t.push_str(&format!("  curl {auth}http://{addr}/metrics\n\nCtrl-C (or SIGTERM) stops the server: it answers the commands in flight, waiting up to --shutdown-grace-ms, then flushes and exits.\n\n"));
+    t.push_str(&format!("  curl {auth}{base}/metrics\n\nCtrl-C (or SIGTERM) stops the server: it answers the commands in flight, waiting up to --shutdown-grace-ms, then flushes and exits.\n\n"));
     t.push_str(if local {
         "local mode: no tokens file, so every caller is treated as an operator and commands carry their own actor; listening on loopback only (docs/security.md)"
     } else {

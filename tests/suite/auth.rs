@@ -850,6 +850,8 @@ fn serve_is_secure_by_default_and_reloads_tokens_on_sighup() {
             "serve",
             "--listen",
             "0.0.0.0:0",
+            // Tokens beyond loopback need TLS, or this flag (a TLS-terminating proxy in front): tests/suite/tls.rs.
+            "--insecure-http",
             "--no-sample-data",
             "--tokens",
         ])

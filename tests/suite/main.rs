@@ -35,4 +35,5 @@ mod server;
 mod snapshot;
 mod start_and_stop;
 mod store_conformance;
+mod tls;
 mod upgrade;
