@@ -3,8 +3,9 @@
 # throwaway P-256 certificate, one over plain HTTP, measured with curl. Needs openssl, curl and bc.
 # Usage: scripts/measure-tls.sh [path to the partner-ledger binary, default target/release/partner-ledger]
 set -eu
-BIN=${1:-target/release/partner-ledger}
+BIN=$(realpath "${1:-target/release/partner-ledger}")
 DIR=$(mktemp -d)
+TLS_PID=; PLAIN_PID=
 trap 'kill $TLS_PID $PLAIN_PID 2>/dev/null; rm -rf "$DIR"' EXIT
 cd "$DIR"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout key.pem -out cert.pem -days 2 \
@@ -13,7 +14,11 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout key
 TLS_PID=$!
 "$BIN" --data plain serve --listen 127.0.0.1:0 --sample-data > plain.out 2>&1 &
 PLAIN_PID=$!
-until grep -q "listening on" tls.out && grep -q "listening on" plain.out; do sleep 0.2; done
+for i in $(seq 300); do
+  grep -q "listening on" tls.out && grep -q "listening on" plain.out && break
+  [ "$i" = 300 ] && { echo "the servers did not start:"; cat tls.out plain.out; exit 1; }
+  sleep 0.2
+done
 TLS=$(sed -n 's/.*listening on \(https:[^ ]*\).*/\1/p' tls.out | head -1)
 PLAIN=$(sed -n 's/.*listening on \(http:[^ ]*\).*/\1/p' plain.out | head -1)
 HEAD=$(sed -n 's/.*, \([0-9]*\) events).*/\1/p' plain.out | head -1)

@@ -144,6 +144,20 @@ pub(super) async fn forward(
             Role::Follower { writer } => writer.filter(|w| !w.address.is_empty()),
         };
         if let Some(w) = writer {
+            if headers.contains_key(header::AUTHORIZATION)
+                && !s.insecure_http
+                && !loopback(&w.address)
+            {
+                // The caller's token would cross the network in cleartext: only where the operator said so.
+                return Some(Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "writer_unavailable",
+                    format!(
+                        "the ledger's writer is at {}, over plain HTTP beyond this host; forwarding a bearer token there needs --insecure-http on a trusted network (docs/operations.md). Send the command to the writer",
+                        w.address
+                    ),
+                )));
+            }
             match send(headers, &w.address, path, body).await {
                 Ok(r)
                     if r.status() == StatusCode::SERVICE_UNAVAILABLE
@@ -217,6 +231,21 @@ fn with_command_ids(
         }
     }
     (Bytes::from(out), ids)
+}
+
+/// Whether an advertised `http://host:port` address is on this host's loopback.
+fn loopback(address: &str) -> bool {
+    let host = address
+        .parse::<axum::http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_string()));
+    match host.as_deref() {
+        Some("localhost") => true,
+        Some(h) => h
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
 }
 
 /// Marks a `not_the_writer` answer, so a forwarding process knows to ask the lease again.

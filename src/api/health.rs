@@ -44,9 +44,12 @@ pub(super) async fn healthz(State(s): State<AppState>) -> Response {
     let reachable = tokio::task::spawn_blocking(move || ledger.store().reachable())
         .await
         .unwrap_or_else(|_| Err("the check did not finish".into()));
+    // A follower that cannot follow the writer serves an ever older state: out of rotation until it can again.
+    let following = s.ledger.following_error();
     let status = match (&reachable, damaged) {
         (_, true) => "damaged",
         (Err(_), false) => "unavailable",
+        (Ok(()), false) if following.is_some() => "unavailable",
         (Ok(()), false) => "ok",
     };
     let mut body = json!({"status": status,
@@ -69,6 +72,9 @@ pub(super) async fn healthz(State(s): State<AppState>) -> Response {
             body["writer"] = json!({"name": w.name, "address": w.address, "epoch": w.epoch});
         }
         body["live"] = json!(s.ledger.live().position());
+        if let Some(why) = following {
+            body["following"] = json!(why);
+        }
     }
     let body = Json(body);
     if status != "ok" {

@@ -7,6 +7,7 @@
 pub mod auth;
 mod backup;
 mod commands;
+mod connection;
 mod consumers;
 mod error;
 mod extract;

@@ -11,9 +11,9 @@ use super::{router, AppState};
 use crate::ledger::Ledger;
 
 /// The most streams one HTTP/2 connection may have open at once.
-pub const MAX_STREAMS: u32 = 256;
+pub const MAX_STREAMS: u32 = 100;
 /// The largest header list an HTTP/2 request may send, in bytes.
-pub const MAX_HEADER_LIST: u32 = 64 * 1024;
+pub const MAX_HEADER_LIST: u32 = 16 * 1024;
 /// Streams a client may reset before the server accepted them; more and the connection is closed.
 const MAX_PENDING_RESETS: usize = 20;
 /// Streams the server may reset because of a client's errors on one connection before it closes it.
@@ -38,28 +38,30 @@ pub async fn serve(
         state.stopping.clone(),
     ));
     // HTTP/1.1 and HTTP/2 on every connection: over TLS as ALPN agreed, in plain text by the client's first bytes
-    // (HTTP/2 by prior knowledge, h2c). HTTP/2's limits keep one connection from exhausting the server: streams at
-    // once, the size of a header list, and resets (a client resetting streams as fast as it opens them, CVE-2023-44487,
-    // gets its connection closed).
-    let mut http =
-        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    http.http1()
+    // (HTTP/2 by prior knowledge, h2c); `connection.rs`. HTTP/2's limits keep one connection from exhausting the
+    // server: streams at once, the size of a header list, and resets (a client resetting streams as fast as it opens
+    // them, CVE-2023-44487, gets its connection closed).
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(state.config.header_timeout);
-    http.http2()
+    let mut http2 = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    http2
         .timer(hyper_util::rt::TokioTimer::new())
         .max_concurrent_streams(MAX_STREAMS)
         .max_header_list_size(MAX_HEADER_LIST)
         .max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
         .max_local_error_reset_streams(Some(MAX_ERROR_RESETS))
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    let http = Arc::new(http);
-    // A TLS handshake must finish within the header timeout (slow-loris at the TLS layer).
-    let handshake = state.config.header_timeout;
+    let protocols = Arc::new(super::connection::Protocols {
+        http1,
+        http2,
+        idle: state.config.header_timeout,
+    });
     let tls = state.tls.clone();
     let grace = state.config.shutdown_grace;
+    let stopping = state.stopping.clone();
     let app = router(state);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -74,35 +76,14 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let service = hyper_util::service::TowerToHyperService::new(app.clone());
-                let (http, watcher) = (Arc::clone(&http), graceful.watcher());
                 let acceptor = tls.as_ref().map(|t| t.acceptor());
-                connections.spawn(async move {
-                    let ended = match acceptor {
-                        None => {
-                            let io = hyper_util::rt::TokioIo::new(stream);
-                            watcher.watch(http.serve_connection(io, service)).await
-                        }
-                        Some(acceptor) => {
-                            let stream = match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!("TLS handshake not finished in time; connection dropped");
-                                    return;
-                                }
-                            };
-                            let io = hyper_util::rt::TokioIo::new(stream);
-                            watcher.watch(http.serve_connection(io, service)).await
-                        }
-                    };
-                    if let Err(e) = ended {
-                        tracing::debug!(error = %e, "connection ended");
-                    }
-                });
+                connections.spawn(super::connection::serve(
+                    stream,
+                    acceptor,
+                    Arc::clone(&protocols),
+                    app.clone(),
+                    stopping.clone(),
+                ));
             }
             // Finished connections are reaped as they end, so the set holds only open ones.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -110,11 +91,13 @@ pub async fn serve(
         }
     }
     drop(listener);
+    // Every connection is asked to finish what it is doing and close; those still open after the grace are closed.
     let _ = stop.send(true);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let drained = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
         tracing::warn!(
             open = connections.len(),
             grace_ms = grace.as_millis(),

@@ -82,6 +82,12 @@ pub(super) fn serve(
         (None, None) => None,
         _ => anyhow::bail!("--tls-cert and --tls-key go together: give both, or neither"),
     };
+    if tls.is_some() && crate::store::default_postgres().is_some() {
+        // Processes sharing a PostgreSQL ledger forward commands to each other over plain HTTP (docs/operations.md).
+        anyhow::bail!(
+            "--tls-cert with a PostgreSQL ledger is not supported yet: the processes sharing it forward commands to each other over plain HTTP, which a TLS port would refuse. Terminate TLS in front of them (a load balancer) and give --insecure-http on a trusted network (docs/operations.md)"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -134,13 +140,15 @@ pub(super) fn serve(
             .with_auth(std::sync::Arc::clone(&auth))
             .with_tls(tls.clone());
         state.insecure_http = transport.insecure_http && tls.is_none() && !addr.ip().is_loopback();
-        if !auth.is_local() || tls.is_some() {
+        // SIGHUP reloads the tokens file and the certificate; listened for in every mode, before the banner, so that
+        // a HUP (a renewal hook, say) never ends the server.
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             let (reload, certificate) = (std::sync::Arc::clone(&auth), tls.clone());
             tokio::spawn(async move {
-                let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-                    return;
-                };
                 while hup.recv().await.is_some() {
+                    if reload.is_local() && certificate.is_none() {
+                        tracing::info!("SIGHUP: nothing to reload (no tokens file, no certificate)");
+                    }
                     if !reload.is_local() {
                         match reload.reload() {
                             Ok(n) => tracing::info!(principals = n, "tokens file reloaded"),

@@ -130,7 +130,14 @@ impl Coordinator {
                 }
                 continue;
             }
-            if let Err(e) = self.follow() {
+            let followed = self.follow();
+            *self
+                .core
+                .follow_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) =
+                followed.as_ref().err().map(ToString::to_string);
+            if let Err(e) = followed {
                 self.warn("cannot follow the writer; retrying", &e);
             }
             ticks += 1;
@@ -154,6 +161,11 @@ impl Coordinator {
         tracing::warn!(reason = why, "this process is no longer the ledger's writer; it follows the log and forwards commands to the writer");
         self.set_role(Role::Follower { writer: None });
         self.core.stop_writing();
+        *self
+            .core
+            .follow_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
         pg.step_down();
         if !self.damaged() {
             self.core.shared.failed.store(false, Ordering::SeqCst);

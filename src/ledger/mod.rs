@@ -206,6 +206,8 @@ struct Core {
     /// The writer, committer, syncer and projector, in the order they stop.
     threads: Mutex<Vec<JoinHandle<()>>>,
     role: Mutex<Role>,
+    /// Why following the writer last failed, while it keeps failing (PostgreSQL followers).
+    follow_error: Mutex<Option<String>>,
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StoreError> {
@@ -340,6 +342,7 @@ impl Ledger {
             config: config.clone(),
             tx: Mutex::new(None),
             threads: Mutex::new(Vec::new()),
+            follow_error: Mutex::new(None),
             role: Mutex::new(if writing {
                 Role::Writer
             } else {
@@ -367,6 +370,16 @@ impl Ledger {
     pub fn lease_period(&self) -> Option<Duration> {
         self.shared.store.shared()?;
         self.core.config.sharing.as_ref().map(|s| s.lease)
+    }
+
+    /// Why this process cannot follow the writer, while that lasts (a follower of a shared PostgreSQL ledger whose
+    /// reads of the log fail: the database is away, or an event does not replay).
+    pub fn following_error(&self) -> Option<String> {
+        self.core
+            .follow_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether this process writes the ledger now, or follows the one that does (PostgreSQL, `serve`).
