@@ -78,15 +78,9 @@ impl PgStore {
     fn head_row_now(&self) -> Result<(Head, u64), StoreError> {
         let mut client = self.target.connect()?;
         let row = client
-            .query_one("SELECT position, hash, commands FROM head", &[])
+            .query_one(super::HEAD_ROW, &[])
             .map_err(|e| pg_error(&self.target, "cannot read the head row", &e))?;
-        Ok((
-            Head {
-                position: crate::domain::Position(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0)),
-                hash: row.get(1),
-            },
-            u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
-        ))
+        Ok(super::head_of(&row))
     }
 
     /// A write transaction after a COMMIT found written on a new connection: when it commits, everything before it

@@ -163,16 +163,9 @@ impl PgStore {
         let row = self
             .pool
             .get()?
-            .query_one("SELECT position, hash, commands FROM head", &[])
+            .query_one(HEAD_ROW, &[])
             .map_err(self.err("cannot read the head row"))?;
-        let (position, hash, commands): (i64, String, i64) = (row.get(0), row.get(1), row.get(2));
-        Ok((
-            Head {
-                position: Position(u64::try_from(position).unwrap_or(0)),
-                hash,
-            },
-            u64::try_from(commands).unwrap_or(0),
-        ))
+        Ok(head_of(&row))
     }
 
     /// Reads the key of every command committed up to the `upto`th into memory, a page at a time.
@@ -210,10 +203,10 @@ impl PgStore {
             .read_only(true)
             .start()
             .map_err(self.err("cannot read the head row"))?;
-        let row = tx
-            .query_one("SELECT position, hash, commands FROM head", &[])
-            .map_err(self.err("cannot read the head row"))?;
-        let (position, hash, commands): (i64, String, i64) = (row.get(0), row.get(1), row.get(2));
+        let (head, commands) = head_of(
+            &tx.query_one(HEAD_ROW, &[])
+                .map_err(self.err("cannot read the head row"))?,
+        );
         let last = tx
             .query_opt(
                 "SELECT position, envelope FROM events ORDER BY position DESC LIMIT 1",
@@ -222,14 +215,7 @@ impl PgStore {
             .map_err(self.err("cannot read the last event"))?
             .map(|r| (u64::try_from(r.get::<_, i64>(0)).unwrap_or(0), r.get(1)));
         tx.commit().map_err(self.err("cannot read the head row"))?;
-        Ok((
-            Head {
-                position: Position(u64::try_from(position).unwrap_or(0)),
-                hash,
-            },
-            u64::try_from(commands).unwrap_or(0),
-            last,
-        ))
+        Ok((head, commands, last))
     }
 
     /// The head row checked against the last event (read with it); the newest `tail` events re-verified.
@@ -346,6 +332,20 @@ impl Drop for PgStore {
             .take();
         writer.into_iter().chain(lease).for_each(pool::close);
     }
+}
+
+/// The head row's query: the head and the number of committed commands.
+const HEAD_ROW: &str = "SELECT position, hash, commands FROM head";
+
+/// The head and the number of committed commands, from a row of [`HEAD_ROW`].
+fn head_of(row: &postgres::Row) -> (Head, u64) {
+    (
+        Head {
+            position: Position(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0)),
+            hash: row.get(1),
+        },
+        u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
+    )
 }
 
 /// A position as PostgreSQL's `bigint`.
