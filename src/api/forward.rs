@@ -145,13 +145,13 @@ pub(super) async fn forward(
         };
         if let Some(w) = writer {
             if headers.contains_key(header::AUTHORIZATION)
-                && !s.insecure_http
+                && !s.cleartext_forwarding
                 && !loopback(&w.address)
             {
                 // The caller's token would cross the network in cleartext: only where the operator said so.
                 return Some(Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "writer_unavailable",
+                    "insecure_forward",
                     format!(
                         "the ledger's writer is at {}, over plain HTTP beyond this host; forwarding a bearer token there needs --insecure-http on a trusted network (docs/operations.md). Send the command to the writer",
                         w.address
@@ -164,7 +164,19 @@ pub(super) async fn forward(
                         && r.headers().contains_key(NOT_WRITER) => {}
                 Ok(r) => return Some(Ok(r)),
                 Err(Sent::NotSent(_)) if Instant::now() < deadline => {}
-                Err(Sent::NotSent(why)) | Err(Sent::Unknown(why)) => {
+                Err(Sent::NotSent(why)) => {
+                    return Some(Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no_writer",
+                        format!(
+                            "the ledger's writer at {} could not be reached for {} s ({why}); nothing was submitted: retry",
+                            w.address,
+                            wait.as_secs()
+                        ),
+                    )
+                    .header(header::RETRY_AFTER, "1")))
+                }
+                Err(Sent::Unknown(why)) => {
                     return Some(Err(ApiError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "writer_unavailable",

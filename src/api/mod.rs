@@ -98,6 +98,9 @@ pub struct AppState {
     pub tls: Option<Arc<tls::Tls>>,
     /// Listening beyond loopback without TLS, on purpose (`--insecure-http`): `/healthz` says so.
     pub insecure_http: bool,
+    /// `--insecure-http` was given: commands carrying a bearer token may be forwarded over plain HTTP to a writer
+    /// beyond this host (docs/operations.md).
+    pub cleartext_forwarding: bool,
 }
 
 impl AppState {
@@ -116,6 +119,7 @@ impl AppState {
             auth: Arc::new(auth::Auth::local()),
             tls: None,
             insecure_http: false,
+            cleartext_forwarding: false,
         })
     }
 

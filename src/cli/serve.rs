@@ -140,6 +140,7 @@ pub(super) fn serve(
             .with_auth(std::sync::Arc::clone(&auth))
             .with_tls(tls.clone());
         state.insecure_http = transport.insecure_http && tls.is_none() && !addr.ip().is_loopback();
+        state.cleartext_forwarding = transport.insecure_http;
         // SIGHUP reloads the tokens file and the certificate; listened for in every mode, before the banner, so that
         // a HUP (a renewal hook, say) never ends the server.
         if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
