@@ -11,6 +11,19 @@ fn as_of() -> Value {
            "schema": {"type": "string"}})
 }
 
+/// `Ledger-Min-Position`: read-your-writes across processes (docs/api.md).
+fn min_position() -> Value {
+    json!({"name": "Ledger-Min-Position", "in": "header", "required": false,
+           "description": "wait (up to 5 s, then 503 position_not_reached) until this process reflects this position, as a command's answer gave it in Ledger-Position",
+           "schema": {"type": "integer", "minimum": 0}})
+}
+
+/// `Ledger-Position` on a command's answer.
+fn position_header() -> Value {
+    json!({"Ledger-Position": {"description": "the log's head when the command was answered: send it as Ledger-Min-Position with a following read",
+                               "schema": {"type": "integer", "minimum": 0}}})
+}
+
 fn errors() -> Value {
     json!({"400": {"description": "malformed id or parameter", "content": {"application/json": {}}},
            "404": {"description": "not in this ledger", "content": {"application/json": {}}}})
@@ -21,7 +34,7 @@ pub fn document() -> Value {
     let view = |summary: &str, param: &str| {
         let mut responses = errors();
         responses["200"] = json!({"description": summary, "content": {"application/json": {}}});
-        json!({"get": {"summary": summary, "parameters": [id_param(param), as_of()], "responses": responses}})
+        json!({"get": {"summary": summary, "parameters": [id_param(param), as_of(), min_position()], "responses": responses}})
     };
     let customer = view("The customer view of WIRE.md, now or as of", "id");
     let partner = view(
@@ -36,7 +49,8 @@ pub fn document() -> Value {
         {"name": "customer", "in": "query", "schema": {"type": "string", "format": "uuid"}},
         {"name": "partner", "in": "query", "schema": {"type": "string", "format": "uuid"}},
         {"name": "types", "in": "query", "schema": {"type": "string"}, "description": "comma-separated event types"},
-        {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer"}, "description": "resume after this position"}
+        {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer"}, "description": "resume after this position"},
+        min_position()
     ]);
     json!({
         "openapi": "3.0.3",
@@ -51,12 +65,12 @@ pub fn document() -> Value {
                 "summary": "One command (application/json) or many (application/x-ndjson); outcomes as in WIRE.md",
                 "requestBody": {"required": true, "content": {"application/json": {}, "application/x-ndjson": {}}},
                 "responses": {
-                    "200": {"description": "committed (JSON), or one outcome line per input line (NDJSON)"},
-                    "400": {"description": "the single command is malformed: {\"outcome\": \"invalid\", ...}"},
+                    "200": {"description": "committed (JSON), or one outcome line per input line (NDJSON)", "headers": position_header()},
+                    "400": {"description": "the single command is malformed: {\"outcome\": \"invalid\", ...}", "headers": position_header()},
                     "413": {"description": "the body is larger than the server's limit (16 MiB by default)"},
                     "415": {"description": "neither application/json nor application/x-ndjson"},
-                    "422": {"description": "refused by a rule: the refusal outcome"},
-                    "503": {"description": "storage failed: outcome unknown, retry with the same command_id"}}}},
+                    "422": {"description": "refused by a rule: the refusal outcome", "headers": position_header()},
+                    "503": {"description": "storage failed, or (several processes on one PostgreSQL ledger) the writer could not be reached: outcome unknown, retry with the same command_id", "headers": position_header()}}}},
             "/v1/customers/{id}": customer,
             "/v1/customers/{id}/history": {"get": {"summary": "The customer's events (and refusals with include_refusals=true)",
                 "parameters": [id_param("id"), {"name": "include_refusals", "in": "query", "schema": {"type": "boolean"}}],
