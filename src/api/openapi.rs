@@ -11,6 +11,12 @@ fn as_of() -> Value {
            "schema": {"type": "string"}})
 }
 
+/// A durable consumer's name, the path parameter of the `/v1/consumers/{name}` routes.
+fn consumer_name() -> Value {
+    json!({"name": "name", "in": "path", "required": true,
+           "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}})
+}
+
 /// `Ledger-Min-Position`: read-your-writes across processes (docs/api.md).
 fn min_position() -> Value {
     json!({"name": "Ledger-Min-Position", "in": "header", "required": false,
@@ -82,13 +88,14 @@ pub fn document() -> Value {
                     "content": {"text/event-stream": {}, "application/x-ndjson": {}}}}}},
             "/v1/consumers": {"get": {"summary": "Durable consumers with checkpoint and lag", "responses": {"200": {"description": "a list"}}}},
             "/v1/consumers/{name}": {
+                "parameters": [consumer_name()],
                 "put": {"summary": "Create a consumer: {customer?, partner?, types?, from?}", "responses": {
                     "201": {"description": "created"}, "200": {"description": "already exists with the same filter"},
                     "409": {"description": "exists with another filter"}}},
                 "get": {"summary": "One consumer", "responses": {"200": {"description": "the consumer"}, "404": {"description": "none"}}},
                 "delete": {"summary": "Remove a consumer", "responses": {"204": {"description": "removed"}, "404": {"description": "none"}}}},
-            "/v1/consumers/{name}/events": {"get": {"summary": "The consumer's stream from its checkpoint", "responses": {"200": {"description": "a stream"}}}},
-            "/v1/consumers/{name}/ack": {"post": {"summary": "Move the checkpoint: {\"position\": n}", "responses": {
+            "/v1/consumers/{name}/events": {"parameters": [consumer_name()], "get": {"summary": "The consumer's stream from its checkpoint", "responses": {"200": {"description": "a stream"}}}},
+            "/v1/consumers/{name}/ack": {"parameters": [consumer_name()], "post": {"summary": "Move the checkpoint: {\"position\": n}", "responses": {
                 "200": {"description": "moved"}, "409": {"description": "backwards"}, "400": {"description": "beyond the head"}}}},
             "/v1/backup": {"get": {"summary": "A complete backup at a consistent cut (NDJSON; docs/audit.md)", "responses": {
                 "200": {"description": "the backup", "content": {"application/x-ndjson": {}}}, "403": {"description": "not an operator, system or auditor"}}}},

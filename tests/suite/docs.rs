@@ -202,3 +202,35 @@ fn the_domain_doc_explains_every_rule_and_every_refusal_code() {
         }
     }
 }
+
+/// Every `{parameter}` in an OpenAPI path is declared as a path parameter, on the path or on each of its operations
+/// (openapi-spec-validator refuses the document otherwise, and client generators cannot build the call).
+#[test]
+fn every_openapi_path_parameter_is_declared() {
+    let doc = partner_ledger::api::openapi_document();
+    let paths = doc["paths"].as_object().expect("paths");
+    for (path, item) in paths {
+        let wanted: Vec<&str> = path
+            .split('{')
+            .skip(1)
+            .filter_map(|rest| rest.split('}').next())
+            .collect();
+        let declared = |params: &serde_json::Value, name: &str| {
+            params.as_array().is_some_and(|ps| {
+                ps.iter()
+                    .any(|p| p["in"] == "path" && p["name"] == name && p["required"] == true)
+            })
+        };
+        for (method, op) in item.as_object().expect("a path item") {
+            if method == "parameters" {
+                continue;
+            }
+            for name in &wanted {
+                assert!(
+                    declared(&item["parameters"], name) || declared(&op["parameters"], name),
+                    "{method} {path}: the path parameter `{name}` is not declared"
+                );
+            }
+        }
+    }
+}
