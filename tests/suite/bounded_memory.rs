@@ -47,22 +47,25 @@ fn reading_the_whole_log_does_not_keep_what_it_read() {
         .next()
         .and_then(|p| p.trim().parse().ok())
         .unwrap();
-    let opened = peak_kib(&data, &["checkpoint"]);
+    // Each peak is the least of three runs: one run's peak varies by several MiB with the allocator and thread
+    // timing (a clean-clone CI run once measured 1.57 times for `export`), what a scan keeps does not.
+    let least = |args: &[&str]| (0..3).map(|_| peak_kib(&data, args)).min().unwrap_or(0);
+    let opened = least(&["checkpoint"]);
     let middle = (head / 2).to_string();
     for (whole, half) in [
         (vec!["events"], vec!["events", "--from", &middle]),
         (vec!["export"], vec!["export", "--from", &middle]),
     ] {
-        let whole_kib = peak_kib(&data, &whole).saturating_sub(opened);
-        let half_kib = peak_kib(&data, &half).saturating_sub(opened);
+        let whole_kib = least(&whole).saturating_sub(opened);
+        let half_kib = least(&half).saturating_sub(opened);
         assert!(
             whole_kib * 2 <= half_kib * 3,
             "reading the whole log ({whole:?}) took {whole_kib} KiB above the opened ledger, reading its second \
              half ({half:?}) {half_kib} KiB: the scan keeps what it read"
         );
     }
-    let verify_kib = peak_kib(&data, &["verify"]).saturating_sub(opened);
-    let half_kib = peak_kib(&data, &["events", "--from", &middle]).saturating_sub(opened);
+    let verify_kib = least(&["verify"]).saturating_sub(opened);
+    let half_kib = least(&["events", "--from", &middle]).saturating_sub(opened);
     assert!(
         verify_kib * 2 <= half_kib * 3,
         "verify took {verify_kib} KiB above the opened ledger, reading half the log {half_kib} KiB"
