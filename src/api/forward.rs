@@ -109,13 +109,16 @@ fn client() -> &'static hyper_util::client::legacy::Client<
     })
 }
 
+/// A 503 to retry in a second: the forwarding errors' one shape.
+fn retry_later(code: &str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).header(header::RETRY_AFTER, "1")
+}
+
 fn not_the_writer() -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
+    retry_later(
         "not_the_writer",
         "this process no longer writes the ledger; the request was not submitted: send it again",
     )
-    .header(header::RETRY_AFTER, "1")
 }
 
 /// What a command request should become on this process: `None` to submit it here (this process writes, or the
@@ -165,41 +168,35 @@ pub(super) async fn forward(
                 Ok(r) => return Some(Ok(r)),
                 Err(Sent::NotSent(_)) if Instant::now() < deadline => {}
                 Err(Sent::NotSent(why)) => {
-                    return Some(Err(ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
+                    return Some(Err(retry_later(
                         "no_writer",
                         format!(
                             "the ledger's writer at {} could not be reached for {} s ({why}); nothing was submitted: retry",
                             w.address,
                             wait.as_secs()
                         ),
-                    )
-                    .header(header::RETRY_AFTER, "1")))
+                    )))
                 }
                 Err(Sent::Unknown(why)) => {
-                    return Some(Err(ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
+                    return Some(Err(retry_later(
                         "writer_unavailable",
                         format!(
                             "the ledger's writer at {} did not answer ({why}); the commands may or may not be committed: retry each with its command_id",
                             w.address
                         ),
                     )
-                    .with("command_ids", ids)
-                    .header(header::RETRY_AFTER, "1")))
+                    .with("command_ids", ids)))
                 }
             }
         }
         if Instant::now() >= deadline {
-            return Some(Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
+            return Some(Err(retry_later(
                 "no_writer",
                 format!(
                     "no process has written the ledger for {} s (the writer's lease is being taken over); nothing was submitted: retry",
                     wait.as_secs()
                 ),
-            )
-            .header(header::RETRY_AFTER, "1")));
+            )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
