@@ -15,6 +15,7 @@ pub mod fuzz;
 pub mod ledger;
 pub mod projection;
 pub mod query;
+pub mod relay;
 pub mod replay;
 pub mod snapshot;
 pub mod store;

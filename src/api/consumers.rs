@@ -251,9 +251,11 @@ pub async fn events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let n = name.clone();
-    let Some(c) = read(&s.consumers, move |c| c.get(&n)).await? else {
+    let cloudevents = super::stream::cloudevents_of(bounds.format.as_deref(), &s)?;
+    let Some(mut c) = read(&s.consumers, move |c| c.get(&n)).await? else {
         return Err(no_consumer(&name));
     };
+    c.filter.cloudevents = cloudevents;
     let head = s.ledger.store().head().position;
     let after =
         super::stream::resume_point(&headers, Some(c.checkpoint.0), head)?.max(c.checkpoint);
@@ -267,6 +269,7 @@ pub async fn events(
 pub struct BoundParams {
     to: Option<u64>,
     limit: Option<u64>,
+    format: Option<String>,
 }
 
 #[derive(Deserialize)]

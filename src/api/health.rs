@@ -76,6 +76,14 @@ pub(super) async fn healthz(State(s): State<AppState>) -> Response {
             body["following"] = json!(why);
         }
     }
+    if let Some(r) = &s.relay {
+        // The relay's trouble is not the ledger's: it falls behind, and says why here, without taking the server
+        // out of rotation.
+        let (phase, error) = r.phase();
+        let head = s.ledger.store().head().position;
+        body["relay"] = json!({"nats": r.config.place(), "stream": r.config.stream, "phase": phase,
+            "relayed": r.relayed(), "lag": head.0.saturating_sub(r.relayed().0), "error": error});
+    }
     let body = Json(body);
     if status != "ok" {
         (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
@@ -135,6 +143,22 @@ fn metrics_text(s: &AppState) -> String {
         let writer = u8::from(s.ledger.role() == crate::ledger::Role::Writer);
         let _ = writeln!(t, "# HELP partner_ledger_writer 1 while this process holds the writer's lease of a shared PostgreSQL ledger, 0 while it follows.\n# TYPE partner_ledger_writer gauge\npartner_ledger_writer {writer}");
         let _ = writeln!(t, "# HELP partner_ledger_live_position The position this process's views reflect.\n# TYPE partner_ledger_live_position gauge\npartner_ledger_live_position {}", s.ledger.live().position());
+    }
+    if let Some(r) = &s.relay {
+        let head = s.ledger.store().head().position.0;
+        let _ = writeln!(t, "# HELP partner_ledger_relay_position The last position the JetStream stream holds.\n# TYPE partner_ledger_relay_position gauge\npartner_ledger_relay_position {}", r.relayed());
+        let _ = writeln!(t, "# HELP partner_ledger_relay_lag_events Events committed but not yet in the JetStream stream.\n# TYPE partner_ledger_relay_lag_events gauge\npartner_ledger_relay_lag_events {}", head.saturating_sub(r.relayed().0));
+        let (buckets, sum) = r.latency();
+        let _ = writeln!(t, "# HELP partner_ledger_relay_latency_seconds From reading an event off the log (as it commits, when the relay keeps up) to the broker's acknowledgement.\n# TYPE partner_ledger_relay_latency_seconds histogram");
+        for (i, b) in crate::ledger::LATENCY_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                t,
+                "partner_ledger_relay_latency_seconds_bucket{{le=\"{b}\"}} {}",
+                buckets[i]
+            );
+        }
+        let total = buckets.last().copied().unwrap_or(0);
+        let _ = writeln!(t, "partner_ledger_relay_latency_seconds_bucket{{le=\"+Inf\"}} {total}\npartner_ledger_relay_latency_seconds_sum {sum}\npartner_ledger_relay_latency_seconds_count {total}");
     }
     let _ = writeln!(t, "# HELP partner_ledger_entities Entities in the live write model, by kind (what its memory grows with).\n# TYPE partner_ledger_entities gauge");
     for (kind, n) in s.ledger.live().read(|st, _| st.entity_counts()) {

@@ -59,6 +59,10 @@ pub struct ServeConfig {
     /// How long shutdown waits for requests in flight (commands are answered, streams end) before it closes the
     /// connections that remain, such as a stream whose client stopped reading.
     pub shutdown_grace: Duration,
+    /// The CloudEvents `source` of the streams' CloudEvents form (`?format=cloudevents`; docs/streams.md).
+    pub cloudevents_source: String,
+    /// The JetStream relay to run beside the server (`--nats`; docs/streams.md).
+    pub relay: Option<crate::relay::Config>,
 }
 
 impl Default for ServeConfig {
@@ -70,6 +74,8 @@ impl Default for ServeConfig {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
+            cloudevents_source: crate::relay::cloudevents::DEFAULT_SOURCE.to_string(),
+            relay: None,
         }
     }
 }
@@ -101,6 +107,8 @@ pub struct AppState {
     /// `--insecure-http` was given: commands carrying a bearer token may be forwarded over plain HTTP to a writer
     /// beyond this host (docs/operations.md).
     pub cleartext_forwarding: bool,
+    /// The JetStream relay running in this process (`serve --nats`), for `/healthz` and `/metrics`.
+    pub relay: Option<Arc<crate::relay::Status>>,
 }
 
 impl AppState {
@@ -120,6 +128,7 @@ impl AppState {
             tls: None,
             insecure_http: false,
             cleartext_forwarding: false,
+            relay: None,
         })
     }
 

@@ -44,6 +44,9 @@ pub struct Filter {
     /// What the caller may see (set per request from its principal; never stored).
     #[serde(skip)]
     pub scope: Scope,
+    /// `?format=cloudevents`: each event as a structured CloudEvent with this `source` (per request; never stored).
+    #[serde(skip)]
+    pub cloudevents: Option<Arc<str>>,
 }
 
 impl Filter {
@@ -114,6 +117,17 @@ fn read_piece(
         }
         let withheld = scope.withhold_bytes(raw);
         let raw = withheld.as_deref().unwrap_or(raw);
+        if let Some(source) = &filter.cloudevents {
+            let described = crate::relay::Described::of(raw)
+                .map_err(|message| StoreError::Codec { position, message })?;
+            if !filter.types.is_empty() && !filter.types.contains(&described.event_type) {
+                return Ok(false);
+            }
+            let mut event = Vec::with_capacity(raw.len() + 512);
+            described.structured(source, raw, &mut event);
+            framing.event(out, position, &described.event_type, &event);
+            return Ok(true);
+        }
         if filter.types.is_empty() && framing == Framing::Ndjson {
             framing.event(out, position, "", raw);
             return Ok(true);
@@ -352,6 +366,22 @@ pub struct StreamParams {
     customer: Option<String>,
     partner: Option<String>,
     types: Option<String>,
+    format: Option<String>,
+}
+
+/// `format`: `envelope` (the default: each event as stored) or `cloudevents` (each a structured CloudEvent,
+/// `application/cloudevents+json`, whose `data` is the envelope; docs/streams.md).
+pub fn cloudevents_of(format: Option<&str>, s: &AppState) -> Result<Option<Arc<str>>, ApiError> {
+    match format {
+        None | Some("envelope") => Ok(None),
+        Some("cloudevents") => Ok(Some(Arc::from(s.config.cloudevents_source.as_str()))),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_query",
+            format!(
+                "format `{other}` is not a stream format: envelope (the default) or cloudevents"
+            ),
+        )),
+    }
 }
 
 /// A stream's optional end: `to` (a position, at or after where it starts) and `limit` (events, at least 1).
@@ -417,6 +447,7 @@ pub fn filter_of(
             .transpose()?,
         types,
         scope: Scope::All,
+        cloudevents: None,
     })
 }
 
@@ -468,11 +499,12 @@ pub async fn events(
     headers: HeaderMap,
     ApiQuery(p): ApiQuery<StreamParams>,
 ) -> Result<Response, ApiError> {
-    let filter = filter_of(
+    let mut filter = filter_of(
         p.customer.as_deref(),
         p.partner.as_deref(),
         p.types.as_deref(),
     )?;
+    filter.cloudevents = cloudevents_of(p.format.as_deref(), &s)?;
     let after = resume_point(&headers, p.from, s.ledger.store().head().position)?;
     let bound = bound_of(after, p.to, p.limit)?;
     respond(&s, &headers, filter, (&who, credential), after, bound)

@@ -184,6 +184,22 @@ pub enum Command {
         /// With a tokens file, listen beyond loopback over plain HTTP anyway: only behind a TLS-terminating proxy.
         #[arg(long)]
         insecure_http: bool,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// Relays the log of a running server into NATS JetStream (docs/streams.md): stream sequence N is ledger
+    /// position N, each event a CloudEvent. Reads the server's event stream with the token in PARTNER_LEDGER_TOKEN
+    /// (an operator's or an auditor's); runs until stopped. `serve --nats` runs the same relay inside the server.
+    Relay {
+        /// The running server to read the log from.
+        #[arg(
+            long,
+            env = "PARTNER_LEDGER_SERVER",
+            default_value = "http://127.0.0.1:7070"
+        )]
+        server: String,
+        #[command(flatten)]
+        nats: NatsArgs,
     },
     /// Prints a shell completion script: `partner-ledger completions bash > /etc/bash_completion.d/partner-ledger`.
     Completions {
@@ -370,4 +386,46 @@ pub enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+}
+
+/// Where and how the log is relayed into NATS JetStream (docs/streams.md).
+#[derive(clap::Args, Debug, Clone)]
+pub struct NatsArgs {
+    /// Relay the log into the JetStream of this NATS server: nats://HOST:PORT (several, comma-separated, for a
+    /// cluster; user:password@ or token@ allowed, never logged).
+    #[arg(long, env = "PARTNER_LEDGER_NATS")]
+    pub nats: Option<String>,
+    /// The JetStream stream (created when missing: file storage, no limits, deny_delete, deny_purge).
+    #[arg(long, default_value = crate::relay::DEFAULT_STREAM)]
+    pub nats_stream: String,
+    /// The subjects' first token(s): events are published on PREFIX.customer.<id>.<EventType> and
+    /// PREFIX.partner.<id>.<EventType>.
+    #[arg(long, default_value = crate::relay::cloudevents::DEFAULT_PREFIX)]
+    pub nats_subject_prefix: String,
+    /// The CloudEvents `source` attribute of every event (on NATS and in the HTTP streams' CloudEvents form).
+    #[arg(long, env = "PARTNER_LEDGER_CLOUDEVENTS_SOURCE", default_value = crate::relay::cloudevents::DEFAULT_SOURCE)]
+    pub cloudevents_source: String,
+    /// Seconds the relay lease lasts unless renewed (one relay publishes into a stream at a time).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub nats_lease_seconds: u64,
+    /// Replicas of the stream when the relay creates it (3 on a JetStream cluster).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=5))]
+    pub nats_replicas: u64,
+}
+
+impl NatsArgs {
+    /// The relay's configuration, when --nats is given; an unusable option is named.
+    pub fn relay(&self) -> anyhow::Result<Option<crate::relay::Config>> {
+        let Some(url) = &self.nats else {
+            return Ok(None);
+        };
+        let mut c = crate::relay::Config::new(url.clone());
+        c.stream = self.nats_stream.clone();
+        c.prefix = self.nats_subject_prefix.clone();
+        c.source_uri = self.cloudevents_source.clone();
+        c.lease = std::time::Duration::from_secs(self.nats_lease_seconds);
+        c.replicas = usize::try_from(self.nats_replicas).unwrap_or(1);
+        c.check().map_err(|e| anyhow::anyhow!(e))?;
+        Ok(Some(c))
+    }
 }

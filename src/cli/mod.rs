@@ -6,6 +6,7 @@ mod demo;
 mod exec;
 mod maintenance;
 mod reads;
+mod relay;
 mod render;
 mod serve;
 
@@ -76,6 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tls_cert,
             tls_key,
             insecure_http,
+            nats,
         } => serve::serve(
             &cli.data,
             &listen,
@@ -89,6 +91,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 insecure_http,
             },
             crate::api::ServeConfig {
+                relay: nats.relay()?,
+                cloudevents_source: nats.cloudevents_source.clone(),
                 heartbeat: std::time::Duration::from_millis(heartbeat_ms.max(1)),
                 clock_interval: std::time::Duration::from_secs(clock_interval.max(1)),
                 header_timeout: std::time::Duration::from_millis(header_timeout_ms.max(1)),
@@ -99,6 +103,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sample_data,
             tokens.as_deref(),
         ),
+        Command::Relay { server, nats } => relay::relay(&server, &nats),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

@@ -141,6 +141,13 @@ pub(super) fn serve(
             .with_tls(tls.clone());
         state.insecure_http = transport.insecure_http && tls.is_none() && !addr.ip().is_loopback();
         state.cleartext_forwarding = transport.insecure_http;
+        // The JetStream relay reads what is durable and publishes it; it never makes the writer wait.
+        if let Some(relay) = state.config.relay.clone() {
+            let status = std::sync::Arc::new(crate::relay::Status::new(relay));
+            state.relay = Some(std::sync::Arc::clone(&status));
+            let source = crate::relay::Source::Local(std::sync::Arc::clone(&ledger));
+            tokio::spawn(crate::relay::run(status, source, state.stopping.clone(), false));
+        }
         // SIGHUP reloads the tokens file and the certificate; listened for in every mode, before the banner, so that
         // a HUP (a renewal hook, say) never ends the server.
         if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -271,7 +278,7 @@ fn banner(
 }
 
 /// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
