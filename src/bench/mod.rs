@@ -61,6 +61,7 @@ pub mod big;
 pub mod growth;
 pub mod growth_report;
 pub mod postgres;
+pub mod relay;
 pub mod report;
 
 use std::path::PathBuf;
@@ -306,6 +307,10 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
         // So is the PostgreSQL section written by `bench --postgres`.
         if let Some(pg) = postgres::section_of(&old) {
             page = format!("{}\n\n{pg}", page.trim_end());
+        }
+        // And the JetStream section written by `bench --relay`.
+        if let Some(js) = relay::section_of(&old) {
+            page = format!("{}\n\n{js}", page.trim_end());
         }
         std::fs::write(out, page)?;
         step(&format!("wrote {} and {}", out.display(), svg.display()));

@@ -243,24 +243,12 @@ const END: &str = "<!-- end of postgres -->";
 
 /// `page` with its PostgreSQL section replaced by `section` (appended when it has none).
 pub fn with_section(page: &str, section: &str) -> String {
-    let block = format!("{BEGIN}\n{section}\n{END}\n");
-    match (page.find(BEGIN), page.find(END)) {
-        (Some(a), Some(b)) if b > a => {
-            format!(
-                "{}{block}{}",
-                &page[..a],
-                page[b + END.len()..].trim_start_matches('\n')
-            )
-        }
-        _ => format!("{}\n\n{block}", page.trim_end()),
-    }
+    super::report::with_section(page, (BEGIN, END), section)
 }
 
 /// The PostgreSQL section of a page, if it has one (for a run that rewrites the rest of the page).
 pub fn section_of(page: &str) -> Option<String> {
-    let a = page.find(BEGIN)?;
-    let b = page.find(END)?;
-    (b > a).then(|| format!("{}\n", &page[a..b + END.len()]))
+    super::report::section_of(page, (BEGIN, END))
 }
 
 fn markdown(r: &Results) -> String {

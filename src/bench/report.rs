@@ -349,3 +349,25 @@ pub fn plot(r: &Results, path: &Path) -> anyhow::Result<()> {
     root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }
+
+/// `page` with the block between the markers `begin` and `end` replaced by `section` (appended when it has none): the
+/// sections that separate runs write (`bench --postgres`, `bench --relay`).
+pub fn with_section(page: &str, (begin, end): (&str, &str), section: &str) -> String {
+    let block = format!("{begin}\n{section}\n{end}\n");
+    match (page.find(begin), page.find(end)) {
+        (Some(a), Some(b)) if b > a => format!(
+            "{}{block}{}",
+            &page[..a],
+            page[b + end.len()..].trim_start_matches('\n')
+        ),
+        _ => format!("{}\n\n{block}", page.trim_end()),
+    }
+}
+
+/// The block between `begin` and `end` in `page`, markers included, if it has one (for a run that rewrites the rest
+/// of the page).
+pub fn section_of(page: &str, (begin, end): (&str, &str)) -> Option<String> {
+    let a = page.find(begin)?;
+    let b = page.find(end)?;
+    (b > a).then(|| format!("{}\n", &page[a..b + end.len()]))
+}

@@ -376,6 +376,12 @@ pub enum Command {
         /// rewrites only that section of the page.
         #[arg(long, conflicts_with = "growth")]
         postgres: bool,
+        /// Instead of the standard suite, the JetStream relay's: catch-up from position 0 into a throwaway
+        /// nats-server (file storage, sync_interval: always) beside a plain publisher of the same messages, then the
+        /// live latency (--big commands, default 98,000: about 100,000 events; --quick: 2,000). With --out it
+        /// rewrites only that section of the page.
+        #[arg(long, conflicts_with_all = ["growth", "postgres"])]
+        relay: bool,
     },
     /// Prints a realistic, deterministic workload of NDJSON commands (for trials and measurements).
     Generate {

@@ -305,7 +305,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             commands,
             growth,
             postgres: on_postgres,
+            relay,
         } => {
+            if relay {
+                let (commands, rounds, live) = if quick {
+                    (big.unwrap_or(2_000), 1, 50)
+                } else {
+                    (big.unwrap_or(98_000), 3, 1_000)
+                };
+                crate::bench::relay::run(commands, rounds, live, out.as_deref())?;
+                return Ok(ExitCode::SUCCESS);
+            }
             if on_postgres {
                 // Without --store, a throwaway server of this machine's PostgreSQL, for as long as the run.
                 let target = match postgres {

@@ -1,5 +1,6 @@
 //! Only one relay publishes into a stream at a time: a lease kept next to the stream, in a JetStream key-value
-//! bucket (`partner_ledger_relays`, one key per stream) whose entries expire unless renewed. Whichever process or
+//! bucket (`partner_ledger_relays`, one key per stream, naming its holder), renewed by its holder and taken over
+//! once it has not been renewed for its whole length. Whichever process or
 //! backend the relays read from (a server's sled folder, a PostgreSQL ledger shared by several servers, a separate
 //! `partner-ledger relay`), they all reach the broker, so the broker is where they meet.
 //!
@@ -24,7 +25,7 @@ pub struct Lease {
     revision: Arc<std::sync::atomic::AtomicU64>,
 }
 
-async fn bucket(js: &async_nats::jetstream::Context, ttl: Duration) -> Result<kv::Store, String> {
+async fn bucket(js: &async_nats::jetstream::Context) -> Result<kv::Store, String> {
     match js.get_key_value(BUCKET).await {
         Ok(store) => Ok(store),
         Err(_) => js
@@ -32,7 +33,6 @@ async fn bucket(js: &async_nats::jetstream::Context, ttl: Duration) -> Result<kv
                 bucket: BUCKET.to_string(),
                 description: "partner-ledger: which relay publishes into each stream".into(),
                 history: 1,
-                max_age: ttl,
                 storage: async_nats::jetstream::stream::StorageType::File,
                 ..Default::default()
             })
@@ -44,8 +44,9 @@ async fn bucket(js: &async_nats::jetstream::Context, ttl: Duration) -> Result<kv
 }
 
 impl Lease {
-    /// Takes the lease on `stream` for `holder`, waiting while another relay holds it (`waiting` is told who).
-    /// Its length is the bucket's entry lifetime (`ttl` when this call creates the bucket).
+    /// Takes the lease on `stream` for `holder`, waiting while another relay holds it (`waiting` is told who). A
+    /// holder renews it three times per `ttl`; one whose entry has not changed for a whole `ttl`, as this process's
+    /// own clock measures it (so clocks need not agree), is taken over, by a compare-and-set on the revision seen.
     pub async fn acquire(
         js: &async_nats::jetstream::Context,
         stream: &str,
@@ -53,49 +54,56 @@ impl Lease {
         ttl: Duration,
         mut waiting: impl FnMut(&str),
     ) -> Result<Lease, String> {
-        let store = bucket(js, ttl).await?;
-        let ttl = match store.status().await {
-            Ok(s) if s.max_age() > Duration::ZERO => s.max_age(),
-            _ => ttl,
+        let store = bucket(js).await?;
+        let failed = |e: &dyn std::fmt::Display| {
+            format!("cannot take the relay lease on stream {stream}: {e}")
         };
+        let value = || bytes::Bytes::from(holder.as_bytes().to_vec());
+        let mut seen: Option<(u64, Instant)> = None;
         loop {
-            match store
-                .create(stream, holder.as_bytes().to_vec().into())
-                .await
-            {
-                Ok(revision) => {
-                    let revision = Arc::new(std::sync::atomic::AtomicU64::new(revision));
-                    let (lost_tx, lost) = watch::channel(false);
-                    let renewer = tokio::spawn(renew(
-                        store.clone(),
-                        stream.to_string(),
-                        holder.to_string(),
-                        ttl,
-                        Arc::clone(&revision),
-                        lost_tx,
-                    ));
-                    return Ok(Lease {
-                        lost,
-                        renewer,
-                        store,
-                        key: stream.to_string(),
-                        revision,
-                    });
+            let entry = store.entry(stream).await.map_err(|e| failed(&e))?;
+            let taken = match entry {
+                Some(e) if e.operation == kv::Operation::Put => {
+                    let who = String::from_utf8_lossy(&e.value).into_owned();
+                    match seen {
+                        Some((revision, since)) if revision == e.revision && since.elapsed() >= ttl => {
+                            tracing::info!(stream, previous = %who, "taking over the relay lease: its holder stopped renewing it");
+                            store.update(stream, value(), e.revision).await.ok()
+                        }
+                        Some((revision, _)) if revision == e.revision => None,
+                        _ => {
+                            seen = Some((e.revision, Instant::now()));
+                            None
+                        }
+                    }
+                    .or_else(|| {
+                        waiting(&who);
+                        None
+                    })
                 }
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                    let who = match store.get(stream).await {
-                        Ok(Some(v)) => String::from_utf8_lossy(&v).into_owned(),
-                        _ => "another relay".into(),
-                    };
-                    waiting(&who);
-                    tokio::time::sleep(ttl / 4).await;
-                }
-                Err(e) => {
-                    return Err(format!(
-                        "cannot take the relay lease on stream {stream}: {e}"
-                    ))
-                }
+                // Never held, or given up (purged): whoever creates it first holds it.
+                _ => store.create(stream, value()).await.ok(),
+            };
+            if let Some(revision) = taken {
+                let revision = Arc::new(std::sync::atomic::AtomicU64::new(revision));
+                let (lost_tx, lost) = watch::channel(false);
+                let renewer = tokio::spawn(renew(
+                    store.clone(),
+                    stream.to_string(),
+                    holder.to_string(),
+                    ttl,
+                    Arc::clone(&revision),
+                    lost_tx,
+                ));
+                return Ok(Lease {
+                    lost,
+                    renewer,
+                    store,
+                    key: stream.to_string(),
+                    revision,
+                });
             }
+            tokio::time::sleep(ttl / 4).await;
         }
     }
 

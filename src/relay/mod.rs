@@ -298,6 +298,16 @@ pub async fn run(
 /// How often an idle relay checks that the stream still ends where it left it.
 const IDLE_LOOK: Duration = Duration::from_secs(2);
 
+/// Creates `config`'s stream as the relay does, or checks an existing one (benchmarks and tools).
+pub async fn create_stream(js: &jetstream::Context, config: &Config) -> Result<(), String> {
+    stream::ensure(js, config)
+        .await
+        .map(|_| ())
+        .map_err(|f| match f {
+            Fault::Passing(e) | Fault::Fatal(e) => e,
+        })
+}
+
 /// Returns once `stop` turns true (or its sender is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await.map(|_| ());
@@ -313,7 +323,7 @@ async fn relay(
 ) -> Result<(), Fault> {
     status.set_phase("checking the stream");
     let mut stream = stream::ensure(js, config).await?;
-    let last = stream::check(&mut stream, source, config).await?;
+    let (last, mut previous) = stream::check(&mut stream, source, config).await?;
     status.relayed.send_replace(last);
     status.set_phase("relaying");
     let (tx, mut rx) = mpsc::channel(config.window.max(1) * 4);
@@ -371,13 +381,17 @@ async fn relay(
         for read in &batch {
             let described = Described::of(&read.raw)
                 .map_err(|e| Fault::Passing(format!("position {}: {e}", read.position)))?;
-            let message = message(&described, &config.source_uri, read.raw.clone());
-            let ack = js
-                .send_publish(described.subject(&config.prefix), message)
-                .await
-                .map_err(|e| {
-                    Fault::Passing(format!("publishing position {}: {e}", read.position))
-                })?;
+            let message = message(
+                &described,
+                previous.as_deref(),
+                &config.source_uri,
+                read.raw.clone(),
+            );
+            let subject = described.subject(&config.prefix);
+            previous = Some(described.event_id);
+            let ack = js.send_publish(subject, message).await.map_err(|e| {
+                Fault::Passing(format!("publishing position {}: {e}", read.position))
+            })?;
             pending.push(ack);
         }
         for (read, ack) in batch.iter().zip(pending) {
@@ -404,15 +418,21 @@ async fn relay(
 }
 
 /// A JetStream publish of one event: its envelope as the body, CloudEvents attributes and JetStream conditions as
-/// headers.
+/// headers; `previous` is the event id of the position before (none for position 1).
 pub fn message(
     described: &Described,
+    previous: Option<&str>,
     source_uri: &str,
     raw: bytes::Bytes,
 ) -> jetstream::message::PublishMessage {
     let mut headers = async_nats::HeaderMap::new();
     for (name, value) in described.headers(source_uri) {
         headers.insert(name, value.as_str());
+    }
+    // The stream must end with this ledger's previous event, not merely at its sequence: a message published into
+    // the stream by something else fails every later publish of a pipelined batch, instead of being stepped over.
+    if let Some(id) = previous {
+        headers.insert("Nats-Expected-Last-Msg-Id", id);
     }
     jetstream::message::PublishMessage::build()
         .payload(raw)

