@@ -24,13 +24,13 @@ pub(super) async fn index(State(s): State<AppState>) -> Response {
             "customer_history": "GET /v1/customers/{id}/history[?include_refusals=true]",
             "partner": "GET /v1/partners/{id}[?as_of=…]",
             "subscription": "GET /v1/subscriptions/{id}[?as_of=…]",
-            "events": "GET /v1/events[?from=N&customer=ID&partner=ID&types=A,B] (SSE, or NDJSON with Accept: application/x-ndjson)",
+            "events": "GET /v1/events[?from=N&to=M&limit=K&customer=ID&partner=ID&types=A,B&format=cloudevents] (SSE, or NDJSON with Accept: application/x-ndjson)",
             "consumers": "GET|PUT|DELETE /v1/consumers/{name}, GET /v1/consumers/{name}/events, POST /v1/consumers/{name}/ack",
             "backup": "GET /v1/backup, GET /v1/checkpoint, GET /v1/verify",
             "health": "GET /healthz, GET /metrics",
         },
         "docs": ["README.md", "docs/api.md", "docs/commands.md", "docs/events.md", "docs/errors.md",
-            "docs/security.md", "docs/audit.md", "docs/recovery.md"],
+            "docs/security.md", "docs/audit.md", "docs/recovery.md", "docs/streams.md"],
     }))
     .into_response()
 }

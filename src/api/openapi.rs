@@ -55,6 +55,7 @@ pub fn document() -> Value {
         {"name": "customer", "in": "query", "schema": {"type": "string", "format": "uuid"}},
         {"name": "partner", "in": "query", "schema": {"type": "string", "format": "uuid"}},
         {"name": "types", "in": "query", "schema": {"type": "string"}, "description": "comma-separated event types"},
+        {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["envelope", "cloudevents"], "default": "envelope"}, "description": "cloudevents: each event a structured CloudEvent (application/cloudevents+json) whose data is the envelope (docs/streams.md)"},
         {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer"}, "description": "resume after this position"},
         min_position()
     ]);

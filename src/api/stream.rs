@@ -116,9 +116,12 @@ fn read_piece(
             return Ok(false);
         }
         let withheld = scope.withhold_bytes(raw);
+        let stored = raw;
         let raw = withheld.as_deref().unwrap_or(raw);
         if let Some(source) = &filter.cloudevents {
-            let described = crate::relay::Described::of(raw)
+            // The attributes come from the stored envelope (a withheld one need not decode as an event); the data is
+            // what this caller may see.
+            let described = crate::relay::Described::of(stored)
                 .map_err(|message| StoreError::Codec { position, message })?;
             if !filter.types.is_empty() && !filter.types.contains(&described.event_type) {
                 return Ok(false);

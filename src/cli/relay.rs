@@ -43,10 +43,13 @@ pub(super) fn relay(server: &str, nats: &NatsArgs) -> anyhow::Result<ExitCode> {
         );
         let mut shown = None;
         let mut tick = tokio::time::interval(Duration::from_secs(2));
+        // One signal listener for the whole run, so a SIGTERM arriving while a progress line is made is not lost.
+        let shutdown = super::serve::shutdown_signal();
+        tokio::pin!(shutdown);
         let result = loop {
             tokio::select! {
                 r = &mut relay => break r.map_err(|e| e.to_string()).and_then(|r| r),
-                _ = super::serve::shutdown_signal() => {
+                () = &mut shutdown => {
                     let _ = stop_tx.send(true);
                     break (&mut relay).await.map_err(|e| e.to_string()).and_then(|r| r);
                 }

@@ -135,6 +135,7 @@ pub(super) fn serve(
     // The tail and the head marker were checked at open; the rest of the chain is verified while the server runs.
     ledger.verify_in_background()?;
     let result = runtime.block_on(async {
+        let mut relay_task = None;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut state = crate::api::AppState::new(std::sync::Arc::clone(&ledger), config, stop_rx)?
             .with_auth(std::sync::Arc::clone(&auth))
@@ -146,7 +147,12 @@ pub(super) fn serve(
             let status = std::sync::Arc::new(crate::relay::Status::new(relay));
             state.relay = Some(std::sync::Arc::clone(&status));
             let source = crate::relay::Source::Local(std::sync::Arc::clone(&ledger));
-            tokio::spawn(crate::relay::run(status, source, state.stopping.clone(), false));
+            relay_task = Some(tokio::spawn(crate::relay::run(
+                status,
+                source,
+                state.stopping.clone(),
+                false,
+            )));
         }
         // SIGHUP reloads the tokens file and the certificate; listened for in every mode, before the banner, so that
         // a HUP (a renewal hook, say) never ends the server.
@@ -188,6 +194,11 @@ pub(super) fn serve(
         );
         std::io::stdout().flush().ok();
         crate::api::serve(listener, state, stop_tx, shutdown_signal()).await?;
+        // The relay ends with the server (its stop signal is the server's): waited for, briefly, so that it gives its
+        // lease up for another server's relay to take at once.
+        if let Some(task) = relay_task {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), task).await;
+        }
         Ok::<(), anyhow::Error>(())
     });
     ledger.close();

@@ -68,7 +68,12 @@ impl Lease {
                     match seen {
                         Some((revision, since)) if revision == e.revision && since.elapsed() >= ttl => {
                             tracing::info!(stream, previous = %who, "taking over the relay lease: its holder stopped renewing it");
-                            store.update(stream, value(), e.revision).await.ok()
+                            match store.update(stream, value(), e.revision).await {
+                                Ok(r) => Some(r),
+                                // Renewed, or taken over by another relay, in the meantime.
+                                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => None,
+                                Err(e) => return Err(failed(&e)),
+                            }
                         }
                         Some((revision, _)) if revision == e.revision => None,
                         _ => {
@@ -82,7 +87,11 @@ impl Lease {
                     })
                 }
                 // Never held, or given up (purged): whoever creates it first holds it.
-                _ => store.create(stream, value()).await.ok(),
+                _ => match store.create(stream, value()).await {
+                    Ok(r) => Some(r),
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => None,
+                    Err(e) => return Err(failed(&e)),
+                },
             };
             if let Some(revision) = taken {
                 let revision = Arc::new(std::sync::atomic::AtomicU64::new(revision));
@@ -139,25 +148,30 @@ async fn renew(
     revision: Arc<std::sync::atomic::AtomicU64>,
     lost: watch::Sender<bool>,
 ) {
+    // Measured from when a renewal was sent, and each renewal bounded by a third of the lease: a relay that cannot
+    // renew counts itself out within the lease's length plus one bound, about when a standby takes over.
     let mut renewed = Instant::now();
     loop {
         tokio::time::sleep(ttl / 3).await;
         let current = revision.load(std::sync::atomic::Ordering::SeqCst);
-        match store
-            .update(&key, holder.as_bytes().to_vec().into(), current)
-            .await
-        {
-            Ok(r) => {
+        let sent = Instant::now();
+        let update = store.update(&key, holder.as_bytes().to_vec().into(), current);
+        match tokio::time::timeout(ttl / 3, update).await {
+            Ok(Ok(r)) => {
                 revision.store(r, std::sync::atomic::Ordering::SeqCst);
-                renewed = Instant::now();
+                renewed = sent;
             }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+            Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                 tracing::warn!(stream = %key, "the relay lease was taken over: this relay stops publishing");
                 let _ = lost.send(true);
                 return;
             }
-            Err(e) => {
-                tracing::warn!(stream = %key, error = %e, "the relay lease could not be renewed");
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no answer in time".into(),
+                };
+                tracing::warn!(stream = %key, error = %why, "the relay lease could not be renewed");
                 if renewed.elapsed() >= ttl {
                     let _ = lost.send(true);
                     return;

@@ -273,6 +273,10 @@ pub async fn run(
                     }
                     return Err(e);
                 }
+                // Another server's relay may find the stream fixed sooner (or be the one an operator watches).
+                if let Some(l) = held.take() {
+                    l.release().await;
+                }
                 pause = Duration::from_secs(30);
                 e
             }
@@ -323,7 +327,12 @@ async fn relay(
 ) -> Result<(), Fault> {
     status.set_phase("checking the stream");
     let mut stream = stream::ensure(js, config).await?;
-    let (last, mut previous) = stream::check(&mut stream, source, config).await?;
+    // The first publish after the check carries no `Nats-Expected-Last-Msg-Id`: the check has just matched the last
+    // message's id and hash, and the relay does not depend on the broker remembering that id across its restarts
+    // (nats-server 2.15.1 does, even past the duplicate window; the server's code rebuilds it from the duplicate
+    // window's entries, which other versions may not). `Nats-Expected-Last-Sequence` still guards that publish.
+    let (last, _) = stream::check(&mut stream, source, config).await?;
+    let mut previous: Option<String> = None;
     status.relayed.send_replace(last);
     status.set_phase("relaying");
     let (tx, mut rx) = mpsc::channel(config.window.max(1) * 4);

@@ -23,6 +23,13 @@ pub struct Read {
 /// The most events read from the store in one go.
 const CHUNK: u64 = 1024;
 
+/// How long a request to the server may take to be answered.
+const ANSWER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a stream from the server may stay silent: it sends a heartbeat at least every 15 s by default
+/// (`serve --heartbeat-ms`), so a minute of nothing is a dead connection, and the relay reads again.
+const SILENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Where the relay reads the log.
 #[derive(Clone)]
 pub enum Source {
@@ -84,9 +91,14 @@ impl Server {
         let request = request
             .body(http_body_util::Full::new(Bytes::new()))
             .map_err(|e| e.to_string())?;
-        let response = client
-            .request(request)
+        let response = tokio::time::timeout(ANSWER, client.request(request))
             .await
+            .map_err(|_| {
+                format!(
+                    "the server at {} did not answer GET {path} within {ANSWER:?}",
+                    self.url
+                )
+            })?
             .map_err(|e| format!("cannot reach the server at {}: {e}", self.url))?;
         let status = response.status();
         if !status.is_success() {
@@ -131,7 +143,12 @@ impl Lines {
                 }
                 return Ok(Some(Bytes::copy_from_slice(line)));
             }
-            let Some(frame) = self.body.frame().await else {
+            let frame = tokio::time::timeout(SILENCE, self.body.frame())
+                .await
+                .map_err(|_| {
+                    format!("the stream from {} sent nothing for {SILENCE:?}", self.url)
+                })?;
+            let Some(frame) = frame else {
                 return Ok(None);
             };
             let frame = frame.map_err(|e| format!("the stream from {} broke: {e}", self.url))?;
@@ -167,7 +184,13 @@ impl Source {
             Source::Local(l) => Ok(l.store().head().position),
             Source::Server(s) => {
                 let body = s.get(&client(), "/healthz").await?;
-                let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+                let bytes = tokio::time::timeout(ANSWER, body.collect())
+                    .await
+                    .map_err(|_| {
+                        format!("the server at {} did not finish /healthz in time", s.url)
+                    })?
+                    .map_err(|e| e.to_string())?
+                    .to_bytes();
                 let v: serde_json::Value =
                     serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
                 v["head"].as_u64().map(Position).ok_or_else(|| {

@@ -60,10 +60,22 @@ fn unfit(found: &js::Config, config: &Config) -> Option<String> {
     if found.duplicate_window.is_zero() {
         why.push("it has no duplicate window".into());
     }
-    if !found.subjects.contains(&subjects) {
+    if found.subjects != [subjects.clone()] {
         why.push(format!(
-            "its subjects ({}) are not {subjects}",
+            "its subjects ({}) are not exactly {subjects}",
             found.subjects.join(", ")
+        ));
+    }
+    if found.sealed {
+        why.push("it is sealed".into());
+    }
+    if found.mirror.is_some() || found.sources.as_ref().is_some_and(|s| !s.is_empty()) {
+        why.push("it mirrors or sources another stream".into());
+    }
+    if found.max_message_size > 0 && found.max_message_size < 1024 * 1024 {
+        why.push(format!(
+            "its largest message ({} bytes) is below 1 MiB",
+            found.max_message_size
         ));
     }
     (!why.is_empty()).then(|| why.join("; "))
@@ -132,7 +144,14 @@ pub(super) async fn check(
             state.messages, state.first_sequence
         )));
     }
-    let head = source.head().await.map_err(Fault::Passing)?;
+    // A process that follows a shared ledger may not have read up to what another process's relay published yet: it
+    // waits a little for its own head before judging the stream beyond it.
+    let mut head = source.head().await.map_err(Fault::Passing)?;
+    let waiting = std::time::Instant::now();
+    while last > head.0 && waiting.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        head = source.head().await.map_err(Fault::Passing)?;
+    }
     let message = stream
         .get_raw_message(last)
         .await
