@@ -1310,6 +1310,30 @@ async fn a_partner_never_receives_another_partners_people_in_shared_customer_eve
     assert_eq!(e["actor"], Value::Null, "{e}");
     assert_eq!(e["data"]["accepted_by"], Value::Null, "{e}");
     assert_eq!(e["withheld"], json!(["actor", "data.accepted_by"]));
+    // The CloudEvents form carries the same withheld envelope as its data (docs/streams.md).
+    let resp = c
+        .get(format!("{u}/v1/events?format=cloudevents&to={head}"))
+        .bearer_auth(token("b_admin"))
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = resp.text().await.unwrap();
+    let ce = text
+        .lines()
+        .filter(|l| l.contains("\"specversion\""))
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|e| e["ledgerposition"] == attested)
+        .unwrap_or_else(|| panic!("the attestation at {attested} is missing: {text}"));
+    assert_eq!(ce["type"], "CustomerAgreementAccepted");
+    assert_eq!(ce["subject"], FABRIKAM);
+    assert_eq!(
+        (&ce["data"]["actor"], &ce["data"]["data"]["accepted_by"]),
+        (&Value::Null, &Value::Null),
+        "{ce}"
+    );
+    assert!(!text.contains(A), "B was told about A: {text}");
     let (s, history) = get(
         &c,
         &format!("{u}/v1/customers/{FABRIKAM}/history"),

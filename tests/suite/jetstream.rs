@@ -629,3 +629,43 @@ fn a_plain_nats_py_consumer_reads_one_customers_events_in_order_across_its_resta
         "the durable consumer's events across its restart"
     );
 }
+
+#[test]
+fn a_stream_that_could_lose_positions_is_refused_naming_its_settings_and_left_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start();
+    let rt = runtime();
+    rt.block_on(async {
+        use async_nats::jetstream::stream;
+        let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        js.create_stream(stream::Config {
+            name: "PARTNER_LEDGER".into(),
+            subjects: vec!["ledger.>".into(), "other.>".into()],
+            max_age: Duration::from_secs(3600),
+            storage: stream::StorageType::Memory,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    });
+    let server = serve(dir.path(), None, &["--sample-data"]);
+    let log = dir.path().join("relay.log");
+    let status = relay_process(&server.url(), &nats.url(), &log)
+        .wait()
+        .unwrap();
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{said}");
+    for setting in [
+        "its storage is not file",
+        "its messages expire",
+        "deny_delete and deny_purge must be set",
+        "are not exactly ledger.>",
+    ] {
+        assert!(said.contains(setting), "`{setting}` not named: {said}");
+    }
+    assert_eq!(
+        rt.block_on(stream_end(&nats.url())),
+        0,
+        "the relay published into it"
+    );
+}
