@@ -267,15 +267,12 @@ pub async fn run(
                 status.set_phase("stopped");
                 status.set_error(Some(e.clone()));
                 tracing::error!(error = %e, "the relay stopped");
-                if give_up {
-                    if let Some(l) = held.take() {
-                        l.release().await;
-                    }
-                    return Err(e);
-                }
-                // Another server's relay may find the stream fixed sooner (or be the one an operator watches).
+                // Given up either way: another relay may find the stream fixed sooner.
                 if let Some(l) = held.take() {
                     l.release().await;
+                }
+                if give_up {
+                    return Err(e);
                 }
                 pause = Duration::from_secs(30);
                 e
@@ -331,7 +328,7 @@ async fn relay(
     // message's id and hash, and the relay does not depend on the broker remembering that id across its restarts
     // (nats-server 2.15.1 does, even past the duplicate window; the server's code rebuilds it from the duplicate
     // window's entries, which other versions may not). `Nats-Expected-Last-Sequence` still guards that publish.
-    let (last, _) = stream::check(&mut stream, source, config).await?;
+    let last = stream::check(&mut stream, source, config).await?;
     let mut previous: Option<String> = None;
     status.relayed.send_replace(last);
     status.set_phase("relaying");
@@ -350,8 +347,8 @@ async fn relay(
         if lease.lost() {
             return Err(Fault::Passing("the relay lease was lost".into()));
         }
-        // While idle, look at the stream now and then: deleted, or published into by something else, it no longer
-        // ends where this relay left it, and the relay resynchronises (rebuilding it, or stopping to say why).
+        // Every two seconds, idle or not, look at the stream: deleted, or published into by something else, it no
+        // longer ends where this relay left it, and the relay resynchronises (rebuilding it, or stopping to say why).
         if looked.elapsed() >= IDLE_LOOK {
             looked = Instant::now();
             let end = stream

@@ -118,15 +118,15 @@ pub(super) async fn ensure(
     }
 }
 
-/// The position the stream ends at, once its last message is shown to be the ledger's event there, with that event's
-/// id. The last message is enough: every publish requires the stream to end with the ledger's previous event
+/// The position the stream ends at, once its last message is shown to be the ledger's event there. The last message
+/// is enough: every publish requires the stream to end with the ledger's previous event
 /// (`Nats-Expected-Last-Msg-Id` and `Nats-Expected-Last-Sequence`), so after a foreign message nothing of the ledger's
 /// can be appended, and a foreign message can only ever be the last one.
 pub(super) async fn check(
     stream: &mut js::Stream,
     source: &Source,
     config: &Config,
-) -> Result<(Position, Option<String>), Fault> {
+) -> Result<Position, Fault> {
     let name = &config.stream;
     let state = stream
         .info()
@@ -136,7 +136,7 @@ pub(super) async fn check(
         .clone();
     let last = state.last_sequence;
     if last == 0 {
-        return Ok((Position(0), None));
+        return Ok(Position(0));
     }
     if state.first_sequence != 1 || state.messages != last {
         return Err(Fault::Fatal(format!(
@@ -185,5 +185,5 @@ pub(super) async fn check(
             ours.hash
         )));
     }
-    Ok((Position(last), Some(ours.event_id)))
+    Ok(Position(last))
 }
