@@ -59,6 +59,17 @@ pub fn document() -> Value {
         {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer"}, "description": "resume after this position"},
         min_position()
     ]);
+    // A consumer's stream takes the same end and form (its filter and start are the consumer's own).
+    let consumer_stream_params: Vec<serde_json::Value> = stream_params
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            ["to", "limit", "format", "Last-Event-ID"]
+                .contains(&p["name"].as_str().unwrap_or_default())
+        })
+        .cloned()
+        .collect();
     json!({
         "openapi": "3.0.3",
         "info": {"title": "partner-ledger", "version": env!("CARGO_PKG_VERSION"),
@@ -95,7 +106,7 @@ pub fn document() -> Value {
                     "409": {"description": "exists with another filter"}}},
                 "get": {"summary": "One consumer", "responses": {"200": {"description": "the consumer"}, "404": {"description": "none"}}},
                 "delete": {"summary": "Remove a consumer", "responses": {"204": {"description": "removed"}, "404": {"description": "none"}}}},
-            "/v1/consumers/{name}/events": {"parameters": [consumer_name()], "get": {"summary": "The consumer's stream from its checkpoint", "responses": {"200": {"description": "a stream"}}}},
+            "/v1/consumers/{name}/events": {"parameters": [consumer_name()], "get": {"summary": "The consumer's stream from its checkpoint", "parameters": consumer_stream_params, "responses": {"200": {"description": "a stream"}}}},
             "/v1/consumers/{name}/ack": {"parameters": [consumer_name()], "post": {"summary": "Move the checkpoint: {\"position\": n}", "responses": {
                 "200": {"description": "moved"}, "409": {"description": "backwards"}, "400": {"description": "beyond the head"}}}},
             "/v1/backup": {"get": {"summary": "A complete backup at a consistent cut (NDJSON; docs/audit.md)", "responses": {
