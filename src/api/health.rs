@@ -117,16 +117,12 @@ fn metrics_text(s: &AppState) -> String {
     }
     let _ = writeln!(t, "# HELP partner_ledger_events_appended_total Events appended.\n# TYPE partner_ledger_events_appended_total counter\npartner_ledger_events_appended_total {}", st.events);
     let _ = writeln!(t, "# HELP partner_ledger_fdatasyncs_total fdatasync calls, one per durable batch.\n# TYPE partner_ledger_fdatasyncs_total counter\npartner_ledger_fdatasyncs_total {}", st.fdatasyncs);
-    let _ = writeln!(t, "# HELP partner_ledger_commit_latency_seconds Time to decide, write, flush and sync a batch.\n# TYPE partner_ledger_commit_latency_seconds histogram");
-    for (i, b) in crate::ledger::LATENCY_BUCKETS.iter().enumerate() {
-        let _ = writeln!(
-            t,
-            "partner_ledger_commit_latency_seconds_bucket{{le=\"{b}\"}} {}",
-            h.commit_latency_buckets[i]
-        );
-    }
-    let total = h.commit_latency_buckets.last().copied().unwrap_or(0);
-    let _ = writeln!(t, "partner_ledger_commit_latency_seconds_bucket{{le=\"+Inf\"}} {total}\npartner_ledger_commit_latency_seconds_sum {}\npartner_ledger_commit_latency_seconds_count {total}", h.commit_latency_seconds_sum);
+    latency_histogram(
+        &mut t,
+        "partner_ledger_commit_latency_seconds",
+        "Time to decide, write, flush and sync a batch.",
+        (&h.commit_latency_buckets, h.commit_latency_seconds_sum),
+    );
     let _ = writeln!(t, "# HELP partner_ledger_commit_batch_size Commands per durable batch.\n# TYPE partner_ledger_commit_batch_size histogram");
     for (i, b) in crate::ledger::BATCH_BUCKETS.iter().enumerate() {
         let _ = writeln!(
@@ -149,16 +145,12 @@ fn metrics_text(s: &AppState) -> String {
         let _ = writeln!(t, "# HELP partner_ledger_relay_position The last position the JetStream stream holds.\n# TYPE partner_ledger_relay_position gauge\npartner_ledger_relay_position {}", r.relayed());
         let _ = writeln!(t, "# HELP partner_ledger_relay_lag_events Events committed but not yet in the JetStream stream.\n# TYPE partner_ledger_relay_lag_events gauge\npartner_ledger_relay_lag_events {}", head.saturating_sub(r.relayed().0));
         let (buckets, sum) = r.latency();
-        let _ = writeln!(t, "# HELP partner_ledger_relay_latency_seconds From reading an event off the log (as it commits, when the relay keeps up) to the broker's acknowledgement.\n# TYPE partner_ledger_relay_latency_seconds histogram");
-        for (i, b) in crate::ledger::LATENCY_BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                t,
-                "partner_ledger_relay_latency_seconds_bucket{{le=\"{b}\"}} {}",
-                buckets[i]
-            );
-        }
-        let total = buckets.last().copied().unwrap_or(0);
-        let _ = writeln!(t, "partner_ledger_relay_latency_seconds_bucket{{le=\"+Inf\"}} {total}\npartner_ledger_relay_latency_seconds_sum {sum}\npartner_ledger_relay_latency_seconds_count {total}");
+        latency_histogram(
+            &mut t,
+            "partner_ledger_relay_latency_seconds",
+            "From reading an event off the log (as it commits, when the relay keeps up) to the broker's acknowledgement.",
+            (&buckets, sum),
+        );
     }
     let _ = writeln!(t, "# HELP partner_ledger_entities Entities in the live write model, by kind (what its memory grows with).\n# TYPE partner_ledger_entities gauge");
     for (kind, n) in s.ledger.live().read(|st, _| st.entity_counts()) {
@@ -172,4 +164,19 @@ fn metrics_text(s: &AppState) -> String {
         );
     }
     t
+}
+
+/// A histogram in `crate::ledger::LATENCY_BUCKETS`, in Prometheus text: cumulative `buckets` (the last one counting
+/// all) and their `sum` in seconds.
+fn latency_histogram(t: &mut String, name: &str, help: &str, (buckets, sum): (&[u64], f64)) {
+    use std::fmt::Write;
+    let _ = writeln!(t, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (b, n) in crate::ledger::LATENCY_BUCKETS.iter().zip(buckets) {
+        let _ = writeln!(t, "{name}_bucket{{le=\"{b}\"}} {n}");
+    }
+    let total = buckets.last().copied().unwrap_or(0);
+    let _ = writeln!(
+        t,
+        "{name}_bucket{{le=\"+Inf\"}} {total}\n{name}_sum {sum}\n{name}_count {total}"
+    );
 }

@@ -11,6 +11,39 @@ pub const LATENCY_BUCKETS: [f64; 10] = [
 /// Upper bounds of the batch-size histogram buckets, in commands.
 pub const BATCH_BUCKETS: [u64; 9] = [1, 2, 4, 8, 16, 64, 256, 1024, 4096];
 
+/// A latency histogram in [`LATENCY_BUCKETS`]: cumulative counts per bucket plus +Inf, and the sum. The writer's commit
+/// latency and the JetStream relay's latency both use it.
+#[derive(Default)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    micros_sum: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn record(&self, elapsed: std::time::Duration) {
+        let secs = elapsed.as_secs_f64();
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.buckets[LATENCY_BUCKETS.len()].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.micros_sum.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// The cumulative bucket counts (the last one counts all) and the sum in seconds.
+    pub fn read(&self) -> (Vec<u64>, f64) {
+        (
+            self.buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            self.micros_sum.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
+}
+
 /// Writer-side counters, beside the store's.
 #[derive(Default)]
 pub(super) struct WriterCounters {
@@ -20,23 +53,14 @@ pub(super) struct WriterCounters {
     pub(super) unknown: AtomicU64,
     pub(super) largest_batch: AtomicU64,
     /// Commit latency (decide + write + flush + fdatasync) per durable batch, cumulative per bucket, plus +Inf.
-    pub(super) latency: [AtomicU64; 11],
-    pub(super) latency_micros_sum: AtomicU64,
+    pub(super) latency: LatencyHistogram,
     /// Commands per durable batch, cumulative per bucket, plus +Inf.
     pub(super) batch_sizes: [AtomicU64; 10],
 }
 
 impl WriterCounters {
     pub(super) fn record_batch(&self, elapsed: std::time::Duration, commands: usize) {
-        let secs = elapsed.as_secs_f64();
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                self.latency[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.latency[LATENCY_BUCKETS.len()].fetch_add(1, Ordering::Relaxed);
-        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        self.latency_micros_sum.fetch_add(micros, Ordering::Relaxed);
+        self.latency.record(elapsed);
         let n = commands as u64;
         for (i, bound) in BATCH_BUCKETS.iter().enumerate() {
             if n <= *bound {

@@ -46,7 +46,7 @@ pub use crate::replay::{load_state, replay, replay_onto, OpenError};
 pub use coordinator::Role;
 pub use integrity::{Integrity, IntegrityStatus};
 pub use live::{Live, CATCH_UP_TIMEOUT};
-pub use metrics::{Histograms, Stats, BATCH_BUCKETS, LATENCY_BUCKETS};
+pub use metrics::{Histograms, LatencyHistogram, Stats, BATCH_BUCKETS, LATENCY_BUCKETS};
 pub use outcome::Outcome;
 
 use committer::{Committer, Handoff};
@@ -481,13 +481,10 @@ impl Ledger {
     /// Commit latency and batch size histograms.
     pub fn histograms(&self) -> Histograms {
         let c = &self.shared.counters;
+        let (commit_latency_buckets, commit_latency_seconds_sum) = c.latency.read();
         Histograms {
-            commit_latency_buckets: c
-                .latency
-                .iter()
-                .map(|b| b.load(Ordering::Relaxed))
-                .collect(),
-            commit_latency_seconds_sum: c.latency_micros_sum.load(Ordering::Relaxed) as f64 / 1e6,
+            commit_latency_buckets,
+            commit_latency_seconds_sum,
             batch_size_buckets: c
                 .batch_sizes
                 .iter()

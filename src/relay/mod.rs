@@ -13,7 +13,6 @@
 //! happens to the relay. The relay never slows the writer: it reads what is already durable, and falls behind when the
 //! broker is slow or away.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -119,10 +118,8 @@ pub struct Status {
     relayed: watch::Sender<Position>,
     phase: Mutex<String>,
     error: Mutex<Option<String>>,
-    /// Commit (read off the log) to the broker's acknowledgement, in [`crate::ledger::LATENCY_BUCKETS`], the last
-    /// one counting all; and the sum in microseconds.
-    latency: [AtomicU64; crate::ledger::LATENCY_BUCKETS.len() + 1],
-    latency_micros: AtomicU64,
+    /// From reading an event off the log to the broker's acknowledgement.
+    latency: crate::ledger::LatencyHistogram,
     pub config: Config,
 }
 
@@ -133,7 +130,6 @@ impl Status {
             phase: Mutex::new("starting".into()),
             error: Mutex::new(None),
             latency: Default::default(),
-            latency_micros: AtomicU64::new(0),
             config,
         }
     }
@@ -158,13 +154,7 @@ impl Status {
 
     /// The latency histogram: cumulative bucket counts (the last is the total) and the sum in seconds.
     pub fn latency(&self) -> (Vec<u64>, f64) {
-        (
-            self.latency
-                .iter()
-                .map(|c| c.load(Ordering::Relaxed))
-                .collect(),
-            self.latency_micros.load(Ordering::Relaxed) as f64 / 1e6,
-        )
+        self.latency.read()
     }
 
     fn set_phase(&self, phase: impl Into<String>) {
@@ -177,17 +167,7 @@ impl Status {
 
     fn record(&self, position: Position, read_at: Instant) {
         self.relayed.send_replace(position);
-        let took = read_at.elapsed();
-        for (i, bound) in crate::ledger::LATENCY_BUCKETS.iter().enumerate() {
-            if took.as_secs_f64() <= *bound {
-                self.latency[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.latency[crate::ledger::LATENCY_BUCKETS.len()].fetch_add(1, Ordering::Relaxed);
-        self.latency_micros.fetch_add(
-            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        self.latency.record(read_at.elapsed());
     }
 }
 

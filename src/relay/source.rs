@@ -51,11 +51,15 @@ type Client = hyper_util::client::legacy::Client<
     http_body_util::Full<Bytes>,
 >;
 
-fn client() -> Client {
-    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    connector.set_nodelay(true);
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build(connector)
+/// One client (and connection pool) for every request of this process.
+fn client() -> &'static Client {
+    static CLIENT: std::sync::OnceLock<Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_nodelay(true);
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector)
+    })
 }
 
 impl Server {
@@ -183,7 +187,7 @@ impl Source {
         match self {
             Source::Local(l) => Ok(l.store().head().position),
             Source::Server(s) => {
-                let body = s.get(&client(), "/healthz").await?;
+                let body = s.get(client(), "/healthz").await?;
                 let bytes = tokio::time::timeout(ANSWER, body.collect())
                     .await
                     .map_err(|_| {
@@ -221,7 +225,7 @@ impl Source {
             }
             Source::Server(s) => {
                 let path = format!("/v1/events?from={}&limit=1", position.0 - 1);
-                let found = s.lines(&client(), &path).await?.next().await?;
+                let found = s.lines(client(), &path).await?.next().await?;
                 found.ok_or_else(|| format!("the server at {} has no position {position}", s.url))
             }
         }
@@ -255,7 +259,7 @@ async fn follow_server(
     tx: &mpsc::Sender<Result<Read, String>>,
 ) -> Result<(), String> {
     let mut lines = server
-        .lines(&client(), &format!("/v1/events?from={}", after.0))
+        .lines(client(), &format!("/v1/events?from={}", after.0))
         .await?;
     let mut expected = after.0 + 1;
     while let Some(raw) = lines.next().await? {
