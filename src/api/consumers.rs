@@ -256,9 +256,9 @@ pub async fn events(
         return Err(no_consumer(&name));
     };
     c.filter.cloudevents = cloudevents;
-    let head = s.ledger.store().head().position;
-    let after =
-        super::stream::resume_point(&headers, Some(c.checkpoint.0), head)?.max(c.checkpoint);
+    let after = super::stream::resume_point(&s, &headers, Some(c.checkpoint.0))
+        .await?
+        .max(c.checkpoint);
     let bound = super::stream::bound_of(after, bounds.to, bounds.limit)?;
     // The operations gate let only principals who read everything (operators, system, auditors) this far.
     respond(&s, &headers, c.filter, (&who, credential), after, bound)

@@ -23,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::AppState;
+use crate::domain::Position;
 use crate::ledger::Role;
 
 /// The position a command's answer reached.
@@ -321,4 +322,102 @@ async fn send(
     .await
     .map_err(|_| Sent::Unknown(format!("no answer within {} s", FORWARD_TIMEOUT.as_secs())))??;
     Ok(answer)
+}
+
+/// Waits until this process has `point` (a resume point or a starting point): at once on the writer or on sled,
+/// where a point after the head is refused (400 `beyond_head`). A process that follows the writer (or reads a
+/// replica) may simply not have it yet: it waits up to [`MIN_POSITION_WAIT`], then asks the writer for its head.
+/// A point the writer has not reached either is `beyond_head`; otherwise (or when the writer cannot be asked) the
+/// answer is 503 `position_not_reached`, to retry.
+pub(super) async fn wait_for_point(
+    s: &AppState,
+    what: &str,
+    point: Position,
+) -> Result<(), ApiError> {
+    let head = || s.ledger.store().head().position;
+    if point <= head() {
+        return Ok(());
+    }
+    let writer = match s.ledger.role() {
+        Role::Follower { writer } if s.ledger.lease_period().is_some() => writer,
+        _ => return Err(super::consumers::beyond_head(what, point.0, head())),
+    };
+    let deadline = Instant::now() + MIN_POSITION_WAIT;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if point <= head() {
+            return Ok(());
+        }
+    }
+    let theirs = match writer {
+        Some(w) => writer_head(&w.address).await,
+        None => None,
+    };
+    if let Some(theirs) = theirs.filter(|h| point.0 > *h) {
+        return Err(super::consumers::beyond_head(
+            what,
+            point.0,
+            Position(theirs),
+        ));
+    }
+    let here = head();
+    Err(retry_later(
+        "position_not_reached",
+        format!(
+            "{what} {point} is after this process's head {here} (it follows the writer{}), and was not reached within {} s; retry, here or at the writer",
+            if s.ledger.on_replica() { " through a replica" } else { "" },
+            MIN_POSITION_WAIT.as_secs()
+        ),
+    )
+    .with("position", here.0))
+}
+
+/// The writer's head, as its `/healthz` says (`None` when it cannot be asked within two seconds).
+async fn writer_head(address: &str) -> Option<u64> {
+    let uri: axum::http::Uri = format!("{}/healthz", address.trim_end_matches('/'))
+        .parse()
+        .ok()?;
+    let req = axum::http::Request::get(uri)
+        .body(http_body_util::Full::new(Bytes::new()))
+        .ok()?;
+    let answer = tokio::time::timeout(Duration::from_secs(2), async {
+        let r = client().request(req).await.ok()?;
+        http_body_util::BodyExt::collect(r.into_body())
+            .await
+            .ok()
+            .map(|b| b.to_bytes())
+    })
+    .await
+    .ok()??;
+    serde_json::from_slice::<serde_json::Value>(&answer)
+        .ok()?
+        .get("head")?
+        .as_u64()
+}
+
+/// Middleware: on a replica, which can write nothing, a request that would write (other than a command, which is
+/// forwarded to the writer) is answered 503 `read_only_replica`, naming the writer's address when it is known.
+pub(super) async fn replica_reads_only(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, ApiError> {
+    let reads = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    if reads || req.uri().path() == "/v1/commands" || !s.ledger.on_replica() {
+        return Ok(next.run(req).await);
+    }
+    let at = match s.ledger.role() {
+        Role::Follower { writer: Some(w) } if !w.address.is_empty() => {
+            format!("send it to the writer, at {}", w.address)
+        }
+        _ => "send it to a process of the primary".to_string(),
+    };
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "read_only_replica",
+        format!("this process reads a replica (a hot standby), where nothing can be written: {at}"),
+    ))
 }

@@ -66,8 +66,13 @@ pub(super) async fn healthz(State(s): State<AppState>) -> Response {
     if s.ledger.lease_period().is_some() {
         body["role"] = match s.ledger.role() {
             crate::ledger::Role::Writer => json!("writer"),
+            crate::ledger::Role::Follower { .. } if s.ledger.on_replica() => json!("replica"),
             crate::ledger::Role::Follower { .. } => json!("follower"),
         };
+        if let Some(lag) = s.ledger.replica_lag() {
+            body["replica"] = json!({"lag_seconds": lag.seconds, "replay_lag_bytes": lag.replay_bytes,
+                "streaming": lag.streaming});
+        }
         if let crate::ledger::Role::Follower { writer: Some(w) } = s.ledger.role() {
             body["writer"] = json!({"name": w.name, "address": w.address, "epoch": w.epoch});
         }
@@ -139,6 +144,11 @@ fn metrics_text(s: &AppState) -> String {
         let writer = u8::from(s.ledger.role() == crate::ledger::Role::Writer);
         let _ = writeln!(t, "# HELP partner_ledger_writer 1 while this process holds the writer's lease of a shared PostgreSQL ledger, 0 while it follows.\n# TYPE partner_ledger_writer gauge\npartner_ledger_writer {writer}");
         let _ = writeln!(t, "# HELP partner_ledger_live_position The position this process's views reflect.\n# TYPE partner_ledger_live_position gauge\npartner_ledger_live_position {}", s.ledger.live().position());
+    }
+    if let Some(lag) = s.ledger.replica_lag() {
+        let _ = writeln!(t, "# HELP partner_ledger_replica_lag_seconds On a replica: seconds since the last transaction it replayed committed on the primary, while WAL it received is still to be replayed (0 when all is replayed).\n# TYPE partner_ledger_replica_lag_seconds gauge\npartner_ledger_replica_lag_seconds {}", lag.seconds);
+        let _ = writeln!(t, "# HELP partner_ledger_replica_replay_lag_bytes On a replica: WAL received from the primary and not replayed yet.\n# TYPE partner_ledger_replica_replay_lag_bytes gauge\npartner_ledger_replica_replay_lag_bytes {}", lag.replay_bytes);
+        let _ = writeln!(t, "# HELP partner_ledger_replica_streaming On a replica: 1 while it streams from a primary.\n# TYPE partner_ledger_replica_streaming gauge\npartner_ledger_replica_streaming {}", u8::from(lag.streaming));
     }
     if let Some(r) = &s.relay {
         let head = s.ledger.store().head().position.0;

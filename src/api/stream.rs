@@ -455,21 +455,20 @@ pub fn filter_of(
 }
 
 /// The position a client resumes after: `Last-Event-ID` (set by SSE clients on reconnect) wins over `from`. A point
-/// after `head` is refused (400, naming the head): those positions do not exist yet.
-pub fn resume_point(
+/// after the log's head is refused (400, naming the head): those positions do not exist yet. A process that follows
+/// the writer waits for a point it has not reached yet (`forward::wait_for_point`).
+pub async fn resume_point(
+    s: &AppState,
     headers: &HeaderMap,
     from: Option<u64>,
-    head: Position,
 ) -> Result<Position, ApiError> {
     let point = requested_point(headers, from)?;
-    if point > head {
-        let what = if headers.contains_key("last-event-id") {
-            "Last-Event-ID"
-        } else {
-            "from"
-        };
-        return Err(super::consumers::beyond_head(what, point.0, head));
-    }
+    let what = if headers.contains_key("last-event-id") {
+        "Last-Event-ID"
+    } else {
+        "from"
+    };
+    super::forward::wait_for_point(s, what, point).await?;
     Ok(point)
 }
 
@@ -508,7 +507,7 @@ pub async fn events(
         p.types.as_deref(),
     )?;
     filter.cloudevents = cloudevents_of(p.format.as_deref(), &s)?;
-    let after = resume_point(&headers, p.from, s.ledger.store().head().position)?;
+    let after = resume_point(&s, &headers, p.from).await?;
     let bound = bound_of(after, p.to, p.limit)?;
     respond(&s, &headers, filter, (&who, credential), after, bound)
 }

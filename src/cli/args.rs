@@ -83,7 +83,8 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// What was asked for is not in the ledger.
     pub const NOT_FOUND: u8 = 3;
-    /// Another process (a running server?) holds the data folder.
+    /// Another process (a running server?) holds the data folder or the writer's lease, or the database is a
+    /// read-only standby.
     pub const LOCKED: u8 = 4;
     /// Storage failed, or a command's outcome is unknown: retry (with the same command ids) once it is fixed.
     pub const STORAGE: u8 = 5;
@@ -103,7 +104,11 @@ pub mod exit {
                     })
             });
             match store {
-                Some(StoreError::Locked { .. } | StoreError::LockedAt { .. }) => return LOCKED,
+                Some(
+                    StoreError::Locked { .. }
+                    | StoreError::LockedAt { .. }
+                    | StoreError::ReadOnlyReplica { .. },
+                ) => return LOCKED,
                 Some(StoreError::NoLedger(_) | StoreError::NoLedgerAt { .. }) => return NOT_FOUND,
                 Some(StoreError::NotALedger(_) | StoreError::NotALedgerAt { .. }) => {
                     return INVALID

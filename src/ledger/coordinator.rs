@@ -35,6 +35,8 @@ pub enum Role {
 const FOLLOW_EVERY: Duration = Duration::from_millis(100);
 /// How often a follower looks at the lease (in follow periods).
 const LEASE_EVERY: u64 = 2;
+/// How often a process on a replica reads the replica's lag (in follow periods).
+const LAG_EVERY: u64 = 10;
 
 pub(super) type Handle = (Arc<AtomicBool>, JoinHandle<()>);
 
@@ -144,6 +146,18 @@ impl Coordinator {
             if ticks.is_multiple_of(LEASE_EVERY) {
                 self.consider_taking();
             }
+            if pg.is_replica() && ticks.is_multiple_of(LAG_EVERY) {
+                match pg.replica_lag() {
+                    Ok(lag) => {
+                        *self
+                            .core
+                            .replica_lag
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner()) = lag
+                    }
+                    Err(e) => self.warn("cannot read the replica's lag; retrying", &e),
+                }
+            }
         }
     }
 
@@ -217,6 +231,18 @@ impl Coordinator {
         let Some(sharing) = self.core.config.sharing.clone() else {
             return;
         };
+        if pg.is_replica() {
+            // A replica never writes: it only learns where the writer is, to forward commands there.
+            match pg.lease_holder() {
+                // Its own sessions are not the primary's, so the holder's session cannot be looked up here: the
+                // holder the replicated row names is where commands go (a dead one answers `writer_unavailable`).
+                Ok((holder, _)) => self.set_role(Role::Follower {
+                    writer: (!holder.address.is_empty()).then_some(holder),
+                }),
+                Err(e) => self.warn("cannot read the writer's lease; retrying", &e),
+            }
+            return;
+        }
         match pg.lease_holder() {
             Ok((holder, true)) if !holder.is_this_process() => {
                 self.set_role(Role::Follower {

@@ -208,6 +208,8 @@ struct Core {
     role: Mutex<Role>,
     /// Why following the writer last failed, while it keeps failing (PostgreSQL followers).
     follow_error: Mutex<Option<String>>,
+    /// On a replica: how far it is behind what it received, read every second.
+    replica_lag: Mutex<Option<crate::store::postgres::ReplicaLag>>,
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StoreError> {
@@ -310,6 +312,8 @@ impl Ledger {
                 pg.take_lease_for_cli(ttl)?;
                 true
             }
+            // A replica only reads: its process follows and forwards commands to the writer.
+            (Some(pg), Some(_)) if pg.is_replica() => false,
             (Some(pg), Some(sharing)) => matches!(
                 pg.take_lease(&sharing.address, ttl)?,
                 crate::store::postgres::Taken::Ours(_)
@@ -343,6 +347,7 @@ impl Ledger {
             tx: Mutex::new(None),
             threads: Mutex::new(Vec::new()),
             follow_error: Mutex::new(None),
+            replica_lag: Mutex::new(None),
             role: Mutex::new(if writing {
                 Role::Writer
             } else {
@@ -380,6 +385,23 @@ impl Ledger {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// On a replica (a hot standby): how far it is behind what it received, as last read (every second).
+    pub fn replica_lag(&self) -> Option<crate::store::postgres::ReplicaLag> {
+        self.core
+            .replica_lag
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether this process reads a replica (a hot standby): it never writes.
+    pub fn on_replica(&self) -> bool {
+        self.shared
+            .store
+            .shared()
+            .is_some_and(crate::store::postgres::PgStore::is_replica)
     }
 
     /// Whether this process writes the ledger now, or follows the one that does (PostgreSQL, `serve`).

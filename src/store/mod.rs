@@ -242,6 +242,9 @@ pub enum StoreError {
     /// An earlier write or sync failed, so the store refuses writes until it is reopened and re-verified (fail-stop).
     #[error("writes are stopped after an earlier storage failure; reopen the ledger to recover")]
     FailStopped,
+    /// The store is on a hot standby, where nothing can be written.
+    #[error("{place} is a hot standby (a streaming replica): it can only be read. Point commands that write at the primary, or send them to a `serve` process of the primary (a `serve` process on a replica forwards them to its writer)")]
+    ReadOnlyReplica { place: String },
 }
 
 /// Counters that show durability and group commit at work.

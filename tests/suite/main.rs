@@ -30,6 +30,7 @@ mod never_panic;
 mod parties;
 mod pg;
 mod postgres;
+mod replicas;
 mod request_ids;
 mod resume_and_ack;
 mod server;

@@ -16,8 +16,7 @@
 
 use std::sync::atomic::Ordering;
 
-use postgres::Client;
-
+use super::target::Watched;
 use super::{message_of, pg_error, pos, PgStore};
 use crate::store::sealed::{SealedBatch, StagedBatch};
 use crate::store::{Head, Store, StoreError};
@@ -81,16 +80,6 @@ impl PgStore {
             .query_one(super::HEAD_ROW, &[])
             .map_err(|e| pg_error(&self.target, "cannot read the head row", &e))?;
         Ok(super::head_of(&row))
-    }
-
-    /// A write transaction after a COMMIT found written on a new connection: when it commits, everything before it
-    /// has reached any synchronous standby too (they confirm in the order of the log), so the found batch is
-    /// acknowledged only as durable as any other.
-    fn barrier(&self) -> Result<(), StoreError> {
-        let mut client = self.target.connect()?;
-        client
-            .batch_execute("BEGIN; UPDATE head SET epoch = epoch; COMMIT")
-            .map_err(|e| pg_error(&self.target, "cannot confirm a commit", &e))
     }
 
     /// Finds out what an unknown COMMIT did, for up to [`RESOLVE_FOR`]: the number of commands committed when it
@@ -172,12 +161,17 @@ impl PgStore {
     }
 
     /// The writer's connection, opened again if it was lost (every append checks the head row and the epoch).
-    fn writer_session<'a>(&self, slot: &'a mut Option<Client>) -> Result<&'a mut Client, Failure> {
-        if slot.as_ref().is_some_and(|c| c.is_closed()) {
-            slot.take().into_iter().for_each(super::pool::close);
+    fn writer_session<'a>(
+        &self,
+        slot: &'a mut Option<Watched>,
+    ) -> Result<&'a mut Watched, Failure> {
+        if slot.as_ref().is_some_and(|c| c.client.is_closed()) {
+            slot.take()
+                .into_iter()
+                .for_each(|w| super::pool::close(w.client));
         }
         if slot.is_none() {
-            let client = self.target.connect().map_err(Failure::NotWritten)?;
+            let client = self.target.connect_watched().map_err(Failure::NotWritten)?;
             *slot = Some(client);
         }
         slot.as_mut().ok_or_else(|| {
@@ -194,13 +188,17 @@ impl PgStore {
         let result = self.write_on(&mut slot, batch);
         if matches!(result, Err(Failure::NotWritten(_) | Failure::Unknown(_))) {
             // A connection that failed a write is not trusted again: the next append opens another.
-            slot.take().into_iter().for_each(super::pool::close);
+            slot.take()
+                .into_iter()
+                .for_each(|w| super::pool::close(w.client));
         }
         result
     }
 
-    fn write_on(&self, slot: &mut Option<Client>, batch: &SealedBatch) -> Result<u64, Failure> {
-        let client = self.writer_session(slot)?;
+    fn write_on(&self, slot: &mut Option<Watched>, batch: &SealedBatch) -> Result<u64, Failure> {
+        let watched = self.writer_session(slot)?;
+        watched.wait_cancelled();
+        let client = &mut watched.client;
         let not_written = |context: &'static str| {
             let target = self.target.clone();
             move |e: postgres::Error| Failure::NotWritten(pg_error(&target, context, &e))
@@ -306,6 +304,13 @@ impl PgStore {
                 message: message_of(&e),
             })
         })?;
+        if watched.wait_cancelled() {
+            // Committed here, perhaps on no standby yet: answered like a COMMIT whose answer was lost, once a
+            // barrier confirms it reached the standbys (`resolve`).
+            return Err(Failure::Unknown(StoreError::WriteFailed {
+                message: "the COMMIT's wait for the synchronous standbys was cancelled".into(),
+            }));
+        }
         self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(u64::try_from(first_seq).unwrap_or(0) + batch.journal.len() as u64)
     }

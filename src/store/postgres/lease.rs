@@ -163,6 +163,7 @@ impl PgStore {
     /// success this store writes under the new epoch, from the head the database records now (the previous writer's
     /// last batches included).
     pub fn take_lease(&self, address: &str, ttl: Duration) -> Result<Taken, StoreError> {
+        self.writable()?;
         let taken = self.on_lease(|c| take_on(c, &self.target, address, ttl))?;
         if let Taken::Ours(epoch) = taken {
             self.follow()?;
@@ -182,6 +183,7 @@ impl PgStore {
     /// Takes the lease for a command of the CLI: waits while a holder that stopped renewing has not expired yet (a
     /// process killed a moment ago), fails naming a live holder.
     pub fn take_lease_for_cli(&self, ttl: Duration) -> Result<(), StoreError> {
+        self.writable()?;
         let mut seen: Option<(u64, f64)> = None;
         loop {
             match self.take_lease("", ttl)? {
@@ -272,7 +274,7 @@ impl PgStore {
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .into_iter()
-            .for_each(super::pool::close);
+            .for_each(|w| super::pool::close(w.client));
     }
 
     /// Steps down and lets go of the lease, so that another process takes it at once.
@@ -293,6 +295,8 @@ impl PgStore {
         if head.position <= before.position && commands <= known {
             return Ok(None);
         }
+        // Committed by the writer, but perhaps only locally (a cancelled wait for the standbys): confirmed first.
+        self.barrier()?;
         let after = i64::try_from(known).unwrap_or(0);
         let upto = i64::try_from(commands).unwrap_or(0);
         let rows = self

@@ -17,6 +17,7 @@ mod append;
 mod documents;
 mod lease;
 mod pool;
+mod replicated;
 pub mod schema;
 mod target;
 pub mod throwaway;
@@ -25,6 +26,7 @@ pub use lease::{
     describe as describe_holder, hold as hold_lease, our_name as process_name, renewing, HeldLease,
     LeaseHolder, Renewing, Taken,
 };
+pub use replicated::ReplicaLag;
 pub use target::{hostname, PgTarget};
 pub(crate) use target::{message_of, pg_error};
 
@@ -62,7 +64,11 @@ pub struct PgStore {
     target: PgTarget,
     pool: Pool,
     /// The connection appends go through. `None` after it was lost: the next append opens another.
-    writer: Mutex<Option<Client>>,
+    writer: Mutex<Option<target::Watched>>,
+    /// The connection barriers go through (`replicated.rs`).
+    barrier: Mutex<Option<target::Watched>>,
+    /// The server is a hot standby (a streaming replica): this store only reads, and follows by polling.
+    replica: bool,
     /// The lease's connection: its session is the one the lease row names as the holder's (`lease.rs`).
     lease: Mutex<Option<Client>>,
     /// The lease epoch this store writes under; 0 while it does not hold the lease (it only reads).
@@ -97,8 +103,8 @@ impl PgStore {
     /// log and re-verifies the newest events. A missing schema is not created (that is `migrate-schema`'s job, as
     /// the schema's owner).
     pub fn open(target: &PgTarget, options: &StoreOptions) -> Result<PgStore, StoreError> {
-        let mut writer = target.connect()?;
-        match schema::version_of(&mut writer, target)? {
+        let mut writer = target.connect_watched()?;
+        match schema::version_of(&mut writer.client, target)? {
             None => {
                 return Err(StoreError::NoLedgerAt {
                     place: target.to_string(),
@@ -117,8 +123,15 @@ impl PgStore {
             }
             Some(_) => {}
         }
+        let replica = writer
+            .client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .map_err(|e| pg_error(target, "cannot ask whether the server is a standby", &e))?
+            .get::<_, bool>(0);
         let pool = Pool::new(target.clone());
         let store = PgStore {
+            barrier: Mutex::new(None),
+            replica,
             target: target.clone(),
             documents: documents::Documents::new(pool.clone()),
             pool,
@@ -141,6 +154,8 @@ impl PgStore {
         };
         // The head row and the last event from one snapshot: other processes may be appending meanwhile.
         let (head, commands, last) = store.head_row_and_last()?;
+        // What this process reads from now on must not be taken back by a failover (`replicated.rs`).
+        store.barrier()?;
         *store.head.lock().unwrap_or_else(|e| e.into_inner()) = head.clone();
         *store.written.lock().unwrap_or_else(|e| e.into_inner()) = head.clone();
         store.written_commands.store(commands, Ordering::SeqCst);
@@ -324,13 +339,24 @@ impl Drop for PgStore {
             .writer
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
-            .take();
+            .take()
+            .map(|w| w.client);
+        let barrier = self
+            .barrier
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .map(|w| w.client);
         let lease = self
             .lease
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        writer.into_iter().chain(lease).for_each(pool::close);
+        writer
+            .into_iter()
+            .chain(barrier)
+            .chain(lease)
+            .for_each(pool::close);
     }
 }
 

@@ -142,6 +142,57 @@ impl PgTarget {
                 message: message_of(&e),
             })
     }
+
+    /// Opens a connection whose COMMITs can be asked whether they waited for the synchronous standbys: a wait
+    /// cancelled (by `pg_cancel_backend`, or a shutdown) still commits locally and answers success, with only a
+    /// WARNING to tell.
+    pub(crate) fn connect_watched(&self) -> Result<Watched, StoreError> {
+        let cancelled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&cancelled);
+        let mut config = self.config.clone();
+        config.notice_callback(move |notice| {
+            if is_cancelled_sync_wait(&notice) {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            tracing::info!(
+                severity = notice.severity(),
+                message = notice.message(),
+                "notice from PostgreSQL"
+            );
+        });
+        let client = config
+            .connect(postgres::NoTls)
+            .map_err(|e| StoreError::Unreachable {
+                place: self.to_string(),
+                message: message_of(&e),
+            })?;
+        Ok(Watched { client, cancelled })
+    }
+}
+
+/// A connection that tells when a COMMIT's wait for the synchronous standbys was cancelled.
+pub(crate) struct Watched {
+    pub client: Client,
+    cancelled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watched {
+    /// Whether a wait for the synchronous standbys was cancelled since last asked (what committed meanwhile is
+    /// visible on the primary but perhaps on no standby).
+    pub fn wait_cancelled(&self) -> bool {
+        self.cancelled
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Whether a notice says that a COMMIT stopped waiting for the synchronous standbys (`SyncRepWaitForLSN`'s
+/// warnings, whose detail is "The transaction has already committed locally, but might not have been replicated").
+fn is_cancelled_sync_wait(notice: &postgres::error::DbError) -> bool {
+    let message = notice.message();
+    message.contains("wait for synchronous replication")
+        || notice
+            .detail()
+            .is_some_and(|d| d.contains("committed locally"))
 }
 
 /// The password `PGPASSFILE` (or `~/.pgpass`) holds for this host, port, database and user, as libpq reads it.
@@ -199,6 +250,12 @@ pub(crate) fn message_of(e: &postgres::Error) -> String {
 
 /// A store error for a failed statement: `Unreachable` when the connection itself is gone.
 pub(crate) fn pg_error(target: &PgTarget, context: &str, e: &postgres::Error) -> StoreError {
+    if e.code() == Some(&postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION) {
+        // A write sent to a hot standby.
+        return StoreError::ReadOnlyReplica {
+            place: target.to_string(),
+        };
+    }
     if e.is_closed() || e.as_db_error().is_none() {
         return StoreError::Unreachable {
             place: target.to_string(),

@@ -52,6 +52,26 @@ fn bin_dir() -> PathBuf {
     })
 }
 
+/// A new folder for a server, owned by the `postgres` user when this process is root.
+fn new_folder() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "partner-ledger-pg-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    if is_root() {
+        let ok = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "chown of {} to postgres", dir.display());
+    }
+    dir
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -123,6 +143,21 @@ impl Pg {
         );
     }
 
+    /// Promotes a standby to a primary (`pg_ctl promote`), waiting until it accepts writes.
+    pub fn promote(&self) {
+        let out = as_postgres(&self.pg_ctl)
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-w", "promote"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl promote: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// A server of the caller's own (one it may stop and start), with the runtime role created.
     pub fn own() -> Pg {
         Pg::start()
@@ -130,21 +165,7 @@ impl Pg {
 
     fn start() -> Pg {
         let bin = bin_dir();
-        let dir = std::env::temp_dir().join(format!(
-            "partner-ledger-pg-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        if is_root() {
-            let ok = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&dir)
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "chown of {} to postgres", dir.display());
-        }
+        let dir = new_folder();
         let data = dir.join("data");
         let out = as_postgres(&bin.join("initdb"))
             .args([
@@ -165,8 +186,61 @@ impl Pg {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let pg = Pg::supervised(dir, &bin);
+        pg.start_again();
+        pg.wait_until_up();
+        pg.sql(&format!("CREATE ROLE {RUNTIME_ROLE} LOGIN"))
+            .unwrap();
+        pg
+    }
+
+    /// A streaming replica of this server (`pg_basebackup -R`: a hot standby that follows it), started.
+    pub fn replica(&self) -> Pg {
+        let bin = bin_dir();
+        let dir = new_folder();
+        let out = as_postgres(&bin.join("pg_basebackup"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "-D",
+            ])
+            .arg(dir.join("data"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pg = Pg::supervised(dir, &bin);
+        pg.start_again();
+        pg.wait_until_up();
+        pg
+    }
+
+    /// Makes every COMMIT on this server wait for one standby to have flushed it (`synchronous_standby_names = '*'`),
+    /// or no longer (`false`).
+    pub fn set_synchronous(&self, on: bool) {
+        let names = if on { "*" } else { "" };
+        self.sql(&format!(
+            "ALTER SYSTEM SET synchronous_standby_names = '{names}'"
+        ))
+        .unwrap();
+        self.sql("SELECT pg_reload_conf()").unwrap();
+    }
+
+    /// A server whose folder `dir` holds (`data`, `log`), stopped and removed once this process has ended.
+    fn supervised(dir: PathBuf, bin: &Path) -> Pg {
         let port = free_port();
         let pg_ctl = bin.join("pg_ctl");
+        let data = dir.join("data");
         // A supervisor shell stops the server (and removes its folder) once this test process is gone.
         let script = format!(
             "trap '' INT TERM HUP; while [ -e /proc/{me} ]; do sleep 0.5; done; \
@@ -193,33 +267,30 @@ impl Pg {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let pg = Pg {
+        Pg {
             port,
             dir,
             pg_ctl,
             _supervisor: supervisor,
-        };
-        pg.start_again();
+        }
+    }
+
+    /// Waits until the server accepts connections.
+    fn wait_until_up(&self) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
-            match postgres::Client::connect(&pg.url("postgres"), postgres::NoTls) {
-                Ok(mut c) => {
-                    c.batch_execute(&format!("CREATE ROLE {RUNTIME_ROLE} LOGIN"))
-                        .unwrap();
-                    break;
-                }
-                Err(e) if std::time::Instant::now() < deadline => {
-                    let _ = e;
+            match postgres::Client::connect(&self.url("postgres"), postgres::NoTls) {
+                Ok(_) => return,
+                Err(_) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(100));
                 }
                 Err(e) => panic!(
                     "the throwaway PostgreSQL did not start on port {}: {e}; its log: {}",
-                    pg.port,
-                    std::fs::read_to_string(pg.dir.join("log")).unwrap_or_default()
+                    self.port,
+                    std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
                 ),
             }
         }
-        pg
     }
 
     /// A URL for `user` (no password: the throwaway server trusts loopback).

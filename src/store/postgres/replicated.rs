@@ -1,0 +1,115 @@
+//! Nothing delivered can be taken back by a failover, and a store on a streaming replica only reads.
+//!
+//! **Barriers.** With synchronous replication, a COMMIT waits for the synchronous standbys before it answers, and
+//! stays invisible to other sessions while it waits. But a wait that is cancelled (`pg_cancel_backend`, a client's
+//! cancel request) or cut short (the session terminated, a fast shutdown) leaves the transaction committed *locally*
+//! and visible on the primary, perhaps on no standby: a failover then loses it. So before this store delivers a
+//! position it did not write itself and see acknowledged (the head it finds at open, each head it follows, a batch
+//! whose COMMIT answer was lost or whose wait was cancelled), it commits a **barrier**: a transaction that writes one
+//! logical-decoding message (`pg_logical_emit_message`, no table touched, no lock taken) and so waits for the
+//! synchronous standbys like any other. Standbys confirm in the order of the log, so when the barrier's COMMIT
+//! answers (and its own wait was not cancelled), everything that was visible before it began is on them too. Without
+//! synchronous standbys the barrier costs one small local commit.
+//!
+//! **Replicas.** A store opened on a hot standby (`pg_is_in_recovery()`) never takes the lease and never writes: its
+//! process follows the log by polling (a standby cannot LISTEN) and forwards commands to the writer the replicated
+//! lease row names. What it delivers is what the standby replayed; see docs/operations.md for which standby to read.
+
+use super::{pg_error, PgStore};
+use crate::store::StoreError;
+
+/// How far a replica is behind what it received from the primary.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplicaLag {
+    /// WAL received from the primary but not replayed yet, in bytes.
+    pub replay_bytes: u64,
+    /// Seconds since the last transaction replayed was committed on the primary, while WAL received is still to be
+    /// replayed; 0 when everything received is replayed.
+    pub seconds: f64,
+    /// Whether the standby's WAL receiver runs (`pg_stat_wal_receiver`, whose other columns only privileged roles
+    /// see): it streams from a primary, or tries to.
+    pub streaming: bool,
+}
+
+impl PgStore {
+    /// Whether this store is on a hot standby, and so only reads.
+    pub fn is_replica(&self) -> bool {
+        self.replica
+    }
+
+    /// Fails on a replica, naming where writes go.
+    pub fn writable(&self) -> Result<(), StoreError> {
+        if self.replica {
+            return Err(StoreError::ReadOnlyReplica {
+                place: self.target.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Commits a barrier: on return, everything visible on the primary before the call is on its synchronous
+    /// standbys too. Nothing to do on a replica (what it shows, it has).
+    pub(super) fn barrier(&self) -> Result<(), StoreError> {
+        if self.replica {
+            return Ok(());
+        }
+        let mut slot = self.barrier.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_some_and(|c| c.client.is_closed()) {
+            slot.take()
+                .into_iter()
+                .for_each(|w| super::pool::close(w.client));
+        }
+        if slot.is_none() {
+            *slot = Some(self.target.connect_watched()?);
+        }
+        let Some(watched) = slot.as_mut() else {
+            return Ok(());
+        };
+        watched.wait_cancelled();
+        let result = watched.client.batch_execute(
+            "BEGIN; SELECT pg_logical_emit_message(true, 'partner-ledger', 'barrier'); COMMIT",
+        );
+        let cancelled = watched.wait_cancelled();
+        match result {
+            Ok(()) if !cancelled => Ok(()),
+            Ok(()) => Err(StoreError::WriteFailed {
+                message: "a barrier's wait for the synchronous standbys was cancelled: what the primary shows may be on no standby yet".into(),
+            }),
+            Err(e) => {
+                slot.take()
+                    .into_iter()
+                    .for_each(|w| super::pool::close(w.client));
+                Err(pg_error(
+                    &self.target,
+                    "cannot confirm that the log reached the synchronous standbys",
+                    &e,
+                ))
+            }
+        }
+    }
+
+    /// How far this replica is behind what it received (`None` on a primary).
+    pub fn replica_lag(&self) -> Result<Option<ReplicaLag>, StoreError> {
+        if !self.replica {
+            return Ok(None);
+        }
+        let row = self
+            .pool
+            .get()?
+            .query_one(
+                "SELECT greatest(0, coalesce(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0))::float8,
+                        CASE WHEN pg_last_wal_receive_lsn() IS NULL
+                                  OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0
+                             ELSE greatest(0, extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()))
+                        END::float8,
+                        EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE pid IS NOT NULL)",
+                &[],
+            )
+            .map_err(self.err("cannot read the replica's lag"))?;
+        Ok(Some(ReplicaLag {
+            replay_bytes: row.get::<_, f64>(0) as u64,
+            seconds: row.get(1),
+            streaming: row.get(2),
+        }))
+    }
+}
