@@ -97,7 +97,7 @@ impl PgStore {
             .pool
             .get()?
             .query_one(
-                "SELECT greatest(0, coalesce(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0))::float8,
+                "SELECT greatest(0, coalesce(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0))::bigint,
                         CASE WHEN pg_last_wal_receive_lsn() IS NULL
                                   OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0
                              ELSE greatest(0, extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()))
@@ -107,7 +107,7 @@ impl PgStore {
             )
             .map_err(self.err("cannot read the replica's lag"))?;
         Ok(Some(ReplicaLag {
-            replay_bytes: row.get::<_, f64>(0) as u64,
+            replay_bytes: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
             seconds: row.get(1),
             streaming: row.get(2),
         }))
