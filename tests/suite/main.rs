@@ -28,6 +28,7 @@ mod ledger;
 mod many_processes;
 mod never_panic;
 mod parties;
+mod patroni;
 mod pg;
 mod postgres;
 mod replicas;

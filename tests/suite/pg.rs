@@ -40,6 +40,11 @@ pub fn schema_for(dir: &Path) -> String {
     schema
 }
 
+/// Makes `dir` stand for the ledger in `schema` at `url` (the runtime role's, perhaps naming several hosts).
+pub fn register_url(dir: &Path, url: &str, schema: &str) {
+    folders().insert(dir.to_path_buf(), (url.to_string(), schema.to_string()));
+}
+
 /// Makes `dir` stand for the ledger in `schema` on `pg`.
 pub fn register(dir: &Path, pg: &Pg, schema: &str) {
     folders().insert(

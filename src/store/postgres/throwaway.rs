@@ -26,7 +26,7 @@ pub struct Pg {
 
 /// The folder holding PostgreSQL's programs (`initdb`, `postgres`): `PG_BIN`, or the newest under
 /// `/usr/lib/postgresql/*/bin`.
-fn bin_dir() -> PathBuf {
+pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("PG_BIN") {
         return PathBuf::from(dir);
     }
@@ -53,7 +53,7 @@ fn bin_dir() -> PathBuf {
 }
 
 /// A new folder for a server, owned by the `postgres` user when this process is root.
-fn new_folder() -> PathBuf {
+pub fn new_folder() -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "partner-ledger-pg-{}-{}",
         std::process::id(),
@@ -72,7 +72,7 @@ fn new_folder() -> PathBuf {
     dir
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -93,7 +93,7 @@ fn is_root() -> bool {
 }
 
 /// A command running `program` as the `postgres` user when this process is root.
-fn as_postgres(program: &Path) -> Command {
+pub fn as_postgres(program: &Path) -> Command {
     if is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(program);
