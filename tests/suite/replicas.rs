@@ -190,7 +190,12 @@ fn a_process_on_a_streaming_replica_serves_reads_forwards_commands_waits_for_wha
     let (on_primary, on_replica) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     pg::register(on_primary.path(), &primary, &schema);
     pg::register(on_replica.path(), &replica, &schema);
-    let writer = Server::launch(on_primary.path(), &[], None).unwrap();
+    let writer = Server::launch(
+        on_primary.path(),
+        &[],
+        Some(&on_primary.path().with_extension("stderr")),
+    )
+    .unwrap();
     let reader = Server::launch(
         on_replica.path(),
         &[],
@@ -211,6 +216,12 @@ fn a_process_on_a_streaming_replica_serves_reads_forwards_commands_waits_for_wha
         assert_eq!(h["role"], "replica", "{h}");
         assert_eq!(h["replica"]["streaming"], true, "{h}");
         assert!(h["replica"]["lag_seconds"].is_number(), "{h}");
+        // Each process warned at start about the settings that weaken "acknowledged" or its reads.
+        let said = |d: &tempfile::TempDir| {
+            std::fs::read_to_string(d.path().with_extension("stderr")).unwrap_or_default()
+        };
+        assert!(said(&on_primary).contains("none is synchronous"), "{}", said(&on_primary));
+        assert!(said(&on_replica).contains("hot_standby_feedback is off"), "{}", said(&on_replica));
         // Commands sent to it are forwarded to the writer; a read carrying the answer's position sees each at once.
         let mut visible_after = Vec::new();
         for n in 0..60 {

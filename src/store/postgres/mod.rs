@@ -156,6 +156,9 @@ impl PgStore {
         let (head, commands, last) = store.head_row_and_last()?;
         // What this process reads from now on must not be taken back by a failover (`replicated.rs`).
         store.barrier()?;
+        for warning in store.settings_warnings()? {
+            tracing::warn!(server = %target, "{warning}");
+        }
         *store.head.lock().unwrap_or_else(|e| e.into_inner()) = head.clone();
         *store.written.lock().unwrap_or_else(|e| e.into_inner()) = head.clone();
         store.written_commands.store(commands, Ordering::SeqCst);

@@ -88,6 +88,41 @@ impl PgStore {
         }
     }
 
+    /// What the server's settings make of "acknowledged", checked at open: each setting that weakens it, as a
+    /// warning to log (docs/operations.md lists them).
+    pub(super) fn settings_warnings(&self) -> Result<Vec<String>, StoreError> {
+        let row = self
+            .pool
+            .get()?
+            .query_one(
+                "SELECT current_setting('fsync'), current_setting('full_page_writes'),
+                        current_setting('synchronous_commit'), current_setting('synchronous_standby_names'),
+                        (SELECT count(*) FROM pg_stat_replication), current_setting('hot_standby_feedback')",
+                &[],
+            )
+            .map_err(self.err("cannot read the server's settings"))?;
+        let (fsync, fpw, commit, names): (String, String, String, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let (standbys, feedback): (i64, String) = (row.get(4), row.get(5));
+        let mut warnings = Vec::new();
+        if fsync != "on" {
+            warnings.push("fsync is off on this PostgreSQL server: an acknowledged command can be lost in a crash of its machine".to_string());
+        }
+        if fpw != "on" {
+            warnings.push("full_page_writes is off on this PostgreSQL server: a crash of its machine can leave torn pages behind".to_string());
+        }
+        if !self.replica && commit != "on" && commit != "remote_apply" {
+            warnings.push(format!("synchronous_commit is {commit} for the ledger's sessions (it asks for on): COMMIT may answer before the log is durable"));
+        }
+        if !self.replica && standbys > 0 && names.trim().is_empty() {
+            warnings.push(format!("{standbys} standby(s) stream from this server but none is synchronous (synchronous_standby_names is empty): an acknowledged command is on this server's disk only, and a failover to a standby can lose it"));
+        }
+        if self.replica && feedback != "on" {
+            warnings.push("hot_standby_feedback is off on this replica: long reads (a stream from position 0, a backup) can be cancelled by the replay of the primary's cleanup; turn it on".to_string());
+        }
+        Ok(warnings)
+    }
+
     /// How far this replica is behind what it received (`None` on a primary).
     pub fn replica_lag(&self) -> Result<Option<ReplicaLag>, StoreError> {
         if !self.replica {
