@@ -273,6 +273,33 @@ fn a_process_on_a_streaming_replica_serves_reads_forwards_commands_waits_for_wha
             assert_eq!(e["position"].as_u64(), Some(i as u64 + 1));
             assert_eq!(e["hash"].as_str(), Some(theirs[i].1.as_str()));
         }
+        // History and a backup come from the replica too, and the CLI's read-only commands run on it; one that
+        // writes stops, saying the server is a standby.
+        let (_, customer, _) = register(1, 0);
+        let history = client
+            .get(format!("{r}/v1/customers/{customer}/history"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(history.status().as_u16(), 200);
+        let backup = client
+            .get(format!("{r}/v1/backup"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(backup.status().as_u16(), 200);
+        let backup = backup.text().await.unwrap();
+        assert!(backup.lines().count() as u64 > head, "a backup line per event and more");
+        let dir = on_replica.path().to_path_buf();
+        let (verify, exec) = off_thread(move || {
+            (
+                crate::common::run(&dir, &["verify"], None),
+                crate::common::run(&dir, &["exec", "-"], Some(register(3, 0).2.as_bytes())),
+            )
+        });
+        assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+        assert_eq!(exec.status.code(), Some(4), "{}", String::from_utf8_lossy(&exec.stderr));
+        assert!(String::from_utf8_lossy(&exec.stderr).contains("hot standby"));
         // Writes other than commands are refused with where to send them.
         let refused = client
             .post(format!("{r}/v1/consumers"))
