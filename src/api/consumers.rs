@@ -147,6 +147,7 @@ pub async fn create(
         types: Vec::new(),
         from: 0,
     });
+    super::forward::refuse_on_replica(&s)?;
     let types = body.types.join(",");
     let filter = filter_of(
         body.customer.as_deref(),
@@ -221,6 +222,7 @@ pub async fn remove(
     State(s): State<AppState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Response, ApiError> {
+    super::forward::refuse_on_replica(&s)?;
     let consumers = Arc::clone(&s.consumers);
     let n = name.clone();
     match tokio::task::spawn_blocking(move || consumers.delete(&n)).await {
@@ -291,6 +293,7 @@ pub async fn ack(
             "send the position to acknowledge: {\"position\": n}",
         ));
     };
+    super::forward::refuse_on_replica(&s)?;
     let consumers = Arc::clone(&s.consumers);
     let mut head = s.ledger.store().head().position;
     if body.position > head.0 && s.ledger.lease_period().is_some() {

@@ -331,6 +331,7 @@ async fn send(
 /// answer is 503 `position_not_reached`, to retry.
 pub(super) async fn wait_for_point(
     s: &AppState,
+    headers: &HeaderMap,
     what: &str,
     point: Position,
 ) -> Result<(), ApiError> {
@@ -349,9 +350,31 @@ pub(super) async fn wait_for_point(
             return Ok(());
         }
     }
-    let theirs = match writer {
-        Some(w) => writer_head(&w.address).await,
-        None => None,
+    let theirs = if s.ledger.on_replica() {
+        // The primary is out of reach but through the writer, asked with the caller's own credentials (a token
+        // crosses the network in cleartext only where forwarding a command's would).
+        match writer {
+            Some(w) => {
+                let auth = headers
+                    .get(header::AUTHORIZATION)
+                    .filter(|_| s.cleartext_forwarding || loopback(&w.address));
+                writer_head(&w.address, auth).await
+            }
+            None => None,
+        }
+    } else {
+        // A follower of the primary reads the head row itself.
+        let ledger = std::sync::Arc::clone(&s.ledger);
+        tokio::task::spawn_blocking(move || {
+            ledger
+                .store()
+                .shared()
+                .and_then(|pg| pg.recorded_head().ok())
+                .map(|p| p.0)
+        })
+        .await
+        .ok()
+        .flatten()
     };
     if let Some(theirs) = theirs.filter(|h| point.0 > *h) {
         return Err(super::consumers::beyond_head(
@@ -372,14 +395,16 @@ pub(super) async fn wait_for_point(
     .with("position", here.0))
 }
 
-/// The writer's head, as its `/healthz` says (`None` when it cannot be asked within two seconds).
-async fn writer_head(address: &str) -> Option<u64> {
+/// The writer's head, as its `/healthz` says (`None` when it cannot be asked within two seconds, or refuses).
+async fn writer_head(address: &str, auth: Option<&HeaderValue>) -> Option<u64> {
     let uri: axum::http::Uri = format!("{}/healthz", address.trim_end_matches('/'))
         .parse()
         .ok()?;
-    let req = axum::http::Request::get(uri)
-        .body(http_body_util::Full::new(Bytes::new()))
-        .ok()?;
+    let mut req = axum::http::Request::get(uri);
+    if let Some(auth) = auth {
+        req = req.header(header::AUTHORIZATION, auth);
+    }
+    let req = req.body(http_body_util::Full::new(Bytes::new())).ok()?;
     let answer = tokio::time::timeout(Duration::from_secs(2), async {
         let r = client().request(req).await.ok()?;
         http_body_util::BodyExt::collect(r.into_body())
@@ -395,19 +420,11 @@ async fn writer_head(address: &str) -> Option<u64> {
         .as_u64()
 }
 
-/// Middleware: on a replica, which can write nothing, a request that would write (other than a command, which is
-/// forwarded to the writer) is answered 503 `read_only_replica`, naming the writer's address when it is known.
-pub(super) async fn replica_reads_only(
-    State(s): State<AppState>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Result<Response, ApiError> {
-    let reads = matches!(
-        *req.method(),
-        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
-    );
-    if reads || req.uri().path() == "/v1/commands" || !s.ledger.on_replica() {
-        return Ok(next.run(req).await);
+/// On a replica, which can write nothing, a write other than a command (which is forwarded to the writer) is
+/// answered 503 `read_only_replica`, naming the writer's address when it is known.
+pub(super) fn refuse_on_replica(s: &AppState) -> Result<(), ApiError> {
+    if !s.ledger.on_replica() {
+        return Ok(());
     }
     let at = match s.ledger.role() {
         Role::Follower { writer: Some(w) } if !w.address.is_empty() => {

@@ -192,10 +192,6 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            forward::replica_reads_only,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
             middleware::read_body_in_time,
         ))
         .layer(axum::middleware::from_fn_with_state(

@@ -468,7 +468,7 @@ pub async fn resume_point(
     } else {
         "from"
     };
-    super::forward::wait_for_point(s, what, point).await?;
+    super::forward::wait_for_point(s, headers, what, point).await?;
     Ok(point)
 }
 

@@ -57,6 +57,8 @@ struct Coordinator {
     following: Option<(State, Position)>,
     /// When a failure to follow or to look at the lease was last logged (at most one warning in ten seconds).
     warned: Option<Instant>,
+    /// Why this process follows no more: the server it reads changed sides (a replica promoted, a primary demoted).
+    stranded: Option<String>,
 }
 
 impl Coordinator {
@@ -66,6 +68,7 @@ impl Coordinator {
             ttl,
             following: None,
             warned: None,
+            stranded: None,
         }
     }
 
@@ -132,6 +135,15 @@ impl Coordinator {
                 }
                 continue;
             }
+            if let Some(why) = &self.stranded {
+                // The server changed sides under this process: it delivers nothing more from it.
+                *self
+                    .core
+                    .follow_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(why.clone());
+                continue;
+            }
             let followed = self.follow();
             *self
                 .core
@@ -145,6 +157,21 @@ impl Coordinator {
             ticks += 1;
             if ticks.is_multiple_of(LEASE_EVERY) {
                 self.consider_taking();
+            }
+            if ticks.is_multiple_of(LAG_EVERY) {
+                match pg.changed_sides() {
+                    Ok(true) => {
+                        let why = if pg.is_replica() {
+                            "the replica this process reads was promoted to a primary: restart the process, which then follows (or writes) the ledger as a process of the primary does"
+                        } else {
+                            "the server this process reads became a standby (a failover demoted it): restart the process, pointed at the new primary (or at every node, with target_session_attrs=read-write)"
+                        };
+                        tracing::error!(reason = why, "this process stops following the ledger");
+                        self.stranded = Some(why.to_string());
+                    }
+                    Ok(false) => {}
+                    Err(e) => self.warn("cannot ask whether the server is a standby; retrying", &e),
+                }
             }
             if pg.is_replica() && ticks.is_multiple_of(LAG_EVERY) {
                 match pg.replica_lag() {
@@ -235,7 +262,7 @@ impl Coordinator {
             // A replica never writes: it only learns where the writer is, to forward commands there.
             match pg.lease_holder() {
                 // Its own sessions are not the primary's, so the holder's session cannot be looked up here: the
-                // holder the replicated row names is where commands go (a dead one answers `writer_unavailable`).
+                // holder the replicated row names is where commands go (a dead one is answered `no_writer`).
                 Ok((holder, _)) => self.set_role(Role::Follower {
                     writer: (!holder.address.is_empty()).then_some(holder),
                 }),

@@ -298,6 +298,10 @@ impl Ledger {
     /// process holds it).
     pub fn open(config: LedgerConfig) -> Result<Ledger, OpenError> {
         let store = crate::store::open(&config.data_dir, &config.store)?;
+        if let (Some(pg), None) = (store.shared(), &config.sharing) {
+            // A command of the CLI writes: on a standby it stops before replaying anything.
+            pg.writable()?;
+        }
         let ttl = config
             .sharing
             .as_ref()

@@ -300,18 +300,33 @@ fn a_process_on_a_streaming_replica_serves_reads_forwards_commands_waits_for_wha
         assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
         assert_eq!(exec.status.code(), Some(4), "{}", String::from_utf8_lossy(&exec.stderr));
         assert!(String::from_utf8_lossy(&exec.stderr).contains("hot standby"));
-        // Writes other than commands are refused with where to send them.
-        let refused = client
-            .post(format!("{r}/v1/consumers"))
-            .header("content-type", "application/json")
-            .body(r#"{"name":"billing"}"#)
+        // Writes other than commands (a consumer's creation, acknowledgement, deletion) are refused with where to
+        // send them; on the writer they work, and the replica then shows the consumer.
+        let created = client
+            .put(format!("{w}/v1/consumers/billing"))
             .send()
             .await
             .unwrap();
-        assert_eq!(refused.status().as_u16(), 503);
-        let body: Value = refused.json().await.unwrap();
-        assert_eq!(body["error"], "read_only_replica", "{body}");
-        assert!(body["message"].as_str().unwrap().contains(&w), "{body}");
+        assert_eq!(created.status().as_u16(), 201);
+        for attempt in [
+            client.put(format!("{r}/v1/consumers/support")),
+            client
+                .post(format!("{r}/v1/consumers/billing/ack"))
+                .header("content-type", "application/json")
+                .body(r#"{"position": 1}"#),
+            client.delete(format!("{r}/v1/consumers/billing")),
+        ] {
+            let refused = attempt.send().await.unwrap();
+            assert_eq!(refused.status().as_u16(), 503);
+            let body: Value = refused.json().await.unwrap();
+            assert_eq!(body["error"], "read_only_replica", "{body}");
+            assert!(body["message"].as_str().unwrap().contains(&w), "{body}");
+        }
+        let shown = wait_for(Duration::from_secs(5), "the consumer on the replica", async || {
+            let r = client.get(format!("{r}/v1/consumers/billing")).send().await.ok()?;
+            (r.status().as_u16() == 200).then_some(())
+        });
+        shown.await;
         let metrics = client
             .get(format!("{r}/metrics"))
             .send()
@@ -372,6 +387,18 @@ fn a_process_on_a_streaming_replica_serves_reads_forwards_commands_waits_for_wha
         assert_eq!(answer.status().as_u16(), 200);
         let text = answer.text().await.unwrap();
         assert!(text.contains(&format!("\"position\":{position}")), "{text}");
+
+        // The replica promoted under it (a failover): the process stops following and says why, rather than go on
+        // as a replica on what is now a primary.
+        off_thread(|| replica.promote());
+        let h = wait_for(Duration::from_secs(10), "the process to notice the promotion", async || {
+            let r = client.get(format!("{r}/healthz")).send().await.ok()?;
+            let status = r.status().as_u16();
+            let h: Value = r.json().await.ok()?;
+            (status == 503).then_some(h)
+        })
+        .await;
+        assert!(h["following"].as_str().unwrap().contains("promoted"), "{h}");
     });
 }
 
@@ -439,6 +466,19 @@ fn with_a_synchronous_standby_no_stream_delivers_a_commit_that_a_failover_loses_
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(cancelled > 0, "a commit waited for the standby");
+    // A command of the CLI that reads does not hang while no standby confirms: it stops, saying why.
+    let verify = crate::common::run(dirs[1].path(), &["verify"], None);
+    assert_eq!(
+        verify.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&verify.stderr).contains("no synchronous standby confirmed"),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
     let on_primary = log_on(&primary, &schema);
     assert!(
         on_primary.len() as u64 > before,

@@ -155,10 +155,10 @@ impl PgStore {
         // The head row and the last event from one snapshot: other processes may be appending meanwhile.
         let (head, commands, last) = store.head_row_and_last()?;
         // What this process reads from now on must not be taken back by a failover (`replicated.rs`).
-        store.barrier()?;
         for warning in store.settings_warnings()? {
             tracing::warn!(server = %target, "{warning}");
         }
+        store.barrier()?;
         *store.head.lock().unwrap_or_else(|e| e.into_inner()) = head.clone();
         *store.written.lock().unwrap_or_else(|e| e.into_inner()) = head.clone();
         store.written_commands.store(commands, Ordering::SeqCst);
@@ -567,7 +567,11 @@ impl Store for PgStore {
     }
 
     fn verify_all(&self, progress: &mut dyn FnMut(Position)) -> Result<Head, StoreError> {
-        let (head, _) = self.head_row()?;
+        // The head it ends at becomes a checkpoint someone keeps: one a failover cannot take back.
+        let (head, _) = match self.barrier_reading_head()? {
+            Some(h) => h,
+            None => self.head_row()?,
+        };
         let last = self
             .pool
             .get()?

@@ -15,8 +15,32 @@
 //! process follows the log by polling (a standby cannot LISTEN) and forwards commands to the writer the replicated
 //! lease row names. What it delivers is what the standby replayed; see docs/operations.md for which standby to read.
 
+use std::time::Duration;
+
 use super::{pg_error, PgStore};
-use crate::store::StoreError;
+use crate::store::{Head, StoreError};
+
+/// How long a barrier waits for the synchronous standbys before it gives up (and is tried again).
+pub const BARRIER_WAIT: Duration = Duration::from_secs(10);
+
+/// A thread that cancels the query on `token`'s connection unless the returned sender is dropped within
+/// [`BARRIER_WAIT`]; it tells whether it cancelled.
+fn watchdog(
+    token: postgres::CancelToken,
+) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<bool>) {
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        if matches!(
+            wait.recv_timeout(BARRIER_WAIT),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        ) {
+            let _ = token.cancel_query(postgres::NoTls);
+            return true;
+        }
+        false
+    });
+    (done, thread)
+}
 
 /// How far a replica is behind what it received from the primary.
 #[derive(Clone, Debug, PartialEq)]
@@ -50,8 +74,18 @@ impl PgStore {
     /// Commits a barrier: on return, everything visible on the primary before the call is on its synchronous
     /// standbys too. Nothing to do on a replica (what it shows, it has).
     pub(super) fn barrier(&self) -> Result<(), StoreError> {
+        self.barrier_reading_head().map(|_| ())
+    }
+
+    /// Commits a barrier that also reads the head row, in the same transaction on the same connection (so on the same
+    /// server, whatever a multi-host URL connects to): the head and the number of committed commands it records,
+    /// which the barrier confirms. `None` on a replica.
+    ///
+    /// A barrier waits for the synchronous standbys at most [`BARRIER_WAIT`]: then it cancels its own wait and fails,
+    /// to be tried again, rather than hang a process that opens the ledger or follows it while no standby answers.
+    pub(super) fn barrier_reading_head(&self) -> Result<Option<(Head, u64)>, StoreError> {
         if self.replica {
-            return Ok(());
+            return Ok(None);
         }
         let mut slot = self.barrier.lock().unwrap_or_else(|e| e.into_inner());
         if slot.as_ref().is_some_and(|c| c.client.is_closed()) {
@@ -63,16 +97,32 @@ impl PgStore {
             *slot = Some(self.target.connect_watched()?);
         }
         let Some(watched) = slot.as_mut() else {
-            return Ok(());
+            return Ok(None);
         };
         watched.wait_cancelled();
-        let result = watched.client.batch_execute(
-            "BEGIN; SELECT pg_logical_emit_message(true, 'partner-ledger', 'barrier'); COMMIT",
-        );
+        let (done, watchdog) = watchdog(watched.client.cancel_token());
+        let result = (|| {
+            let mut tx = watched.client.transaction()?;
+            let row = tx.query_one(super::HEAD_ROW, &[])?;
+            tx.query_one(
+                "SELECT pg_logical_emit_message(true, 'partner-ledger', 'barrier')",
+                &[],
+            )?;
+            tx.commit()?;
+            Ok::<_, postgres::Error>(super::head_of(&row))
+        })();
+        drop(done);
+        let timed_out = watchdog.join().unwrap_or(false);
         let cancelled = watched.wait_cancelled();
         match result {
-            Ok(()) if !cancelled => Ok(()),
-            Ok(()) => Err(StoreError::WriteFailed {
+            Ok(head) if !cancelled => Ok(Some(head)),
+            Ok(_) if timed_out => Err(StoreError::WriteFailed {
+                message: format!(
+                    "no synchronous standby confirmed the log within {} s (is synchronous_standby_names naming a standby that is down?): what the primary shows is not delivered until one does",
+                    BARRIER_WAIT.as_secs()
+                ),
+            }),
+            Ok(_) => Err(StoreError::WriteFailed {
                 message: "a barrier's wait for the synchronous standbys was cancelled: what the primary shows may be on no standby yet".into(),
             }),
             Err(e) => {
@@ -88,6 +138,23 @@ impl PgStore {
         }
     }
 
+    /// The head position the head row records now (on a replica: as replayed so far).
+    pub fn recorded_head(&self) -> Result<crate::domain::Position, StoreError> {
+        self.head_row().map(|(h, _)| h.position)
+    }
+
+    /// Whether the server this store reads changed sides since it was opened: a replica promoted, or a primary
+    /// demoted to a standby. Such a store must not go on (it would skip barriers, or never pass one).
+    pub fn changed_sides(&self) -> Result<bool, StoreError> {
+        let standby: bool = self
+            .pool
+            .get()?
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .map_err(self.err("cannot ask whether the server is a standby"))?
+            .get(0);
+        Ok(standby != self.replica)
+    }
+
     /// What the server's settings make of "acknowledged", checked at open: each setting that weakens it, as a
     /// warning to log (docs/operations.md lists them).
     pub(super) fn settings_warnings(&self) -> Result<Vec<String>, StoreError> {
@@ -96,12 +163,12 @@ impl PgStore {
             .get()?
             .query_one(
                 "SELECT current_setting('fsync'), current_setting('full_page_writes'),
-                        current_setting('synchronous_commit'), current_setting('synchronous_standby_names'),
+                        current_setting('lc_messages'), current_setting('synchronous_standby_names'),
                         (SELECT count(*) FROM pg_stat_replication), current_setting('hot_standby_feedback')",
                 &[],
             )
             .map_err(self.err("cannot read the server's settings"))?;
-        let (fsync, fpw, commit, names): (String, String, String, String) =
+        let (fsync, fpw, messages, names): (String, String, String, String) =
             (row.get(0), row.get(1), row.get(2), row.get(3));
         let (standbys, feedback): (i64, String) = (row.get(4), row.get(5));
         let mut warnings = Vec::new();
@@ -111,8 +178,12 @@ impl PgStore {
         if fpw != "on" {
             warnings.push("full_page_writes is off on this PostgreSQL server: a crash of its machine can leave torn pages behind".to_string());
         }
-        if !self.replica && commit != "on" && commit != "remote_apply" {
-            warnings.push(format!("synchronous_commit is {commit} for the ledger's sessions (it asks for on): COMMIT may answer before the log is durable"));
+        if !(messages.is_empty()
+            || messages == "C"
+            || messages == "POSIX"
+            || messages.starts_with("en"))
+        {
+            warnings.push(format!("lc_messages is {messages}: the ledger recognises PostgreSQL's warning that a COMMIT stopped waiting for the synchronous standbys by its English text; with messages in another language such a commit could be delivered before a standby has it. Set lc_messages = 'C' for the ledger's database or role"));
         }
         if !self.replica && standbys > 0 && names.trim().is_empty() {
             warnings.push(format!("{standbys} standby(s) stream from this server but none is synchronous (synchronous_standby_names is empty): an acknowledged command is on this server's disk only, and a failover to a standby can lose it"));

@@ -94,7 +94,10 @@ impl PgTarget {
             "-c search_path={schema} -c synchronous_commit=on -c tcp_keepalives_idle=10 \
              -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
         ));
-        config.connect_timeout(std::time::Duration::from_secs(10));
+        if config.get_connect_timeout().is_none() {
+            // Per host: a URL naming several (a Patroni cluster) may set a shorter one, as the docs do.
+            config.connect_timeout(std::time::Duration::from_secs(10));
+        }
         config.keepalives(true);
         config.keepalives_idle(std::time::Duration::from_secs(10));
         config.keepalives_interval(std::time::Duration::from_secs(5));

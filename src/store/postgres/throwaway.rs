@@ -222,6 +222,28 @@ impl Pg {
         let pg = Pg::supervised(dir, &bin);
         pg.start_again();
         pg.wait_until_up();
+        // Streaming before it is handed out: the primary lists it in pg_stat_replication.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let mut c = postgres::Client::connect(&self.url("postgres"), postgres::NoTls).unwrap();
+            let streaming: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            if streaming > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the replica on port {} did not stream from port {} within 30 s",
+                pg.port,
+                self.port
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         pg
     }
 
