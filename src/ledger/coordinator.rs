@@ -35,7 +35,8 @@ pub enum Role {
 const FOLLOW_EVERY: Duration = Duration::from_millis(100);
 /// How often a follower looks at the lease (in follow periods).
 const LEASE_EVERY: u64 = 2;
-/// How often a process on a replica reads the replica's lag (in follow periods).
+/// How often a follower asks whether its server is still on the side it was (a standby, or not), and a process on a
+/// replica reads the replica's lag (in follow periods).
 const LAG_EVERY: u64 = 10;
 
 pub(super) type Handle = (Arc<AtomicBool>, JoinHandle<()>);

@@ -288,18 +288,7 @@ impl PgStore {
     pub fn follow(&self) -> Result<Option<(crate::store::Head, crate::store::Head)>, StoreError> {
         let (head, commands) = self.head_row()?;
         let before = self.head();
-        if head.position < before.position
-            || (head.position == before.position && head.hash != before.hash)
-        {
-            // The database lost events this process delivered: a failover to a standby that lacked them (an
-            // asynchronous one), or a restore. Nothing more is delivered from it.
-            return Err(StoreError::Conflict {
-                message: format!(
-                    "the head row went back from position {} to {} (or changed its hash): the database this process reads lost events it already delivered; restart the process once the database is sorted out (docs/operations.md)",
-                    before.position, head.position
-                ),
-            });
-        }
+        went_back(&before, &head)?;
         let known = self.settled_commands.load(Ordering::SeqCst);
         // Commands that appended no events (a clock advance with nothing due) move only the count.
         if head.position <= before.position && commands <= known {
@@ -310,6 +299,7 @@ impl PgStore {
         // Committed by the writer, but perhaps only locally (a cancelled wait for the standbys): confirmed first,
         // and read again in the barrier's own transaction.
         let (head, commands) = self.barrier_reading_head()?.unwrap_or((head, commands));
+        went_back(&before, &head)?;
         self.documents.load_refusal_count()?;
         let after = i64::try_from(known).unwrap_or(0);
         let upto = i64::try_from(commands).unwrap_or(0);
@@ -358,6 +348,23 @@ impl PgStore {
             message: "the head row no longer records this writer's epoch".into(),
         })
     }
+}
+
+/// Fails when the head row records less than this process delivered (or another event at its head): the database
+/// lost events, by a failover to a standby that lacked them (an asynchronous one) or a restore. Nothing more is
+/// delivered from it.
+fn went_back(before: &crate::store::Head, head: &crate::store::Head) -> Result<(), StoreError> {
+    if head.position < before.position
+        || (head.position == before.position && head.hash != before.hash)
+    {
+        return Err(StoreError::Conflict {
+            message: format!(
+                "the head row went back from position {} to {} (or changed its hash): the database this process reads lost events it already delivered; restart the process once the database is sorted out (docs/operations.md)",
+                before.position, head.position
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// A holder as an error message names it.

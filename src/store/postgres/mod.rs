@@ -154,10 +154,10 @@ impl PgStore {
         };
         // The head row and the last event from one snapshot: other processes may be appending meanwhile.
         let (head, commands, last) = store.head_row_and_last()?;
-        // What this process reads from now on must not be taken back by a failover (`replicated.rs`).
         for warning in store.settings_warnings()? {
             tracing::warn!(server = %target, "{warning}");
         }
+        // What this process reads from now on must not be taken back by a failover (`replicated.rs`).
         store.barrier()?;
         *store.head.lock().unwrap_or_else(|e| e.into_inner()) = head.clone();
         *store.written.lock().unwrap_or_else(|e| e.into_inner()) = head.clone();
