@@ -40,15 +40,30 @@ impl Documents {
     }
 
     pub(super) fn load_refusal_count(&self) -> Result<(), StoreError> {
+        let n = self.recorded_refusal_count()?;
+        self.filed.store(n, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The sequence number of the last refusal the database records (not yet taken as filed).
+    pub(super) fn recorded_refusal_count(&self) -> Result<u64, StoreError> {
         let n: i64 = self
             .pool
             .get()?
             .query_one("SELECT coalesce(max(seq), 0) FROM refusals", &[])
             .map_err(err(&self.pool, "cannot read the refusal audit trail"))?
             .get(0);
-        self.filed
-            .store(u64::try_from(n).unwrap_or(0), Ordering::SeqCst);
-        Ok(())
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Takes the refusals up to `n` as filed (a follower, once a barrier confirmed them).
+    pub(super) fn set_refusal_count(&self, n: u64) {
+        self.filed.fetch_max(n, Ordering::SeqCst);
+    }
+
+    /// The sequence number of the last refusal taken as filed.
+    pub(super) fn refusal_count(&self) -> u64 {
+        self.filed.load(Ordering::SeqCst)
     }
 
     pub(super) fn read_snapshot(&self) -> Result<Option<Vec<u8>>, StoreError> {

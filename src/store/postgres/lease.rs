@@ -292,15 +292,20 @@ impl PgStore {
         let known = self.settled_commands.load(Ordering::SeqCst);
         // Commands that appended no events (a clock advance with nothing due) move only the count.
         if head.position <= before.position && commands <= known {
-            // Refusals are filed without moving the head row.
-            self.documents.load_refusal_count()?;
+            // Refusals are filed without moving the head row; new ones are confirmed like events.
+            let filed = self.documents.recorded_refusal_count()?;
+            if filed > self.documents.refusal_count() {
+                self.barrier()?;
+            }
+            self.documents.set_refusal_count(filed);
             return Ok(None);
         }
         // Committed by the writer, but perhaps only locally (a cancelled wait for the standbys): confirmed first,
         // and read again in the barrier's own transaction.
+        let filed = self.documents.recorded_refusal_count()?;
         let (head, commands) = self.barrier_reading_head()?.unwrap_or((head, commands));
         went_back(&before, &head)?;
-        self.documents.load_refusal_count()?;
+        self.documents.set_refusal_count(filed);
         let after = i64::try_from(known).unwrap_or(0);
         let upto = i64::try_from(commands).unwrap_or(0);
         let rows = self
