@@ -35,6 +35,7 @@ mod replicas;
 mod request_ids;
 mod resume_and_ack;
 mod server;
+mod shared_ledger;
 mod snapshot;
 mod start_and_stop;
 mod store_conformance;

@@ -13,57 +13,7 @@ use serde_json::Value;
 
 use crate::common::{run, stdout_lines, Server};
 use crate::pg;
-
-const OP: &str = r#"{"tenant":"00000000-0000-4000-8000-0000000000ff","user":"ops@ledger.example","role":"operator"}"#;
-
-/// A command registering customer `n` of client `client`, with its `command_id`.
-fn register(client: usize, n: usize) -> (String, String, String) {
-    let id = format!("{client:08x}-0000-4000-8000-{n:012x}");
-    let customer = format!("c{client:07x}-0000-4000-8000-{n:012x}");
-    let line = format!(
-        r#"{{"type":"RegisterCustomer","command_id":"{id}","actor":{OP},"customer":"{customer}","company_name":"Customer {client}-{n}","domain":"c{client}x{n}.onmicrosoft.com","country":"NL","cloud":"public"}}"#
-    );
-    (id, customer, line)
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
-}
-
-/// Sends one command; its status, answer and `Ledger-Position`, or why no answer came.
-async fn send(
-    client: &reqwest::Client,
-    url: &str,
-    line: &str,
-) -> Result<(u16, Value, Option<u64>), String> {
-    let r = client
-        .post(format!("{url}/v1/commands"))
-        .header("content-type", "application/json")
-        .body(line.to_string())
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = r.status().as_u16();
-    let position = r
-        .headers()
-        .get("ledger-position")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    let body = r.text().await.map_err(|e| e.to_string())?;
-    let v = serde_json::from_str(&body).unwrap_or(Value::String(body));
-    Ok((status, v, position))
-}
+use crate::shared_ledger::{http, register, runtime, send};
 
 async fn health(client: &reqwest::Client, url: &str) -> Option<Value> {
     let r = client

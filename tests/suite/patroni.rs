@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::common::{run, stdout_lines, Server};
 use crate::pg;
-use crate::replicas::{assert_delivered_exist, http, record, register, runtime, send};
+use crate::shared_ledger::{assert_delivered_exist, http, record, register, runtime, send};
 
 /// A program this test needs, or a failure naming the Debian package that has it.
 fn program(name: &str, package: &str) -> PathBuf {
