@@ -11,9 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use partner_ledger::store::postgres::throwaway::{
-    as_postgres, bin_dir, free_port, new_folder, RUNTIME_ROLE,
-};
+use partner_ledger::store::postgres::throwaway::{as_postgres, bin_dir, new_folder, RUNTIME_ROLE};
 use serde_json::Value;
 
 use crate::common::{run, stdout_lines, Server};
@@ -29,6 +27,22 @@ fn program(name: &str, package: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A free loopback port below the kernel's ephemeral range (`ip_local_port_range`, 32768 and up by default), which
+/// `bind(0)` never hands out: a killed node's port stays free for its restart, and the `serve` processes' multi-host
+/// URL never reaches a server another test started on it meanwhile (the other tests take ports with `bind(0)`).
+fn lasting_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    // Ports 20000 to 31999, a different start for each test process.
+    let start = (std::process::id() % 1_000) * 10;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = u16::try_from(20_000 + (start + n) % 12_000).unwrap();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// One Patroni node: its PostgreSQL port, its REST API port, its folder.
@@ -172,7 +186,7 @@ impl Cluster {
         let patroni = program("patroni", "patroni");
         let etcd_bin = program("etcd", "etcd-server");
         let etcd_dir = new_folder();
-        let (client, peer) = (free_port(), free_port());
+        let (client, peer) = (lasting_port(), lasting_port());
         let etcd = Command::new(&etcd_bin)
             .args(["--name", "e0", "--data-dir"])
             .arg(etcd_dir.join("etcd"))
@@ -199,8 +213,8 @@ impl Cluster {
         let mut nodes: Vec<Node> = (0..2)
             .map(|i| Node {
                 name: format!("node{i}"),
-                port: free_port(),
-                api: free_port(),
+                port: lasting_port(),
+                api: lasting_port(),
                 dir: new_folder(),
                 patroni: None,
             })
