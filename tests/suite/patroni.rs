@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 use partner_ledger::store::postgres::throwaway::{as_postgres, bin_dir, new_folder, RUNTIME_ROLE};
 use serde_json::Value;
 
-use crate::common::{run, stdout_lines, Server};
+use crate::common::{run, stdout_lines};
 use crate::pg;
-use crate::shared_ledger::{assert_delivered_exist, http, record, register, runtime, send};
+use crate::shared_ledger::{
+    assert_delivered_exist, http, record, register, runtime, send, two_servers,
+};
 
 /// A program this test needs, or a failure naming the Debian package that has it.
 fn program(name: &str, package: &str) -> PathBuf {
@@ -368,15 +370,8 @@ fn the_primary_killed_three_times_under_load_loses_no_acknowledged_command_and_t
             .unwrap();
     }
     partner_ledger::store::postgres::migrate_schema(&owner, Some(RUNTIME_ROLE)).unwrap();
-    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    for d in &dirs {
-        pg::register_url(d.path(), &cluster.url(RUNTIME_ROLE), schema);
-    }
-    let servers: Vec<Server> = dirs
-        .iter()
-        .map(|d| Server::launch(d.path(), &[], Some(&d.path().with_extension("stderr"))).unwrap())
-        .collect();
-    let urls: Vec<String> = servers.iter().map(Server::url).collect();
+    let url = cluster.url(RUNTIME_ROLE);
+    let (dirs, servers, urls) = two_servers(|d| pg::register_url(d, &url, schema));
     let rt = runtime();
     let client = http();
     let stop = Arc::new(AtomicBool::new(false));

@@ -12,6 +12,7 @@ use crate::common::Server;
 use crate::pg::{self, Pg};
 use crate::shared_ledger::{
     assert_delivered_exist, get_json, http, log_on, off_thread, record, register, runtime, send,
+    two_servers,
 };
 
 async fn wait_for<T>(within: Duration, what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
@@ -253,15 +254,7 @@ fn with_a_synchronous_standby_no_stream_delivers_a_commit_that_a_failover_loses_
     let schema = pg::fresh_schema_on(&primary);
     let standby = primary.replica();
     primary.set_synchronous(true);
-    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    for d in &dirs {
-        pg::register(d.path(), &primary, &schema);
-    }
-    let servers: Vec<Server> = dirs
-        .iter()
-        .map(|d| Server::launch(d.path(), &[], Some(&d.path().with_extension("stderr"))).unwrap())
-        .collect();
-    let urls: Vec<String> = servers.iter().map(Server::url).collect();
+    let (dirs, _servers, urls) = two_servers(|d| pg::register(d, &primary, &schema));
     let rt = runtime();
     let client = http();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -167,3 +167,27 @@ pub fn assert_delivered_exist(delivered: &[(u64, String)], log: &[(u64, String)]
 pub fn off_thread<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| s.spawn(f).join().unwrap())
 }
+
+/// Two `serve` processes on one PostgreSQL ledger, each in a folder that `point` makes stand for it, logging to
+/// `<folder>.stderr`: the folders, the servers and their URLs.
+pub fn two_servers(
+    point: impl Fn(&std::path::Path),
+) -> (
+    Vec<tempfile::TempDir>,
+    Vec<crate::common::Server>,
+    Vec<String>,
+) {
+    let dirs = vec![tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    for d in &dirs {
+        point(d.path());
+    }
+    let servers: Vec<crate::common::Server> = dirs
+        .iter()
+        .map(|d| {
+            crate::common::Server::launch(d.path(), &[], Some(&d.path().with_extension("stderr")))
+                .unwrap()
+        })
+        .collect();
+    let urls = servers.iter().map(crate::common::Server::url).collect();
+    (dirs, servers, urls)
+}

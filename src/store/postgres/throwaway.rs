@@ -104,58 +104,43 @@ pub fn as_postgres(program: &Path) -> Command {
 }
 
 impl Pg {
-    /// Starts the server (again), waiting until it accepts connections.
-    pub fn start_again(&self) {
+    /// Runs `pg_ctl -D <data> <args>` as the server's user, failing the caller with its output and the server's log.
+    fn pg_ctl(&self, args: &[&str]) {
         let out = as_postgres(&self.pg_ctl)
             .arg("-D")
             .arg(self.dir.join("data"))
-            .arg("-o")
-            .arg(format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_buffers=32MB",
-                self.port,
-                self.dir.display()
-            ))
-            .arg("-l")
-            .arg(self.dir.join("log"))
-            .args(["-w", "start"])
+            .args(args)
             .output()
             .unwrap();
         assert!(
             out.status.success(),
-            "pg_ctl start: {}{}",
+            "pg_ctl {}: {}{}{}",
+            args.join(" "),
             String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
             std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
         );
     }
 
+    /// Starts the server (again), waiting until it accepts connections.
+    pub fn start_again(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_buffers=32MB",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("log");
+        self.pg_ctl(&["-o", &options, "-l", &log.to_string_lossy(), "-w", "start"]);
+    }
+
     /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`).
     pub fn stop_immediately(&self) {
-        let out = as_postgres(&self.pg_ctl)
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .args(["-m", "immediate", "-w", "stop"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_ctl stop: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.pg_ctl(&["-m", "immediate", "-w", "stop"]);
     }
 
     /// Promotes a standby to a primary (`pg_ctl promote`), waiting until it accepts writes.
     pub fn promote(&self) {
-        let out = as_postgres(&self.pg_ctl)
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .args(["-w", "promote"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_ctl promote: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.pg_ctl(&["-w", "promote"]);
     }
 
     /// A server of the caller's own (one it may stop and start), with the runtime role created.
