@@ -185,7 +185,7 @@ impl Slice {
         st.partner_customers = self
             .partner_customers
             .into_iter()
-            .map(|(p, list)| (p, list.into_iter().collect()))
+            .map(|(p, list)| (p, list.into_iter().collect::<imbl::Vector<_>>()))
             .collect();
         st
     }

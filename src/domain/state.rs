@@ -3,13 +3,13 @@
 //! `apply` is deliberately tolerant (an entity it has not seen is created on demand) so that a subset of the log,
 //! such as one customer's indexed history, folds into a correct partial state for point-in-time views.
 
-use imbl::{HashMap, HashSet, OrdSet, Vector};
+use imbl::{OrdMap, OrdSet, Vector};
 
 use serde::{Deserialize, Serialize};
 
 use super::command::{Cloud, PartnerKind};
 use super::ids::*;
-use super::table::Table;
+use super::table::{packed_map, packed_set, Table};
 
 /// DAP roles: Global Administrator and Helpdesk Administrator (R23).
 pub const DAP_ROLES: [&str; 2] = [
@@ -244,25 +244,32 @@ pub struct State {
     pub partners: Table<PartnerId, Partner>,
     pub customers: Table<CustomerId, Customer>,
     /// Active two-tier links, as (provider, reseller).
-    pub links: HashSet<(PartnerId, PartnerId)>,
+    #[serde(deserialize_with = "packed_set")]
+    pub links: OrdSet<(PartnerId, PartnerId)>,
     pub requests: Table<RequestId, Request>,
-    pub relationships: HashMap<(PartnerId, CustomerId), Relationship>,
+    #[serde(deserialize_with = "packed_map")]
+    pub relationships: OrdMap<(PartnerId, CustomerId), Relationship>,
     pub admin: Table<AdminRelationshipId, AdminRelationship>,
     /// Admin relationships whose recorded status is pending or active: the ones a clock advance can change.
+    #[serde(deserialize_with = "packed_set")]
     pub admin_open: OrdSet<AdminRelationshipId>,
     /// The same, per partner, for the name-uniqueness rule (R16) without scanning every partner's.
-    pub admin_open_by_partner: HashMap<PartnerId, OrdSet<AdminRelationshipId>>,
+    #[serde(deserialize_with = "packed_map")]
+    pub admin_open_by_partner: OrdMap<PartnerId, OrdSet<AdminRelationshipId>>,
     pub subscriptions: Table<SubscriptionId, Subscription>,
     pub plans: Table<(PartnerId, CustomerId), AzurePlan>,
     /// Customers each partner is involved with, in order of first involvement (the partner view's order).
-    pub partner_customers: HashMap<PartnerId, Vector<CustomerId>>,
+    #[serde(deserialize_with = "packed_map")]
+    pub partner_customers: OrdMap<PartnerId, Vector<CustomerId>>,
     /// The index of each customer in its partner's `partner_customers` list (stable: the list only grows).
-    pub partner_customer_ordinal: HashMap<(PartnerId, CustomerId), u64>,
+    #[serde(deserialize_with = "packed_map")]
+    pub partner_customer_ordinal: OrdMap<(PartnerId, CustomerId), u64>,
     /// How many events were folded into this state: for a fold of the whole log, the position of the last one.
     pub folded: u64,
     /// For a fold of the whole log: the position of the event that first involved each partner with each customer
     /// (what a partner's stream may carry of a customer's own events starts there; docs/security.md).
-    pub involved_at: HashMap<(PartnerId, CustomerId), u64>,
+    #[serde(deserialize_with = "packed_map")]
+    pub involved_at: OrdMap<(PartnerId, CustomerId), u64>,
 }
 
 impl State {

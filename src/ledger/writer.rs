@@ -303,7 +303,7 @@ impl Writer {
     fn without<R>(&mut self, hidden: crate::access::Hidden, f: impl FnOnce(&mut Self) -> R) -> R {
         use crate::access::Hidden;
         /// Takes `id` out of one map of the write model, runs `f`, and puts it back.
-        fn aside<K: std::hash::Hash + Eq + Copy, V, R>(
+        fn aside<K: Ord + Copy, V, R>(
             this: &mut Writer,
             map: fn(&mut State) -> &mut crate::domain::table::Table<K, V>,
             id: K,
