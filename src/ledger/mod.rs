@@ -297,7 +297,15 @@ impl Ledger {
     /// On PostgreSQL it first takes the writer's lease (`LedgerConfig::sharing` says what happens when another
     /// process holds it).
     pub fn open(config: LedgerConfig) -> Result<Ledger, OpenError> {
+        let started = std::time::Instant::now();
         let store = crate::store::open(&config.data_dir, &config.store)?;
+        let phase = |what: &str| {
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "open: {what}"
+            );
+        };
+        phase("the store is open");
         if let (Some(pg), None) = (store.shared(), &config.sharing) {
             // A command of the CLI writes: on a standby it stops before replaying anything.
             pg.writable()?;
@@ -310,6 +318,9 @@ impl Ledger {
         // is never held for long without being renewed.
         let (state, snapshot_at) = load_state(store.as_ref(), |_| {})?;
         let loaded_at = store.head().position;
+        phase(&format!(
+            "the write model is loaded (snapshot at {snapshot_at}, head {loaded_at})"
+        ));
         let writing = match (store.shared(), &config.sharing) {
             (None, _) => true,
             (Some(pg), None) => {
@@ -328,6 +339,7 @@ impl Ledger {
         if writing {
             let _renewing = crate::store::postgres::renewing(&store, ttl)?;
             Projections::open(&*store).catch_up(&state)?;
+            phase("the read models are current");
         }
         let live = Arc::new(Live::new(state.clone(), head.position));
         let shared = Arc::new(Shared {
@@ -360,6 +372,7 @@ impl Ledger {
         });
         if writing {
             core.start_writing(state, snapshot_at)?;
+            phase("the writer is started");
         }
         let coordinator = match store.shared() {
             Some(_) => Some(coordinator::start(Arc::clone(&core), ttl)?),

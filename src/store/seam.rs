@@ -102,6 +102,25 @@ pub trait Store: EventStore {
     fn snapshot_header(&self, len: usize) -> Result<Option<Vec<u8>>, StoreError>;
     /// Replaces the snapshot, atomically (a crash leaves the old one or the new one) and durably.
     fn write_snapshot(&self, bytes: &[u8]) -> Result<(), StoreError>;
+    /// The snapshot as a stream, if one was written (by default its bytes, read whole).
+    fn snapshot_reader(&self) -> Result<Option<Box<dyn std::io::Read + Send + '_>>, StoreError> {
+        Ok(self
+            .read_snapshot()?
+            .map(|bytes| Box::new(std::io::Cursor::new(bytes)) as Box<dyn std::io::Read + Send>))
+    }
+    /// Replaces the snapshot with what `fill` writes, as [`Store::write_snapshot`] does (by default gathered in
+    /// memory first).
+    fn write_snapshot_with(
+        &self,
+        fill: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> Result<(), StoreError> {
+        let mut bytes = Vec::new();
+        fill(&mut bytes).map_err(|e| StoreError::Codec {
+            position: Position(0),
+            message: format!("the write-model snapshot does not serialize: {e}"),
+        })?;
+        self.write_snapshot(&bytes)
+    }
     /// The snapshot's size in bytes (0 without one).
     fn snapshot_size(&self) -> u64;
     /// The read models' documents and checkpoints.

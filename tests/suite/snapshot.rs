@@ -38,7 +38,8 @@ fn store(dir: &std::path::Path) -> std::sync::Arc<dyn Store> {
 #[test]
 fn a_snapshot_written_at_close_is_used_and_equals_a_full_replay() {
     let dir = tempfile::tempdir().unwrap();
-    build(dir.path(), 3_000, 1);
+    // Enough commands that the larger tables span several frames of 4,096 entries.
+    build(dir.path(), 30_000, 1);
     let owned = store(dir.path());
     let s = &*owned;
     let head = partner_ledger::store::EventStore::head(s).position;
@@ -46,6 +47,38 @@ fn a_snapshot_written_at_close_is_used_and_equals_a_full_replay() {
     let (state, from) = load_state(s, |_| {}).unwrap();
     assert_eq!(from, head, "the snapshot covers the whole log");
     assert_eq!(state, replay(s, |_| {}).unwrap());
+}
+
+#[test]
+fn a_snapshot_of_format_2_written_by_earlier_versions_is_still_read() {
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path(), 2_000, 4);
+    let owned = store(dir.path());
+    let s = &*owned;
+    let head = partner_ledger::store::EventStore::head(s);
+    let replayed = replay(s, |_| {}).unwrap();
+    // Format 2: magic, position, hash, the payload's SHA-256 and length, then the whole state in postcard.
+    let payload = postcard::to_allocvec(&replayed).unwrap();
+    let mut bytes = b"PLSNAP02".to_vec();
+    bytes.extend_from_slice(&head.position.0.to_be_bytes());
+    bytes.extend_from_slice(head.hash.as_bytes());
+    bytes.extend_from_slice(&Sha256::digest(&payload));
+    bytes.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    bytes.extend_from_slice(&payload);
+    s.write_snapshot(&bytes).unwrap();
+    assert_eq!(snapshot::covered(s), Some(head.position));
+    let (state, from) = snapshot::load(s).unwrap();
+    assert_eq!(from, head.position);
+    assert_eq!(state, replayed);
+    // The same bytes with one flipped in the payload are refused.
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x01;
+    s.write_snapshot(&bytes).unwrap();
+    assert!(matches!(
+        snapshot::load(s),
+        Err(snapshot::Unusable::Rejected(why)) if why.contains("checksum")
+    ));
 }
 
 #[test]
@@ -67,6 +100,17 @@ fn a_damaged_or_foreign_snapshot_is_ignored_and_the_log_is_replayed() {
     assert_eq!(state, replay(s, |_| {}).unwrap());
     assert!(matches!(
         snapshot::load(s),
+        Err(snapshot::Unusable::Rejected(why)) if why.contains("checksum")
+    ));
+    drop(owned);
+
+    // A flipped byte inside a frame: the checksum says so, whatever the frame then decodes to.
+    let mut damaged = good.clone();
+    damaged[n / 2] ^= 0x01;
+    std::fs::write(&path, &damaged).unwrap();
+    let owned = store(dir.path());
+    assert!(matches!(
+        snapshot::load(&*owned),
         Err(snapshot::Unusable::Rejected(why)) if why.contains("checksum")
     ));
     drop(owned);

@@ -225,13 +225,34 @@ pub(super) mod snapshot_file {
         std::fs::metadata(dir.join(FILE)).map_or(0, |m| m.len())
     }
 
-    pub(in crate::store::sled) fn write(dir: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    /// The snapshot as a buffered stream.
+    pub(in crate::store::sled) fn reader(
+        dir: &Path,
+    ) -> Result<Option<Box<dyn Read + Send + 'static>>, StoreError> {
+        let path = dir.join(FILE);
+        match std::fs::File::open(&path) {
+            Ok(f) => Ok(Some(Box::new(std::io::BufReader::with_capacity(
+                1 << 20,
+                f,
+            )))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(format!("cannot read {}", path.display()))(e)),
+        }
+    }
+
+    /// Writes what `fill` writes to `snapshot.tmp` through a buffer, syncs it and renames it over the snapshot.
+    pub(in crate::store::sled) fn write(
+        dir: &Path,
+        fill: &mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<(), StoreError> {
         let tmp = dir.join(TMP);
         let path = dir.join(FILE);
-        let mut f =
+        let f =
             std::fs::File::create(&tmp).map_err(io(format!("cannot write {}", tmp.display())))?;
-        f.write_all(bytes)
-            .and_then(|_| f.sync_all())
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
+        fill(&mut out)
+            .and_then(|_| out.into_inner().map_err(|e| e.into_error()))
+            .and_then(|f| f.sync_all())
             .map_err(io(format!("cannot write {}", tmp.display())))?;
         std::fs::rename(&tmp, &path).map_err(io(format!("cannot write {}", path.display())))?;
         std::fs::File::open(dir)

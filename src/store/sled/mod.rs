@@ -188,6 +188,7 @@ impl SledStore {
                 ),
             });
         }
+        let started = std::time::Instant::now();
         let db = match open_sled(dir, options.cache_bytes) {
             Ok(db) => db,
             Err(sled::Error::Corruption { .. }) => {
@@ -275,8 +276,16 @@ impl SledStore {
         };
         *store.head.lock().unwrap_or_else(|e| e.into_inner()) = head.clone();
         *store.written.lock().unwrap_or_else(|e| e.into_inner()) = head;
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "opened sled and checked the head"
+        );
         if options.check_on_open {
             store.load_journal()?;
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "loaded the command journal's index"
+            );
             store.catch_up_index()?;
             store.flusher = Some(Flusher::start(
                 Arc::clone(&store.index),
@@ -438,7 +447,18 @@ impl Store for SledStore {
     }
 
     fn write_snapshot(&self, bytes: &[u8]) -> Result<(), StoreError> {
-        folder::snapshot_file::write(&self.dir, bytes)
+        folder::snapshot_file::write(&self.dir, &mut |out| out.write_all(bytes))
+    }
+
+    fn snapshot_reader(&self) -> Result<Option<Box<dyn std::io::Read + Send + '_>>, StoreError> {
+        folder::snapshot_file::reader(&self.dir)
+    }
+
+    fn write_snapshot_with(
+        &self,
+        fill: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> Result<(), StoreError> {
+        folder::snapshot_file::write(&self.dir, fill)
     }
 
     fn snapshot_size(&self) -> u64 {
