@@ -35,7 +35,7 @@ use std::sync::Mutex;
 
 use postgres::Client;
 
-use super::journal::{Commands, Committed};
+use super::journal::{self, Commands, Committed};
 use super::sealed::{SealedBatch, StagedBatch};
 use super::{
     CommandRecord, CommitEntry, ConsumerStore, Envelope, EventStore, Head, ReadModelStore,
@@ -204,7 +204,7 @@ impl PgStore {
             after = last.get(1);
             found.extend(
                 rows.iter()
-                    .map(|r| (*r.get::<_, uuid::Uuid>(0).as_bytes(), 0u32)),
+                    .map(|r| (journal::prefix(r.get::<_, uuid::Uuid>(0).as_bytes()), 0u32)),
             );
         }
         self.commands.load(found);
@@ -395,7 +395,7 @@ impl EventStore for PgStore {
     }
 
     fn command(&self, id: CommandId) -> Result<Option<CommandRecord>, StoreError> {
-        if self.commands.record_of(id).is_none() {
+        if self.commands.records_of(id).is_empty() {
             return Ok(None);
         }
         let settled = i64::try_from(self.settled_commands.load(Ordering::SeqCst)).unwrap_or(0);

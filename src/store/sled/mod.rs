@@ -325,18 +325,20 @@ impl EventStore for SledStore {
     }
 
     fn command(&self, id: CommandId) -> Result<Option<CommandRecord>, StoreError> {
-        let Some(seq) = self.commands.record_of(id) else {
-            return Ok(None);
-        };
-        let Some(v) = self.aux.get(journal::key(u64::from(seq)))? else {
-            return Err(StoreError::Corrupt {
-                position: None,
-                message: format!(
-                    "command {id} is indexed in journal record {seq}, which is missing"
-                ),
-            });
-        };
-        Ok(journal::find(&journal::decode(&v)?, id).map(|c| c.record()))
+        for seq in self.commands.records_of(id) {
+            let Some(v) = self.aux.get(journal::key(u64::from(seq)))? else {
+                return Err(StoreError::Corrupt {
+                    position: None,
+                    message: format!(
+                        "command {id} may be in journal record {seq}, which is missing"
+                    ),
+                });
+            };
+            if let Some(found) = journal::find(&journal::decode(&v)?, id) {
+                return Ok(Some(found.record()));
+            }
+        }
+        Ok(None)
     }
 
     /// Only settled events: a staged batch is in the log tree already, but nobody sees it before it is durable.

@@ -30,7 +30,7 @@ impl SledStore {
                 found.extend(
                     journal::decode(&v)?
                         .into_iter()
-                        .map(|c| (*c.command_id.as_bytes(), record)),
+                        .map(|c| (journal::prefix(c.command_id.as_bytes()), record)),
                 );
                 next = seq + 1;
             }
