@@ -33,8 +33,11 @@ pub struct Size {
     pub rss_peak_bytes: u64,
     pub verification_seconds: f64,
     pub catch_up_events_per_s: f64,
-    /// Peak memory of each whole-log command above the peak of `checkpoint` (which only opens the ledger).
+    /// Peak memory of each whole-log command above the peak of `checkpoint` (which only opens the ledger); for
+    /// `rebuild`, which folds the log into a write model, above an idle ledger holding its write model.
     pub scans_above_open_bytes: Vec<(String, u64)>,
+    /// Peak memory of a process that opens the ledger with its write model and does nothing (`exec` of no input).
+    pub idle_bytes: u64,
     pub scan_decode_per_s: f64,
     pub verify_per_s: f64,
     pub rebuild_per_s: f64,
@@ -187,13 +190,18 @@ fn measure(dir: &Path, commands: usize, step: &dyn Fn(&str)) -> anyhow::Result<S
     let rebuild = big::rebuild(dir)?;
     step(&format!("{commands} commands: whole-log commands' memory"));
     let open = cli_peak(dir, &["checkpoint"])?;
+    let idle = cli_peak(dir, &["exec", "/dev/null"])?;
     let mut scans = Vec::new();
-    for args in [&["verify"][..], &["export"], &["events"], &["rebuild"]] {
+    for args in [&["verify"][..], &["export"], &["events"]] {
         scans.push((
             args[0].to_string(),
             cli_peak(dir, args)?.saturating_sub(open),
         ));
     }
+    scans.push((
+        "rebuild".to_string(),
+        cli_peak(dir, &["rebuild"])?.saturating_sub(idle),
+    ));
     step(&format!(
         "{commands} commands: server start, verification, catch-up stream"
     ));
@@ -214,6 +222,7 @@ fn measure(dir: &Path, commands: usize, step: &dyn Fn(&str)) -> anyhow::Result<S
         verification_seconds: served.verification,
         catch_up_events_per_s: served.catch_up,
         scans_above_open_bytes: scans,
+        idle_bytes: idle,
         scan_decode_per_s,
         verify_per_s,
         rebuild_per_s: rebuild.rebuild_per_s,

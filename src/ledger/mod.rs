@@ -300,10 +300,7 @@ impl Ledger {
         let started = std::time::Instant::now();
         let store = crate::store::open(&config.data_dir, &config.store)?;
         let phase = |what: &str| {
-            tracing::info!(
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "open: {what}"
-            );
+            tracing::info!(elapsed_s = started.elapsed().as_secs_f64(), "open: {what}");
         };
         phase("the store is open");
         if let (Some(pg), None) = (store.shared(), &config.sharing) {

@@ -70,7 +70,7 @@ where
         packed(entries)
     }
     fn each(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.iter().map(|(k, v)| (k, v))
+        self.iter()
     }
 }
 
@@ -133,7 +133,10 @@ impl Framer<'_> {
     }
 }
 
-fn decode_column<C: Column>(bytes: &[u8]) -> Result<Vec<(C::Key, C::Item)>, postcard::Error> {
+/// A table's decoded entries.
+type Items<C> = Vec<(<C as Column>::Key, <C as Column>::Item)>;
+
+fn decode_column<C: Column>(bytes: &[u8]) -> Result<Items<C>, postcard::Error> {
     let entries: Vec<(C::Key, C::Value)> = postcard::from_bytes(bytes)?;
     Ok(entries.into_iter().map(|(k, v)| (k, C::item(v))).collect())
 }
@@ -154,14 +157,14 @@ macro_rules! tables {
         #[allow(non_camel_case_types)]
         enum Decoded {
             Scalars(Option<Timestamp>, u64),
-            $($field(Vec<(<$ty as Column>::Key, <$ty as Column>::Item)>),)*
+            $($field(Items<$ty>),)*
         }
 
         /// Every decoded frame, by table, with its sequence number.
         #[derive(Default)]
         struct Parts {
             scalars: Option<(Option<Timestamp>, u64)>,
-            $($field: Vec<(u64, Vec<(<$ty as Column>::Key, <$ty as Column>::Item)>)>,)*
+            $($field: Vec<(u64, Items<$ty>)>,)*
         }
 
         impl Parts {

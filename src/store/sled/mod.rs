@@ -277,13 +277,13 @@ impl SledStore {
         *store.head.lock().unwrap_or_else(|e| e.into_inner()) = head.clone();
         *store.written.lock().unwrap_or_else(|e| e.into_inner()) = head;
         tracing::info!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            elapsed_s = started.elapsed().as_secs_f64(),
             "opened sled and checked the head"
         );
         if options.check_on_open {
             store.load_journal()?;
             tracing::info!(
-                elapsed_ms = started.elapsed().as_millis() as u64,
+                elapsed_s = started.elapsed().as_secs_f64(),
                 "loaded the command journal's index"
             );
             store.catch_up_index()?;
