@@ -25,9 +25,7 @@ use crate::store::{Store, StoreError, StoreOptions};
 
 /// The process's peak resident memory so far (`VmHWM`), in KiB; logged at info when a command ends.
 pub fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    crate::ledger::resident_kib("VmHWM:")
 }
 
 /// Runs the CLI; errors that are not business answers come back for `main` to print.

@@ -292,6 +292,13 @@ impl Core {
     }
 }
 
+/// A field of this process's `/proc/self/status` in KiB (`VmRSS:`, resident now; `VmHWM:`, its peak).
+pub fn resident_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 impl Ledger {
     /// Opens the ledger, rebuilds the write model (from its snapshot and the events after it) and starts the writer.
     /// On PostgreSQL it first takes the writer's lease (`LedgerConfig::sharing` says what happens when another
@@ -300,7 +307,12 @@ impl Ledger {
         let started = std::time::Instant::now();
         let store = crate::store::open(&config.data_dir, &config.store)?;
         let phase = |what: &str| {
-            tracing::info!(elapsed_s = started.elapsed().as_secs_f64(), "open: {what}");
+            tracing::info!(
+                elapsed_s = started.elapsed().as_secs_f64(),
+                resident_mb = resident_kib("VmRSS:").unwrap_or(0) / 1024,
+                peak_mb = resident_kib("VmHWM:").unwrap_or(0) / 1024,
+                "open: {what}"
+            );
         };
         phase("the store is open");
         if let (Some(pg), None) = (store.shared(), &config.sharing) {

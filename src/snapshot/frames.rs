@@ -141,6 +141,35 @@ fn decode_column<C: Column>(bytes: &[u8]) -> Result<Items<C>, postcard::Error> {
     Ok(entries.into_iter().map(|(k, v)| (k, C::item(v))).collect())
 }
 
+/// A table's decoded frames, until the last one is in.
+struct Pending<T> {
+    frames: Vec<(u64, T)>,
+    /// How many frames the table has, once the reader has seen them all.
+    expected: Option<usize>,
+    done: bool,
+}
+
+impl<T> Default for Pending<T> {
+    fn default() -> Self {
+        Pending {
+            frames: Vec::new(),
+            expected: None,
+            done: false,
+        }
+    }
+}
+
+impl<T> Pending<T> {
+    /// The frames, once, when all are in.
+    fn complete(&mut self) -> Option<Vec<(u64, T)>> {
+        if self.done || self.expected != Some(self.frames.len()) {
+            return None;
+        }
+        self.done = true;
+        Some(std::mem::take(&mut self.frames))
+    }
+}
+
 /// Joins a table's frames in the order they were written.
 fn joined<T>(mut frames: Vec<(u64, Vec<T>)>) -> Vec<T> {
     frames.sort_unstable_by_key(|(seq, _)| *seq);
@@ -160,46 +189,62 @@ macro_rules! tables {
             $($field(Items<$ty>),)*
         }
 
-        /// Every decoded frame, by table, with its sequence number.
+        /// A table once built.
+        #[allow(non_camel_case_types)]
+        enum Built {
+            $($field($ty),)*
+        }
+
+        /// The decoded frames of each table until all of them are in, then the table built from them: a table is
+        /// built as soon as its last frame is decoded, so that only one table's decoded entries wait at a time.
         #[derive(Default)]
         struct Parts {
             scalars: Option<(Option<Timestamp>, u64)>,
-            $($field: Vec<(u64, Items<$ty>)>,)*
+            $($field: Pending<Items<$ty>>,)*
+            built: Vec<Built>,
         }
 
+        /// Builds one table from its frames (run outside the lock on `Parts`).
+        type Job = Box<dyn FnOnce() -> Built + Send>;
+
         impl Parts {
-            fn add(&mut self, seq: u64, decoded: Decoded) {
+            /// Files a decoded frame; returns the build of its table if this was its last frame.
+            fn add(&mut self, seq: u64, decoded: Decoded) -> Option<Job> {
                 match decoded {
-                    Decoded::Scalars(clock, folded) => self.scalars = Some((clock, folded)),
-                    $(Decoded::$field(entries) => self.$field.push((seq, entries)),)*
+                    Decoded::Scalars(clock, folded) => {
+                        self.scalars = Some((clock, folded));
+                        None
+                    }
+                    $(Decoded::$field(entries) => {
+                        self.$field.frames.push((seq, entries));
+                        self.$field.complete().map(|frames| {
+                            Box::new(move || Built::$field(<$ty as Column>::build(joined(frames)))) as Job
+                        })
+                    })*
                 }
             }
 
-            /// Builds the tables, the largest first, on `threads` threads.
-            fn build(self, threads: usize) -> Result<State, String> {
+            /// Records that table `kind` has `count` frames; returns its build if they are all decoded already.
+            fn close(&mut self, kind: u8, count: usize) -> Option<Job> {
+                match kind {
+                    $($kind => {
+                        self.$field.expected = Some(count);
+                        self.$field.complete().map(|frames| {
+                            Box::new(move || Built::$field(<$ty as Column>::build(joined(frames)))) as Job
+                        })
+                    })*
+                    _ => None,
+                }
+            }
+
+            /// The state, once every frame was filed and every table built.
+            fn state(self) -> Result<State, String> {
                 let (clock, folded) = self.scalars.ok_or("it holds no clock frame")?;
                 let mut state = State { clock, folded, ..State::default() };
-                {
-                let mut jobs: Vec<(usize, Box<dyn FnOnce() + Send + '_>)> = Vec::new();
-                $(
-                    let frames = self.$field;
-                    let slot = &mut state.$field;
-                    let size = frames.iter().map(|(_, f)| f.len()).sum();
-                    jobs.push((size, Box::new(move || *slot = <$ty as Column>::build(joined(frames)))));
-                )*
-                jobs.sort_by_key(|(size, _)| std::cmp::Reverse(*size));
-                let jobs = Mutex::new(jobs.into_iter().rev().map(|(_, job)| job).collect::<Vec<_>>());
-                std::thread::scope(|s| {
-                    for _ in 0..threads.max(1) {
-                        s.spawn(|| loop {
-                            let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).pop();
-                            match job {
-                                Some(job) => job(),
-                                None => break,
-                            }
-                        });
+                for built in self.built {
+                    match built {
+                        $(Built::$field(table) => state.$field = table,)*
                     }
-                });
                 }
                 Ok(state)
             }
@@ -253,6 +298,17 @@ pub(super) fn read(input: &mut dyn Read, threads: usize) -> Result<State, String
         _ => format!("cannot read it: {e}"),
     };
     let parts = Mutex::new(Parts::default());
+    // Builds a table whose frames are all in, then files it.
+    let run = |job: Option<Job>| {
+        if let Some(job) = job {
+            let built = job();
+            parts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .built
+                .push(built);
+        }
+    };
     let failure: Mutex<Option<String>> = Mutex::new(None);
     let (send, receive) = mpsc::sync_channel::<(u64, u8, Vec<u8>)>(threads.max(1) * 4);
     let receive = Mutex::new(receive);
@@ -263,10 +319,14 @@ pub(super) fn read(input: &mut dyn Read, threads: usize) -> Result<State, String
                 let next = receive.lock().unwrap_or_else(|e| e.into_inner()).recv();
                 let Ok((seq, kind, bytes)) = next else { break };
                 match decode_frame(kind, &bytes) {
-                    Ok(decoded) => parts
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .add(seq, decoded),
+                    Ok(decoded) => {
+                        drop(bytes);
+                        let job = parts
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .add(seq, decoded);
+                        run(job);
+                    }
                     Err(why) => {
                         failure
                             .lock()
@@ -278,10 +338,33 @@ pub(super) fn read(input: &mut dyn Read, threads: usize) -> Result<State, String
         }
         let send = send;
         let mut seq = 0u64;
+        // The table being read, and how many frames of it came so far.
+        let mut current: Option<(u8, usize)> = None;
+        let mut seen = Vec::new();
         loop {
             let mut head = [0u8; 5];
             input.read_exact(&mut head).map_err(truncated)?;
             let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            if current.is_none_or(|(kind, _)| kind != head[0]) {
+                if let Some((kind, count)) = current.take() {
+                    let job = parts
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .close(kind, count);
+                    run(job);
+                }
+                if seen.contains(&head[0]) {
+                    return Err(format!(
+                        "it is damaged: frames of kind {} are apart",
+                        head[0]
+                    ));
+                }
+                seen.push(head[0]);
+                current = Some((head[0], 0));
+            }
+            if let Some((_, count)) = &mut current {
+                *count += 1;
+            }
             if head[0] == END && len == 0 {
                 let mut digest = [0u8; 32];
                 input.read_exact(&mut digest).map_err(truncated)?;
@@ -314,5 +397,5 @@ pub(super) fn read(input: &mut dyn Read, threads: usize) -> Result<State, String
     parts
         .into_inner()
         .unwrap_or_else(|e| e.into_inner())
-        .build(threads)
+        .state()
 }

@@ -144,9 +144,95 @@ pub fn group(events: impl Iterator<Item = (Position, CommandId)>) -> Vec<Committ
     out
 }
 
-/// The first 8 bytes of a command id, which the index of the commands found at open keeps.
-pub fn prefix(id: &[u8; 16]) -> u64 {
-    u64::from_be_bytes([id[0], id[1], id[2], id[3], id[4], id[5], id[6], id[7]])
+/// One entry of the index of the commands found at open: the first 8 bytes of a command id, then the number of its
+/// journal record (both big-endian), so that entries sort by id prefix.
+pub type Entry = [u8; 12];
+
+/// The index entry of command `id` in journal record `record`.
+pub fn entry(id: &[u8; 16], record: u32) -> Entry {
+    let mut e = [0u8; 12];
+    e[..8].copy_from_slice(&id[..8]);
+    e[8..].copy_from_slice(&record.to_be_bytes());
+    e
+}
+
+fn record_in(e: &Entry) -> u32 {
+    u32::from_be_bytes([e[8], e[9], e[10], e[11]])
+}
+
+/// The index file: the index of every committed command, written when a store closes so that the next open reads
+/// it instead of every journal record (at ten million commands: 125 MB read in a fraction of a second, against a scan
+/// of half a gigabyte of records that took a second and left sled caching most of it). Its bytes: `PLCIDX01`, the
+/// number of the last journal record it covers (8, big-endian), the SHA-256 of that record's bytes (32), the number
+/// of entries (8, big-endian), the entries (12 bytes each, sorted), then the SHA-256 of the entries (32). It is used
+/// only if the journal's last record is that very record, so a file left by an earlier run, or by another ledger, is
+/// never used for a journal that has moved on.
+pub mod index_file {
+    use std::io::{Read, Write};
+
+    use sha2::{Digest, Sha256};
+
+    use super::Entry;
+
+    const MAGIC: &[u8; 8] = b"PLCIDX01";
+
+    /// Writes the index of `entries`, which covers the journal up to record `last`, whose bytes are `last_record`.
+    pub fn write(
+        out: &mut dyn Write,
+        last: u64,
+        last_record: &[u8],
+        entries: &[Entry],
+    ) -> std::io::Result<()> {
+        out.write_all(MAGIC)?;
+        out.write_all(&last.to_be_bytes())?;
+        out.write_all(&Sha256::digest(last_record))?;
+        out.write_all(&(entries.len() as u64).to_be_bytes())?;
+        let mut digest = Sha256::new();
+        for chunk in entries.chunks(8192) {
+            let bytes = chunk.as_flattened();
+            digest.update(bytes);
+            out.write_all(bytes)?;
+        }
+        out.write_all(&digest.finalize())
+    }
+
+    /// The entries of an index file if it covers exactly the journal whose last record is number `last` with bytes
+    /// `last_record`; otherwise why not.
+    pub fn read(input: &mut dyn Read, last: u64, last_record: &[u8]) -> Result<Vec<Entry>, String> {
+        let mut header = [0u8; 8 + 8 + 32 + 8];
+        input
+            .read_exact(&mut header)
+            .map_err(|e| format!("its header cannot be read: {e}"))?;
+        if &header[..8] != MAGIC {
+            return Err("it is not an index file of this format".into());
+        }
+        let covers = u64::from_be_bytes(header[8..16].try_into().unwrap_or_default());
+        if covers != last || header[16..48] != Sha256::digest(last_record)[..] {
+            return Err(format!(
+                "it covers the journal up to record {covers}, and the journal now ends at record {last}"
+            ));
+        }
+        let count = u64::from_be_bytes(header[48..56].try_into().unwrap_or_default());
+        let count = usize::try_from(count)
+            .ok()
+            .filter(|n| *n <= 1 << 34)
+            .ok_or("its entry count is damaged")?;
+        let mut entries = vec![[0u8; 12]; count];
+        input
+            .read_exact(entries.as_flattened_mut())
+            .map_err(|e| format!("its entries cannot be read: {e}"))?;
+        let mut digest = [0u8; 32];
+        input
+            .read_exact(&mut digest)
+            .map_err(|e| format!("its checksum cannot be read: {e}"))?;
+        if Sha256::digest(entries.as_flattened())[..] != digest {
+            return Err("its entries do not match their checksum".into());
+        }
+        if !entries.is_sorted() {
+            return Err("its entries are not sorted".into());
+        }
+        Ok(entries)
+    }
 }
 
 /// Which journal record holds each committed command.
@@ -157,27 +243,40 @@ pub struct Commands {
 
 #[derive(Default)]
 struct Located {
-    /// Found at open: the first 8 bytes of each id, sorted.
-    prefixes: Vec<u64>,
-    /// The journal record of each of `prefixes`.
-    records: Vec<u32>,
+    /// Found at open, sorted.
+    sorted: Vec<Entry>,
     /// Committed since.
     recent: HashMap<CommandId, u32>,
 }
 
 impl Commands {
-    /// Builds the index of the commands found at open: ([`prefix`] of the command id, journal record number) in any
-    /// order.
-    pub fn load(&self, mut found: Vec<(u64, u32)>) {
-        found.sort_unstable();
+    /// Builds the index of the commands found at open from their entries, in any order.
+    pub fn load(&self, mut found: Vec<Entry>) {
+        if !found.is_sorted() {
+            found.sort_unstable();
+        }
         found.dedup();
-        let prefixes = found.iter().map(|(p, _)| *p).collect();
-        let records = found.iter().map(|(_, r)| *r).collect();
-        drop(found);
+        found.shrink_to_fit();
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.prefixes = prefixes;
-        inner.records = records;
+        inner.sorted = found;
         inner.recent.clear();
+    }
+
+    /// Every entry, the commands committed since open included, sorted: what the index file keeps.
+    pub fn entries(&self) -> Vec<Entry> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = Vec::with_capacity(inner.sorted.len() + inner.recent.len());
+        all.extend_from_slice(&inner.sorted);
+        all.extend(
+            inner
+                .recent
+                .iter()
+                .map(|(id, seq)| entry(id.as_bytes(), *seq)),
+        );
+        drop(inner);
+        all.sort_unstable();
+        all.dedup();
+        all
     }
 
     /// Remembers commands just committed in journal record `seq`.
@@ -204,22 +303,22 @@ impl Commands {
     /// since open is known by its whole id, and its record comes first.
     pub fn records_of(&self, id: CommandId) -> Vec<u32> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let key = prefix(id.as_bytes());
-        let start = inner.prefixes.partition_point(|p| *p < key);
-        let end = start + inner.prefixes[start..].partition_point(|p| *p == key);
+        let key = &id.as_bytes()[..8];
+        let start = inner.sorted.partition_point(|e| &e[..8] < key);
+        let end = start + inner.sorted[start..].partition_point(|e| &e[..8] == key);
         inner
             .recent
             .get(&id)
             .copied()
             .into_iter()
-            .chain(inner.records[start..end].iter().copied())
+            .chain(inner.sorted[start..end].iter().map(record_in))
             .collect()
     }
 
     /// How many commands are remembered.
     pub fn len(&self) -> usize {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.prefixes.len() + inner.recent.len()
+        inner.sorted.len() + inner.recent.len()
     }
 
     /// Whether none is.
@@ -262,9 +361,9 @@ mod tests {
         let id = |n: u8| CommandId::new(uuid::Uuid::from_bytes([n; 16])).unwrap();
         let m = Commands::default();
         m.load(vec![
-            (prefix(id(9).as_bytes()), 3),
-            (prefix(id(2).as_bytes()), 1),
-            (prefix(id(5).as_bytes()), 2),
+            entry(id(9).as_bytes(), 3),
+            entry(id(2).as_bytes(), 1),
+            entry(id(5).as_bytes(), 2),
         ]);
         let committed = |n: u8| Committed {
             command_id: id(n),
@@ -281,6 +380,31 @@ mod tests {
     }
 
     #[test]
+    fn the_index_file_is_read_back_only_for_the_journal_it_covers() {
+        let entries: Vec<Entry> = (0..20_000u32)
+            .map(|n| entry(&[(n % 251) as u8; 16], n))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut bytes = Vec::new();
+        index_file::write(&mut bytes, 77, b"record 77", &entries).unwrap();
+        assert_eq!(
+            index_file::read(&mut &bytes[..], 77, b"record 77").unwrap(),
+            entries
+        );
+        // Another last record, or the same number with other bytes: the journal moved on since it was written.
+        assert!(index_file::read(&mut &bytes[..], 78, b"record 77").is_err());
+        assert!(index_file::read(&mut &bytes[..], 77, b"record 77 again").is_err());
+        // A damaged entry, or a truncated file.
+        let mut damaged = bytes.clone();
+        damaged[100] ^= 1;
+        assert!(index_file::read(&mut &damaged[..], 77, b"record 77")
+            .unwrap_err()
+            .contains("checksum"));
+        assert!(index_file::read(&mut &bytes[..bytes.len() - 1], 77, b"record 77").is_err());
+    }
+
+    #[test]
     fn ids_that_share_their_first_8_bytes_point_at_every_record_that_may_hold_them() {
         let with_tail = |tail: u8| {
             let mut bytes = [7u8; 16];
@@ -290,9 +414,9 @@ mod tests {
         let (a, b) = (with_tail(1), with_tail(2));
         let m = Commands::default();
         m.load(vec![
-            (prefix(b.as_bytes()), 9),
-            (prefix(a.as_bytes()), 4),
-            (prefix(a.as_bytes()), 4),
+            entry(b.as_bytes(), 9),
+            entry(a.as_bytes(), 4),
+            entry(a.as_bytes(), 4),
         ]);
         assert_eq!(m.len(), 2, "the same entry twice is kept once");
         // Either id may be in either record: the store reads both, the earlier first, and finds the one that holds it.

@@ -204,7 +204,7 @@ impl PgStore {
             after = last.get(1);
             found.extend(
                 rows.iter()
-                    .map(|r| (journal::prefix(r.get::<_, uuid::Uuid>(0).as_bytes()), 0u32)),
+                    .map(|r| journal::entry(r.get::<_, uuid::Uuid>(0).as_bytes(), 0)),
             );
         }
         self.commands.load(found);

@@ -176,6 +176,57 @@ impl SledStore {
     }
 }
 
+/// The command index file (`crate::store::journal::index_file`): `commands.idx` in the data folder, written to
+/// `commands.idx.tmp` and renamed. It is a cache: it is not synced, since a torn or stale file fails its checks and the
+/// journal is read instead.
+pub(super) mod commands_file {
+    use std::path::Path;
+
+    use super::io;
+    use crate::store::journal::{index_file, Entry};
+    use crate::store::StoreError;
+
+    const FILE: &str = "commands.idx";
+    const TMP: &str = "commands.idx.tmp";
+
+    /// The entries, if the file exists and covers the journal ending at record `last` with bytes `last_record`;
+    /// `Err` says why a file that exists is not used.
+    pub(in crate::store::sled) fn read(
+        dir: &Path,
+        last: u64,
+        last_record: &[u8],
+    ) -> Result<Option<Vec<Entry>>, String> {
+        let f = match std::fs::File::open(dir.join(FILE)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("it cannot be opened: {e}")),
+        };
+        index_file::read(
+            &mut std::io::BufReader::with_capacity(1 << 20, f),
+            last,
+            last_record,
+        )
+        .map(Some)
+    }
+
+    pub(in crate::store::sled) fn write(
+        dir: &Path,
+        last: u64,
+        last_record: &[u8],
+        entries: &[Entry],
+    ) -> Result<(), StoreError> {
+        let tmp = dir.join(TMP);
+        let f =
+            std::fs::File::create(&tmp).map_err(io(format!("cannot write {}", tmp.display())))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
+        index_file::write(&mut out, last, last_record, entries)
+            .and_then(|_| std::io::Write::flush(&mut out))
+            .map_err(io(format!("cannot write {}", tmp.display())))?;
+        std::fs::rename(&tmp, dir.join(FILE))
+            .map_err(io(format!("cannot write {}", dir.join(FILE).display())))
+    }
+}
+
 /// The write-model snapshot: the file `snapshot` in the data folder, replaced by writing `snapshot.tmp`, syncing it,
 /// renaming it over the old one and syncing the folder, so a crash leaves the old snapshot or the new one.
 pub(super) mod snapshot_file {

@@ -93,6 +93,8 @@ pub struct SledStore {
     commands: Commands,
     /// The sequence number of the next journal record.
     journal_seq: AtomicU64,
+    /// The last journal record the command index file in the folder covers (0: none that is known to be current).
+    index_file_covers: AtomicU64,
     flusher: Option<Flusher>,
     failed: AtomicBool,
     /// Faults armed by the crate's own tests (never in other builds).
@@ -143,6 +145,10 @@ impl Drop for SledStore {
     fn drop(&mut self) {
         if let Some(mut f) = self.flusher.take() {
             f.stop();
+            // Only a store that loaded the journal (the flusher runs then) knows every committed command.
+            if let Err(why) = self.write_commands_file() {
+                tracing::warn!(%why, "the command index file is not written; the next open reads the whole journal");
+            }
         }
     }
 }
@@ -244,6 +250,7 @@ impl SledStore {
             index,
             commands: Commands::default(),
             journal_seq: AtomicU64::new(1),
+            index_file_covers: AtomicU64::new(0),
             flusher: None,
             failed: AtomicBool::new(false),
             faults: Faults::default(),
@@ -294,6 +301,22 @@ impl SledStore {
             )?);
         }
         Ok(store)
+    }
+
+    /// Writes the command index file for the next open, unless the one in the folder is current already or writes
+    /// stopped after a failure.
+    fn write_commands_file(&self) -> Result<(), StoreError> {
+        let last = self.journal_seq.load(Ordering::SeqCst).saturating_sub(1);
+        if last == 0
+            || self.failed.load(Ordering::SeqCst)
+            || self.index_file_covers.load(Ordering::SeqCst) == last
+        {
+            return Ok(());
+        }
+        let Some(record) = self.aux.get(journal::key(last))? else {
+            return Ok(());
+        };
+        folder::commands_file::write(&self.dir, last, &record, &self.commands.entries())
     }
 
     fn marker(&self) -> Result<Option<Head>, StoreError> {

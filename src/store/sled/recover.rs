@@ -21,6 +21,28 @@ pub(super) fn journal_number(seq: u64) -> Result<u32, StoreError> {
 impl SledStore {
     /// Reads every journal record into the in-memory command map.
     pub(super) fn load_journal(&self) -> Result<(), StoreError> {
+        // The index file a clean close left, if it covers the journal exactly as it is.
+        let last = self
+            .aux
+            .scan_prefix([journal::PREFIX])
+            .next_back()
+            .transpose()?;
+        if let Some((k, v)) = &last {
+            if let Some(seq) = journal::seq_of(k) {
+                match super::folder::commands_file::read(&self.dir, seq, v) {
+                    Ok(Some(entries)) => {
+                        self.commands.load(entries);
+                        self.journal_seq.store(seq + 1, Ordering::SeqCst);
+                        self.index_file_covers.store(seq, Ordering::SeqCst);
+                        return Ok(());
+                    }
+                    Ok(None) => {}
+                    Err(why) => {
+                        tracing::info!(%why, "the command index file is not used; reading the whole journal");
+                    }
+                }
+            }
+        }
         let mut next = 1;
         let mut found = Vec::new();
         for item in super::walk::prefix(&self.aux, &[journal::PREFIX]) {
@@ -30,7 +52,7 @@ impl SledStore {
                 found.extend(
                     journal::decode(&v)?
                         .into_iter()
-                        .map(|c| (journal::prefix(c.command_id.as_bytes()), record)),
+                        .map(|c| journal::entry(c.command_id.as_bytes(), record)),
                 );
                 next = seq + 1;
             }
