@@ -305,7 +305,7 @@ impl SledStore {
 
     /// Writes the command index file for the next open, unless the one in the folder is current already or writes
     /// stopped after a failure.
-    fn write_commands_file(&self) -> Result<(), StoreError> {
+    fn write_commands_file(&self) -> Result<(), String> {
         let last = self.journal_seq.load(Ordering::SeqCst).saturating_sub(1);
         if last == 0
             || self.failed.load(Ordering::SeqCst)
@@ -313,10 +313,17 @@ impl SledStore {
         {
             return Ok(());
         }
-        let Some(record) = self.aux.get(journal::key(last))? else {
+        let Some(record) = self
+            .aux
+            .get(journal::key(last))
+            .map_err(|e| e.to_string())?
+        else {
             return Ok(());
         };
-        folder::commands_file::write(&self.dir, last, &record, &self.commands.entries())
+        let entries = self.commands.entries();
+        // Twice its size: the old file stays until the new one replaces it.
+        self.room.check(2 * (entries.len() as u64 * 12 + 1024))?;
+        folder::commands_file::write(&self.dir, last, &record, &entries).map_err(|e| e.to_string())
     }
 
     fn marker(&self) -> Result<Option<Head>, StoreError> {
