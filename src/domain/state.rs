@@ -234,7 +234,7 @@ pub struct AzurePlan {
     pub subscriptions: Vec<SubscriptionId>,
 }
 
-/// Everything the rules decide against. Serializable for write-model snapshots (`src/snapshot.rs`), which store it in
+/// Everything the rules decide against. Serializable for write-model snapshots (`src/snapshot/`), which store it in
 /// a binary format; its JSON form is never stored. Every map is persistent (`table.rs`): a copy of the whole state
 /// costs nothing and shares everything with the original, which is how the writer and the readers hold it once.
 #[derive(Clone, PartialEq, Debug, Default, Serialize, Deserialize)]

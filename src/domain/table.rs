@@ -173,8 +173,12 @@ where
 /// one is inserted, then the rest, which fill the nodes the first pass left half full. A repeated key keeps its last
 /// value, as repeated inserts would.
 pub fn packed<K: Ord + Clone, V: Clone>(mut entries: Vec<(K, V)>) -> imbl::OrdMap<K, V> {
-    if !entries.is_sorted_by(|a, b| a.0 <= b.0) {
+    if !entries.is_sorted_by(|a, b| a.0 < b.0) {
+        // Stable: of a repeated key, the last entry is kept.
         entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.reverse();
+        entries.dedup_by(|later, earlier| later.0 == earlier.0);
+        entries.reverse();
     }
     let mut map = imbl::OrdMap::new();
     let mut second = Vec::with_capacity(entries.len() / 2);

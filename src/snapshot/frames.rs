@@ -265,8 +265,10 @@ macro_rules! tables {
         /// Writes `state` as frames, then the end frame and the digest.
         pub(super) fn write(out: &mut dyn Write, state: &State) -> std::io::Result<()> {
             let mut framer = Framer { out, hasher: Sha256::new(), scratch: Vec::new() };
-            framer.frame(SCALARS, &(state.clock, state.folded))?;
-            $(framer.column($kind, &state.$field)?;)*
+            // Every field named: one added to the state without a frame does not compile.
+            let State { clock, folded, $($field,)* } = state;
+            framer.frame(SCALARS, &(clock, folded))?;
+            $(framer.column($kind, $field)?;)*
             let digest = std::mem::take(&mut framer.hasher).finalize();
             framer.out.write_all(&[END, 0, 0, 0, 0])?;
             framer.out.write_all(&digest)
@@ -290,8 +292,9 @@ tables! {
     14 involved_at: OrdMap<(crate::domain::PartnerId, crate::domain::CustomerId), u64>;
 }
 
-/// Reads the frames after the header from `input`: decoded on `threads` threads while this one reads and hashes, the
-/// tables built once the digest matched. The error says why the snapshot cannot be used.
+/// Reads the frames after the header from `input`: decoded on `threads` threads while this one reads and hashes, each
+/// table built as soon as its last frame is decoded. The state is returned only once the digest matched; the error
+/// says why the snapshot cannot be used.
 pub(super) fn read(input: &mut dyn Read, threads: usize) -> Result<State, String> {
     let truncated = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => "it is truncated".to_string(),

@@ -217,10 +217,16 @@ pub mod index_file {
             .ok()
             .filter(|n| *n <= 1 << 34)
             .ok_or("its entry count is damaged")?;
-        let mut entries = vec![[0u8; 12]; count];
-        input
-            .read_exact(entries.as_flattened_mut())
-            .map_err(|e| format!("its entries cannot be read: {e}"))?;
+        // Read in chunks, so that a damaged count fails at the end of the file instead of allocating it up front.
+        let mut entries: Vec<Entry> = Vec::new();
+        while entries.len() < count {
+            let take = (count - entries.len()).min(1 << 20);
+            let at = entries.len();
+            entries.resize(at + take, [0u8; 12]);
+            input
+                .read_exact(entries[at..].as_flattened_mut())
+                .map_err(|e| format!("its entries cannot be read: {e}"))?;
+        }
         let mut digest = [0u8; 32];
         input
             .read_exact(&mut digest)

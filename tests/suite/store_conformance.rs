@@ -223,6 +223,56 @@ fn a_staged_batch_is_invisible_until_settled_and_one_settle_covers_several() {
     }
 }
 
+/// The command index a clean close leaves (`commands.idx`) is what the next open reads; it never stands for a journal
+/// that moved on, nor claims a record whose batch was staged but not settled (sled still writes that record at
+/// close, and its commands must be found, or a retry of one would commit twice).
+#[test]
+fn on_sled_the_command_index_file_is_used_only_for_the_journal_it_covers() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("commands.idx");
+    let store = open_sled(dir.path());
+    for n in 0..3 {
+        store.commit(&[entry(n, &[(n, 7)])]).unwrap();
+    }
+    drop(store);
+    assert!(file.exists(), "a clean close writes it");
+    let store = open_sled(dir.path());
+    assert_eq!(store.commands_remembered(), 3);
+    for n in 0..3 {
+        assert!(store.command(id(n + 1, 0xcc)).unwrap().is_some());
+    }
+    // Committed after the file was written: found, and the file is rewritten at close.
+    store.commit(&[entry(3, &[(3, 7)])]).unwrap();
+    // Staged, never settled: sled writes the record at close all the same.
+    let staged = SealedBatch::seal(&[entry(4, &[(4, 7)])], &store.staged_head());
+    let _kept = store.stage(staged).unwrap();
+    drop(_kept);
+    drop(store);
+    let store = open_sled(dir.path());
+    let head = store.head().position;
+    for n in 0..4 {
+        assert!(
+            store.command(id(n + 1, 0xcc)).unwrap().is_some(),
+            "command {n}"
+        );
+    }
+    // Whatever sled kept of the staged batch, its command is known exactly when its event is in the log.
+    assert_eq!(
+        store.command(id(5, 0xcc)).unwrap().is_some(),
+        head == Position(5),
+        "head {head}"
+    );
+    drop(store);
+    // A file from another journal (this one moved on since) is not used.
+    let stale = std::fs::read(&file).unwrap();
+    let store = open_sled(dir.path());
+    store.commit(&[entry(9, &[(9, 7)])]).unwrap();
+    drop(store);
+    std::fs::write(&file, &stale).unwrap();
+    let store = open_sled(dir.path());
+    assert!(store.command(id(10, 0xcc)).unwrap().is_some());
+}
+
 #[test]
 fn refusals_consumers_and_read_models_are_kept_across_reopen() {
     use partner_ledger::domain::{Code, Refusal, RefusalRecord};

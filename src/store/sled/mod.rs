@@ -95,6 +95,9 @@ pub struct SledStore {
     journal_seq: AtomicU64,
     /// The last journal record the command index file in the folder covers (0: none that is known to be current).
     index_file_covers: AtomicU64,
+    /// The last journal record whose commands the in-memory index holds: found at open or settled since. A record
+    /// staged but never settled (its batch failed) is in sled but not in the index.
+    settled_journal: AtomicU64,
     flusher: Option<Flusher>,
     failed: AtomicBool,
     /// Faults armed by the crate's own tests (never in other builds).
@@ -251,6 +254,7 @@ impl SledStore {
             commands: Commands::default(),
             journal_seq: AtomicU64::new(1),
             index_file_covers: AtomicU64::new(0),
+            settled_journal: AtomicU64::new(0),
             flusher: None,
             failed: AtomicBool::new(false),
             faults: Faults::default(),
@@ -303,12 +307,14 @@ impl SledStore {
         Ok(store)
     }
 
-    /// Writes the command index file for the next open, unless the one in the folder is current already or writes
-    /// stopped after a failure.
+    /// Writes the command index file for the next open, unless the one in the folder is current already, writes
+    /// stopped after a failure, or a journal record was staged whose batch never settled: sled may still write that
+    /// record, and a file claiming to cover it without its commands would let a retry of one of them commit twice.
     fn write_commands_file(&self) -> Result<(), String> {
         let last = self.journal_seq.load(Ordering::SeqCst).saturating_sub(1);
         if last == 0
             || self.failed.load(Ordering::SeqCst)
+            || self.settled_journal.load(Ordering::SeqCst) != last
             || self.index_file_covers.load(Ordering::SeqCst) == last
         {
             return Ok(());

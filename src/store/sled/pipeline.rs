@@ -183,6 +183,7 @@ impl SledStore {
                 .zip(b.journal_seq..)
             {
                 self.commands.add(journal_number(seq)?, chunk);
+                self.settled_journal.fetch_max(seq, Ordering::SeqCst);
             }
             self.index.add(&b.index);
         }

@@ -33,6 +33,7 @@ impl SledStore {
                     Ok(Some(entries)) => {
                         self.commands.load(entries);
                         self.journal_seq.store(seq + 1, Ordering::SeqCst);
+                        self.settled_journal.store(seq, Ordering::SeqCst);
                         self.index_file_covers.store(seq, Ordering::SeqCst);
                         return Ok(());
                     }
@@ -59,6 +60,7 @@ impl SledStore {
         }
         self.commands.load(found);
         self.journal_seq.store(next, Ordering::SeqCst);
+        self.settled_journal.store(next - 1, Ordering::SeqCst);
         Ok(())
     }
 
