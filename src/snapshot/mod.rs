@@ -50,16 +50,6 @@ pub fn encode_to(
     frames::write(out, state)
 }
 
-/// The snapshot of `state` as bytes (see [`encode_to`]).
-pub fn encode(state: &State, position: Position, hash: &str) -> Result<Vec<u8>, StoreError> {
-    let mut bytes = Vec::new();
-    encode_to(&mut bytes, state, position, hash).map_err(|e| StoreError::Codec {
-        position,
-        message: format!("the write model does not serialize: {e}"),
-    })?;
-    Ok(bytes)
-}
-
 /// Writes a snapshot of `state` where `store` keeps it, as a stream. Returns its size.
 pub fn write(
     store: &dyn Store,
@@ -97,11 +87,6 @@ pub fn load(store: &dyn Store) -> Result<(State, Position), Unusable> {
     }
 }
 
-/// The state in snapshot bytes, if they belong to `store`'s log.
-pub fn decode(bytes: &[u8], store: &dyn EventStore) -> Result<(State, Position), Unusable> {
-    decode_from(&mut { bytes }, store)
-}
-
 /// The state in the snapshot `input` streams, if it belongs to `store`'s log.
 pub fn decode_from(
     input: &mut dyn Read,
@@ -118,30 +103,21 @@ pub fn decode_from(
     }
     let position = Position::from_key(&header[8..16]).unwrap_or_default();
     let hash = std::str::from_utf8(&header[16..80]).map_err(|_| reject("its hash is not text"))?;
-    match store.get(position) {
+    let mismatch = match store.get(position) {
         Ok(Some(event)) => match event.envelope() {
-            Ok(env) if env.hash == hash => {}
-            Ok(_) => {
-                return Err(Unusable::Rejected(format!(
-                    "the log's event {position} has another hash: it was taken of a different log"
-                )))
-            }
-            Err(e) => {
-                return Err(Unusable::Rejected(format!(
-                    "event {position} does not decode: {e}"
-                )))
-            }
+            Ok(env) if env.hash == hash => None,
+            Ok(_) => Some(format!(
+                "the log's event {position} has another hash: it was taken of a different log"
+            )),
+            Err(e) => Some(format!("event {position} does not decode: {e}")),
         },
-        Ok(None) => {
-            return Err(Unusable::Rejected(format!(
-                "it reflects position {position}, beyond the log's head"
-            )))
-        }
-        Err(e) => {
-            return Err(Unusable::Rejected(format!(
-                "event {position} cannot be read: {e}"
-            )))
-        }
+        Ok(None) => Some(format!(
+            "it reflects position {position}, beyond the log's head"
+        )),
+        Err(e) => Some(format!("event {position} cannot be read: {e}")),
+    };
+    if let Some(why) = mismatch {
+        return Err(Unusable::Rejected(why));
     }
     if magic == MAGIC {
         let state = frames::read(input, threads()).map_err(Unusable::Rejected)?;
