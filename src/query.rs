@@ -369,7 +369,7 @@ pub fn positions_about_all(
 }
 
 /// One line of a history or diff.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct HistoryLine {
     pub position: Position,
     pub at: Timestamp,

@@ -1,16 +1,14 @@
 //! Backups, checkpoints and verification from a running server (docs/audit.md), so operators and auditors need no
 //! downtime: the CLI's `export`, `checkpoint` and `verify` cannot open a folder a server holds.
 
-use std::convert::Infallible;
 use std::io::Write;
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -51,6 +49,7 @@ impl Write for Pipe {
 
 /// Runs `work` on a blocking thread, streaming what it writes as the NDJSON body of the response.
 fn ndjson_from(
+    headers: &HeaderMap,
     ledger: Arc<Ledger>,
     work: impl FnOnce(&Ledger, &mut Pipe) -> std::io::Result<()> + Send + 'static,
 ) -> Response {
@@ -66,22 +65,21 @@ fn ndjson_from(
             }
         }
     });
-    let body = ReceiverStream::new(rx).map(Ok::<Bytes, Infallible>);
-    (
-        [
+    super::encoding::streamed(
+        headers,
+        &[
             (header::CONTENT_TYPE, "application/x-ndjson"),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        Body::from_stream(body),
+        ReceiverStream::new(rx),
     )
-        .into_response()
 }
 
 /// `GET /v1/backup`: a complete backup (events, command journal, refusals, consumers) at a consistent cut, the head
 /// when the request arrived, named in the first line. `import` restores it. A failure mid-way ends the body without
 /// the closing `end` line, so a truncated backup is never mistaken for a whole one.
-pub async fn backup(State(s): State<AppState>) -> Response {
-    ndjson_from(Arc::clone(&s.ledger), |ledger, out| {
+pub async fn backup(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    ndjson_from(&headers, Arc::clone(&s.ledger), |ledger, out| {
         crate::backup::write(ledger.store(), Position(0), None, out, |_| {})
             .map(|_| ())
             .map_err(|e| match e {
@@ -106,8 +104,8 @@ pub async fn checkpoint(State(s): State<AppState>) -> Response {
 /// `GET /v1/verify`: walks the hash chain from position 1 to the head when the request arrived, reporting progress
 /// every 65,536 events (`{"verified_upto": n, "head": h}`), then one last line: `{"status": "verified", …}` or
 /// `{"status": "damaged", "first_bad_position": p, "message": …}`.
-pub async fn verify(State(s): State<AppState>) -> Response {
-    ndjson_from(Arc::clone(&s.ledger), |ledger, out| {
+pub async fn verify(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    ndjson_from(&headers, Arc::clone(&s.ledger), |ledger, out| {
         const CHUNK: u64 = 65_536;
         let store = ledger.store();
         let head = store.head();

@@ -10,7 +10,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::stream::{filter_of, respond, Filter};
 use super::{ApiError, AppState};
@@ -117,15 +116,35 @@ fn no_consumer(name: &str) -> ApiError {
     ApiError::not_found("not_found", format!("no consumer {name}"))
 }
 
-fn with_lag(c: &Consumer, head: Position) -> serde_json::Value {
-    json!({"name": c.name, "filter": c.filter, "checkpoint": c.checkpoint, "lag": head.0.saturating_sub(c.checkpoint.0)})
+/// A consumer as the API shows it: its filter, checkpoint and lag.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct ConsumerStatus {
+    pub name: String,
+    pub filter: Filter,
+    /// The last position acknowledged; the stream resumes after it.
+    pub checkpoint: Position,
+    /// How many positions the log's head is past the checkpoint.
+    pub lag: u64,
 }
 
-#[derive(Deserialize)]
+fn with_lag(c: &Consumer, head: Position) -> ConsumerStatus {
+    ConsumerStatus {
+        name: c.name.clone(),
+        filter: c.filter.clone(),
+        checkpoint: c.checkpoint,
+        lag: head.0.saturating_sub(c.checkpoint.0),
+    }
+}
+
+/// `PUT /v1/consumers/{name}`: what the consumer's stream carries and where it starts.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
+    #[schemars(with = "Option<crate::domain::CustomerId>")]
     customer: Option<String>,
+    #[schemars(with = "Option<crate::domain::PartnerId>")]
     partner: Option<String>,
+    /// Event types; empty or absent: all.
     #[serde(default)]
     types: Vec<String>,
     /// Start after this position (default 0: everything).
@@ -274,7 +293,8 @@ pub struct BoundParams {
     format: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/consumers/{name}/ack`: the position to acknowledge.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AckBody {
     position: u64,

@@ -40,7 +40,9 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
 
 /// A JSON body: `None` when the request has none; otherwise it must say `Content-Type: application/json` or another
 /// `application/…+json` type (else 415
-/// `unsupported_media_type`) and decode into `T`, unknown fields refused (else 400 `invalid_body`, naming the field).
+/// `unsupported_media_type`) and be a JSON object that decodes into `T`, unknown fields refused (else 400
+/// `invalid_body`, naming the problem). An array is refused even where its items would fill `T`'s fields in order,
+/// as serde would otherwise allow.
 pub fn json_body<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: &Bytes,
@@ -56,6 +58,13 @@ pub fn json_body<T: DeserializeOwned>(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             format!("send the body as application/json, not `{media}`"),
+        ));
+    }
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "the body must be a JSON object, such as {\"position\": 42}",
         ));
     }
     serde_json::from_slice(body).map(Some).map_err(|e| {

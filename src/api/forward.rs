@@ -67,6 +67,9 @@ pub(super) async fn min_position(
                 "Ledger-Min-Position is a position: a whole number, as a command's answer gave it in Ledger-Position",
             )
         })?;
+    // A position the log has not reached is refused at once (400 `beyond_head`) where nothing but the log's own
+    // growth could bring it, as for a stream's starting point; a follower first waits for the writer's head.
+    wait_for_point(&s, req.headers(), "Ledger-Min-Position", Position(wanted)).await?;
     // Polled rather than waited for on a blocking thread, so that many waiting reads hold no thread.
     let deadline = Instant::now() + MIN_POSITION_WAIT;
     let reached = loop {
@@ -295,8 +298,12 @@ async fn send(
             req = req.header(name, v);
         }
     }
-    if let Some(v) = headers.get("x-request-id") {
-        req = req.header("x-request-id", v);
+    // The request's id (the client's or the one this process gave it) and its W3C trace context travel with it, so
+    // the writer's log lines for it name the same ids.
+    for name in ["x-request-id", "traceparent", "tracestate"] {
+        if let Some(v) = headers.get(name) {
+            req = req.header(name, v);
+        }
     }
     let name = HeaderValue::from_str(&crate::store::postgres::process_name())
         .unwrap_or(HeaderValue::from_static("partner-ledger"));

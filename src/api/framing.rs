@@ -52,37 +52,8 @@ pub(super) fn negotiate(headers: &HeaderMap) -> Result<Framing, ApiError> {
     if accept.trim().is_empty() {
         return Ok(Framing::Sse);
     }
-    // For each framing, the q of the most specific range that matches it (exact 2, `type/*` 1, `*/*` 0).
-    let mut best = [(-1i8, 0.0f32); 2];
-    for range in accept.split(',') {
-        let mut parts = range.split(';');
-        let media = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
-        let q = parts
-            .filter_map(|p| p.trim().strip_prefix("q="))
-            .find_map(|v| v.trim().parse::<f32>().ok())
-            .unwrap_or(1.0);
-        for (i, (exact, family)) in [
-            ("text/event-stream", "text/*"),
-            ("application/x-ndjson", "application/*"),
-        ]
-        .iter()
-        .enumerate()
-        {
-            let specificity = if media == *exact {
-                2
-            } else if media == *family {
-                1
-            } else if media == "*/*" {
-                0
-            } else {
-                continue;
-            };
-            if specificity > best[i].0 {
-                best[i] = (specificity, q);
-            }
-        }
-    }
-    let (sse, ndjson) = (best[0].1, best[1].1);
+    let sse = quality(accept, "text/event-stream");
+    let ndjson = quality(accept, "application/x-ndjson");
     if sse <= 0.0 && ndjson <= 0.0 {
         return Err(ApiError::new(
             axum::http::StatusCode::NOT_ACCEPTABLE,
@@ -95,4 +66,58 @@ pub(super) fn negotiate(headers: &HeaderMap) -> Result<Framing, ApiError> {
     } else {
         Framing::Sse
     })
+}
+
+/// How much an `Accept` header wants `media` (`type/subtype`, lowercase): the q-value of the most specific range
+/// that matches it (the type itself before `type/*` before `*/*`; parameters other than `q` ignored), 0 when none
+/// does.
+pub(super) fn quality(accept: &str, media: &str) -> f32 {
+    let family = media.split('/').next().unwrap_or_default();
+    let mut best = (-1i8, 0.0f32);
+    for range in accept.split(',') {
+        let mut parts = range.split(';');
+        let range = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|v| v.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        let specificity = if range == media {
+            2
+        } else if range.strip_suffix("/*") == Some(family) {
+            1
+        } else if range == "*/*" {
+            0
+        } else {
+            continue;
+        };
+        if specificity > best.0 {
+            best = (specificity, q);
+        }
+    }
+    best.1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quality;
+
+    #[test]
+    fn the_most_specific_range_gives_the_quality() {
+        assert_eq!(quality("application/json", "application/json"), 1.0);
+        assert_eq!(quality("text/html", "application/json"), 0.0);
+        assert_eq!(quality("text/html, */*;q=0.1", "application/json"), 0.1);
+        assert_eq!(
+            quality("application/*;q=0.5, */*;q=0.9", "application/json"),
+            0.5
+        );
+        assert_eq!(
+            quality("application/json;q=0, */*", "application/json"),
+            0.0
+        );
+        assert_eq!(
+            quality("Application/JSON; charset=utf-8", "application/json"),
+            1.0
+        );
+        assert_eq!(quality("text/*", "text/event-stream"), 1.0);
+    }
 }

@@ -1,5 +1,6 @@
-//! Middleware of every route: the body read within its time and size limits before any handler runs, and the gate of
-//! the operations routes (metrics, consumers, backups).
+//! Middleware of every route: the body read within its time and size limits before any handler runs, the gate of
+//! the operations routes (metrics, consumers, backups), 406 for a read whose answer `Accept` does not take, request
+//! ids, and HSTS over TLS.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -94,7 +95,7 @@ pub(super) async fn operations_gate(
 /// W3C `traceparent` header when there is one, are fields of a span around the request, so every log line written
 /// while serving it names them; at `info`, one line per request says how it was answered.
 pub(super) async fn request_id(
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     use tracing::Instrument;
@@ -120,6 +121,10 @@ pub(super) async fn request_id(
         method = %req.method(),
         path = %req.uri().path(),
     );
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+        // What the handlers see (and forward to the writer) is the id the answer names.
+        req.headers_mut().insert("x-request-id", v);
+    }
     let started = std::time::Instant::now();
     let mut r = next.run(req).instrument(span.clone()).await;
     span.in_scope(|| {
@@ -154,6 +159,53 @@ fn trace_id_of(traceparent: &str) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// Middleware: a read (`GET`, `HEAD`) whose answer's media type the request's `Accept` does not take (q-values
+/// honoured, `type/*` and `*/*` included) is answered 406 `not_acceptable` instead. Without `Accept`, anything goes.
+/// Errors keep their JSON shape whatever `Accept` says, and a write's answer is given as it is, since its effect has
+/// happened. Streams negotiate their own framing first (SSE or NDJSON), so what they answer always passes.
+pub(super) async fn acceptable(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use axum::http::{header, Method};
+    use axum::response::IntoResponse;
+    let reads = req.method() == Method::GET || req.method() == Method::HEAD;
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| reads && !v.trim().is_empty())
+        .map(str::to_string);
+    let r = next.run(req).await;
+    let Some(accept) = accept else { return r };
+    if !r.status().is_success() {
+        return r;
+    }
+    let Some(media) = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
+    else {
+        return r;
+    };
+    if super::framing::quality(&accept, &media) > 0.0 {
+        return r;
+    }
+    ApiError::new(
+        StatusCode::NOT_ACCEPTABLE,
+        "not_acceptable",
+        format!("this answer is {media}; `Accept: {accept}` does not take it"),
+    )
+    .into_response()
 }
 
 /// Middleware: over TLS, every answer tells browsers to use HTTPS only for this host (`Strict-Transport-Security`,

@@ -6,9 +6,12 @@
 
 pub mod auth;
 mod backup;
+mod caching;
 mod commands;
 mod connection;
 mod consumers;
+mod cross_origin;
+mod encoding;
 mod error;
 mod extract;
 mod forward;
@@ -34,6 +37,7 @@ use tokio::sync::watch;
 use crate::ledger::Ledger;
 
 pub use consumers::Consumers;
+pub use cross_origin::cors_origins;
 pub use error::ApiError;
 pub use server::{clock_advance, serve};
 
@@ -63,6 +67,8 @@ pub struct ServeConfig {
     pub cloudevents_source: String,
     /// The JetStream relay to run beside the server (`--nats`; docs/streams.md).
     pub relay: Option<crate::relay::Config>,
+    /// The origins browser apps may call the API from (`--cors-origin`; none: CORS off).
+    pub cors_origins: Vec<axum::http::HeaderValue>,
 }
 
 impl Default for ServeConfig {
@@ -76,6 +82,7 @@ impl Default for ServeConfig {
             shutdown_grace: Duration::from_secs(5),
             cloudevents_source: crate::relay::cloudevents::DEFAULT_SOURCE.to_string(),
             relay: None,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -186,6 +193,7 @@ pub fn router(state: AppState) -> Router {
         .merge(operations_routes)
         .fallback(extract::no_route)
         .method_not_allowed_fallback(extract::wrong_method)
+        .layer(axum::middleware::from_fn(middleware::acceptable))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             forward::min_position,
@@ -199,6 +207,10 @@ pub fn router(state: AppState) -> Router {
             auth::authenticate,
         ))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(encoding::compression())
+        .layer(tower::util::option_layer(cross_origin::layer(
+            &state.config.cors_origins,
+        )))
         .layer(axum::middleware::from_fn(middleware::request_id))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -5,23 +5,24 @@
 //! scanned, and positions are gapless. A filtered or idle stream sends a heartbeat with the position it has scanned up
 //! to at least every heartbeat interval, so a consumer of rare events can checkpoint past quiet stretches.
 
-use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
 
 use super::extract::ApiQuery;
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument;
 
 use super::auth::Credential;
+use super::encoding;
 use super::framing::negotiate;
 pub use super::framing::Framing;
 use super::{ApiError, AppState};
@@ -32,7 +33,7 @@ use crate::store::StoreError;
 use axum::Extension;
 
 /// Which events a stream carries.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Filter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customer: Option<CustomerId>,
@@ -282,7 +283,8 @@ fn ends_when(
     let revoked = !auth.still_valid(credential, &principal);
     let (end, ended) = tokio::sync::watch::channel(*s.stopping.borrow() || revoked);
     let mut server = s.stopping.clone();
-    tokio::spawn(async move {
+    tokio::spawn(
+        async move {
         loop {
             tokio::select! {
                 changed = server.changed() => {
@@ -304,7 +306,10 @@ fn ends_when(
                 _ = end.closed() => return,
             }
         }
-    });
+    }
+        // In the request's span: its log lines name the request that opened the stream.
+        .in_current_span(),
+    );
     ended
 }
 
@@ -331,34 +336,38 @@ pub fn respond(
     filter.scope = who.0.scope();
     let framing = negotiate(headers)?;
     let (tx, rx) = mpsc::channel::<Bytes>(4);
-    tokio::spawn(produce(
-        Arc::clone(&s.ledger),
-        filter,
-        framing,
-        after,
-        bound,
-        s.config.heartbeat,
-        ends_when(s, who.0.clone(), who.1),
-        tx,
-    ));
+    tokio::spawn(
+        produce(
+            Arc::clone(&s.ledger),
+            filter,
+            framing,
+            after,
+            bound,
+            s.config.heartbeat,
+            ends_when(s, who.0.clone(), who.1),
+            tx,
+        )
+        .in_current_span(),
+    );
     s.metrics.streams.fetch_add(1, Ordering::Relaxed);
     let guard = Connected(Arc::clone(&s.metrics));
-    let body = ReceiverStream::new(rx).map(move |piece| {
+    let pieces = ReceiverStream::new(rx).map(move |piece| {
         let _keep = &guard;
-        Ok::<Bytes, Infallible>(piece)
+        piece
     });
     let content_type = match framing {
         Framing::Ndjson => "application/x-ndjson",
         Framing::Sse => "text/event-stream",
     };
-    Ok((
-        [
+    Ok(encoding::streamed(
+        headers,
+        &[
             (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-cache"),
+            (header::VARY, "accept, authorization"),
         ],
-        Body::from_stream(body),
-    )
-        .into_response())
+        pieces,
+    ))
 }
 
 #[derive(Deserialize)]

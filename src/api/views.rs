@@ -6,12 +6,12 @@ use std::sync::Arc;
 use axum::extract::{Extension, State};
 
 use super::extract::{ApiPath, ApiQuery};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::caching;
 use super::error::ApiError;
 use super::AppState;
 use crate::access::Principal;
@@ -51,6 +51,7 @@ fn parse_id<T: std::str::FromStr<Err = crate::domain::ParseError>>(
 /// Runs a read on a blocking thread and maps "not there" to 404.
 async fn view<V: serde::Serialize + Send + 'static>(
     s: &AppState,
+    headers: &HeaderMap,
     what: String,
     read: impl FnOnce(&Ledger) -> Result<Option<V>, crate::store::StoreError> + Send + 'static,
 ) -> Result<Response, ApiError> {
@@ -63,7 +64,10 @@ async fn view<V: serde::Serialize + Send + 'static>(
         )
     };
     match tokio::task::spawn_blocking(move || read(&ledger)).await {
-        Ok(Ok(Some(v))) => Ok(Json(v).into_response()),
+        Ok(Ok(Some(v))) => Ok(caching::respond(
+            headers,
+            serde_json::to_value(v).unwrap_or(Value::Null),
+        )),
         Ok(Ok(None)) => Err(ApiError::not_found(
             "not_found",
             format!("{what} is not in this ledger"),
@@ -83,13 +87,14 @@ async fn view<V: serde::Serialize + Send + 'static>(
 pub(super) async fn get_customer(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
+    headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<AsOfParam>,
 ) -> Result<Response, ApiError> {
     let id = parse_id::<CustomerId>("customer", &id)?;
     let as_of = parse_as_of(&q, &s.ledger)?;
     let scope = who.scope();
-    view(&s, format!("customer {id}"), move |st| {
+    view(&s, &headers, format!("customer {id}"), move |st| {
         st.live_caught_up();
         if !st.live().read(|state, _| scope.sees_customer(state, id)) {
             return Ok(None);
@@ -106,13 +111,14 @@ pub(super) async fn get_customer(
 pub(super) async fn get_partner(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
+    headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<AsOfParam>,
 ) -> Result<Response, ApiError> {
     let id = parse_id::<PartnerId>("partner", &id)?;
     let as_of = parse_as_of(&q, &s.ledger)?;
     let scope = who.scope();
-    view(&s, format!("partner {id}"), move |st| {
+    view(&s, &headers, format!("partner {id}"), move |st| {
         if !scope.sees_partner(id) {
             return Ok(None);
         }
@@ -124,13 +130,14 @@ pub(super) async fn get_partner(
 pub(super) async fn get_subscription(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
+    headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<AsOfParam>,
 ) -> Result<Response, ApiError> {
     let id = parse_id::<SubscriptionId>("subscription", &id)?;
     let as_of = parse_as_of(&q, &s.ledger)?;
     let scope = who.scope();
-    view(&s, format!("subscription {id}"), move |st| {
+    view(&s, &headers, format!("subscription {id}"), move |st| {
         st.live_caught_up();
         if !st
             .live()
@@ -152,12 +159,13 @@ pub(super) struct HistoryParams {
 pub(super) async fn get_customer_history(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
+    headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<HistoryParams>,
 ) -> Result<Response, ApiError> {
     let id = parse_id::<CustomerId>("customer", &id)?;
     let scope = who.scope();
-    view(&s, format!("customer {id}"), move |ledger| {
+    view(&s, &headers, format!("customer {id}"), move |ledger| {
         let entity = EntityRef::Customer(id);
         ledger.live_caught_up();
         if !ledger.live().read(|st, _| scope.sees_customer(st, id)) {

@@ -189,6 +189,15 @@ pub enum Command {
         /// With a tokens file, listen beyond loopback over plain HTTP anyway: only behind a TLS-terminating proxy.
         #[arg(long)]
         insecure_http: bool,
+        /// Let browser apps served from this origin (`https://app.example.com`, scheme, host and port, no path) call
+        /// the API with their bearer token (CORS); repeat it, or give a comma-separated list. Off by default: a
+        /// browser then refuses to show other origins any answer. See docs/api.md.
+        #[arg(
+            long = "cors-origin",
+            env = "PARTNER_LEDGER_CORS_ORIGINS",
+            value_delimiter = ','
+        )]
+        cors_origins: Vec<String>,
         #[command(flatten)]
         nats: NatsArgs,
     },

@@ -75,6 +75,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tls_cert,
             tls_key,
             insecure_http,
+            cors_origins,
             nats,
         } => serve::serve(
             &cli.data,
@@ -96,6 +97,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 header_timeout: std::time::Duration::from_millis(header_timeout_ms.max(1)),
                 body_timeout: std::time::Duration::from_millis(body_timeout_ms.max(1)),
                 shutdown_grace: std::time::Duration::from_millis(shutdown_grace_ms),
+                cors_origins: crate::api::cors_origins(&cors_origins)?,
                 ..Default::default()
             },
             sample_data,

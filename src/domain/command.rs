@@ -14,7 +14,7 @@ use super::ids::*;
 pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
 
 /// Who may act: the roles of WIRE.md.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     PartnerAdminAgent,
@@ -26,7 +26,7 @@ pub enum Role {
 }
 
 /// Who issued a command.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Actor {
     /// The tenant the user belongs to.
@@ -37,7 +37,7 @@ pub struct Actor {
 }
 
 /// The kind of CSP partner.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PartnerKind {
     DirectBill,
@@ -46,7 +46,7 @@ pub enum PartnerKind {
 }
 
 /// The cloud a tenant lives in.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Cloud {
     Public,
@@ -70,7 +70,7 @@ macro_rules! commands {
             use super::*;
             $(
                 $(#[$doc])*
-                #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+                #[derive(Clone, PartialEq, Debug, Serialize, Deserialize, schemars::JsonSchema)]
                 #[serde(deny_unknown_fields)]
                 pub struct $name { $( $(#[$fattr])* pub $field: $ty ),* }
             )*
@@ -88,6 +88,12 @@ macro_rules! commands {
             }
             /// Every command type name.
             pub const TYPE_NAMES: &'static [&'static str] = &[ $( stringify!($name) ),* ];
+            /// Registers each command type's own fields with `generator` (as a definition named after the type, for
+            /// the OpenAPI document) and returns the type names.
+            pub fn schemas(generator: &mut schemars::SchemaGenerator) -> &'static [&'static str] {
+                $( generator.subschema_for::<body::$name>(); )*
+                Self::TYPE_NAMES
+            }
         }
 
         /// The line as written: common fields beside each command's own, so that `deny_unknown_fields` sees both.

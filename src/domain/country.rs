@@ -20,6 +20,11 @@ const ASSIGNED: [&str; 249] = [
     "VN", "VU", "WF", "WS", "YE", "YT", "ZA", "ZM", "ZW",
 ];
 
+/// Every assigned code, in order (the JSON Schema of a country lists them).
+pub fn assigned() -> &'static [&'static str] {
+    &ASSIGNED
+}
+
 /// Whether `code` is an officially assigned ISO 3166-1 alpha-2 code (uppercase).
 pub fn is_assigned(code: &str) -> bool {
     ASSIGNED.binary_search(&code).is_ok()

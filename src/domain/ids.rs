@@ -45,6 +45,14 @@ pub fn parse_uuid(s: &str) -> Result<Uuid, ParseError> {
     Ok(id)
 }
 
+/// The pattern of [`parse_uuid`]'s one accepted spelling, minus the nil UUID.
+pub const UUID_PATTERN: &str =
+    "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
+
+fn uuid_schema() -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "format": "uuid", "pattern": UUID_PATTERN})
+}
+
 /// Keeps error messages short when a hostile client sends a megabyte where an id belongs.
 pub fn truncate_for_message(s: &str) -> String {
     const MAX: usize = 64;
@@ -97,6 +105,16 @@ macro_rules! uuid_id {
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 write!(f, "{}({})", stringify!($name), self.0.hyphenated())
+            }
+        }
+
+        /// A lowercase hyphenated UUID, not nil (the only spelling accepted).
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                uuid_schema()
             }
         }
 
@@ -250,6 +268,16 @@ impl fmt::Debug for Timestamp {
     }
 }
 
+/// An RFC 3339 date-time (any offset on input; printed in UTC with `Z`).
+impl schemars::JsonSchema for Timestamp {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Timestamp".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "format": "date-time"})
+    }
+}
+
 /// RFC 3339 text in JSON; seconds and nanoseconds since the Unix epoch in binary formats (write-model snapshots).
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -310,6 +338,16 @@ impl fmt::Debug for Country {
     }
 }
 
+/// One of the assigned ISO 3166-1 alpha-2 codes.
+impl schemars::JsonSchema for Country {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Country".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "enum": super::country::assigned()})
+    }
+}
+
 impl Serialize for Country {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
@@ -346,6 +384,16 @@ impl ProgramId {
     }
 }
 
+/// A string of 1 to 20 digits.
+impl schemars::JsonSchema for ProgramId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ProgramId".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "pattern": "^[0-9]{1,20}$"})
+    }
+}
+
 impl<'de> Deserialize<'de> for ProgramId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
@@ -355,7 +403,18 @@ impl<'de> Deserialize<'de> for ProgramId {
 
 /// A gapless position in the event log; the first event is 1 and 0 means "before everything".
 #[derive(
-    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize, Default,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Debug,
+    Serialize,
+    Deserialize,
+    Default,
+    schemars::JsonSchema,
 )]
 #[serde(transparent)]
 pub struct Position(pub u64);

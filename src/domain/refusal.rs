@@ -196,7 +196,7 @@ mod tests {
 }
 
 /// One refused command.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RefusalRecord {
     /// When the ledger refused it.
     pub recorded_at: Timestamp,

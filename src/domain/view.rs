@@ -12,7 +12,7 @@ use super::state::{
 };
 
 /// Which point of the log a view describes.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, schemars::JsonSchema)]
 pub struct AsOf {
     /// The last event position included.
     pub position: Position,
@@ -20,7 +20,7 @@ pub struct AsOf {
     pub at: Timestamp,
 }
 
-#[derive(Clone, PartialEq, Debug, Serialize)]
+#[derive(Clone, PartialEq, Debug, Serialize, schemars::JsonSchema)]
 pub struct CustomerView {
     pub customer: CustomerId,
     pub company_name: String,
@@ -34,7 +34,7 @@ pub struct CustomerView {
     pub azure_plans: Vec<PlanEntry>,
 }
 
-#[derive(Clone, PartialEq, Debug, Serialize)]
+#[derive(Clone, PartialEq, Debug, Serialize, schemars::JsonSchema)]
 pub struct PartnerEntry {
     pub partner: PartnerId,
     pub name: String,
@@ -45,7 +45,7 @@ pub struct PartnerEntry {
     pub delegated_admin: DelegatedAdminEntry,
 }
 
-#[derive(Clone, PartialEq, Debug, Serialize)]
+#[derive(Clone, PartialEq, Debug, Serialize, schemars::JsonSchema)]
 pub struct DelegatedAdminEntry {
     pub dap: bool,
     pub admin_relationships: Vec<AdminEntry>,
@@ -53,7 +53,7 @@ pub struct DelegatedAdminEntry {
     pub effective_roles: Vec<RoleId>,
 }
 
-#[derive(Clone, PartialEq, Debug, Serialize)]
+#[derive(Clone, PartialEq, Debug, Serialize, schemars::JsonSchema)]
 pub struct AdminEntry {
     pub admin_relationship: AdminRelationshipId,
     pub name: String,
@@ -63,7 +63,7 @@ pub struct AdminEntry {
     pub auto_extend: bool,
 }
 
-#[derive(Clone, PartialEq, Debug, Serialize)]
+#[derive(Clone, PartialEq, Debug, Serialize, schemars::JsonSchema)]
 pub struct SubscriptionEntry {
     pub subscription: SubscriptionId,
     /// `azure` or `licence`.
@@ -76,7 +76,7 @@ pub struct SubscriptionEntry {
     pub status: &'static str,
 }
 
-#[derive(Clone, PartialEq, Debug, Serialize)]
+#[derive(Clone, PartialEq, Debug, Serialize, schemars::JsonSchema)]
 pub struct PlanEntry {
     pub billing_partner: PartnerId,
     pub status: &'static str,
@@ -202,7 +202,7 @@ pub fn customer_view(state: &State, customer: CustomerId, as_of: AsOf) -> Option
 }
 
 /// A partner's view: its customers with relationship status, delegated admin and subscription counts by status.
-#[derive(Clone, PartialEq, Debug, Serialize)]
+#[derive(Clone, PartialEq, Debug, Serialize, schemars::JsonSchema)]
 pub struct PartnerView {
     pub partner: PartnerId,
     pub partner_id: ProgramId,
@@ -215,7 +215,7 @@ pub struct PartnerView {
     pub customers: Vec<PartnerCustomerEntry>,
 }
 
-#[derive(Clone, PartialEq, Debug, Serialize)]
+#[derive(Clone, PartialEq, Debug, Serialize, schemars::JsonSchema)]
 pub struct PartnerCustomerEntry {
     pub customer: CustomerId,
     pub company_name: String,
@@ -226,7 +226,7 @@ pub struct PartnerCustomerEntry {
     pub subscriptions: SubscriptionCounts,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, schemars::JsonSchema)]
 pub struct SubscriptionCounts {
     pub active: u64,
     pub suspended: u64,
@@ -287,7 +287,7 @@ pub fn partner_view(state: &State, partner: PartnerId, as_of: AsOf) -> Option<Pa
 }
 
 /// One subscription.
-#[derive(Clone, PartialEq, Debug, Serialize)]
+#[derive(Clone, PartialEq, Debug, Serialize, schemars::JsonSchema)]
 pub struct SubscriptionView {
     pub subscription: SubscriptionId,
     pub kind: &'static str,

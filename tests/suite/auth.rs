@@ -26,7 +26,7 @@ const A_O365: &str = "5a000000-0000-4000-8000-000000000001";
 const B_AZURE: &str = "5b000000-0000-4000-8000-000000000002";
 
 /// (name, role, tenant, user)
-const PRINCIPALS: &[(&str, &str, Option<&str>, &str)] = &[
+pub(crate) const PRINCIPALS: &[(&str, &str, Option<&str>, &str)] = &[
     ("ops", "operator", Some(OPS_TENANT), "ops@ledger.example"),
     (
         "sys",
@@ -74,11 +74,11 @@ const PRINCIPALS: &[(&str, &str, Option<&str>, &str)] = &[
     ),
 ];
 
-fn token(name: &str) -> String {
+pub(crate) fn token(name: &str) -> String {
     format!("plt_test_token_of_{name}_0123456789")
 }
 
-fn tokens_file(
+pub(crate) fn tokens_file(
     dir: &std::path::Path,
     principals: &[(&str, &str, Option<&str>, &str)],
 ) -> std::path::PathBuf {

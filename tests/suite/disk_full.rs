@@ -189,6 +189,7 @@ async fn over_http_a_disk_without_room_answers_unknown_and_507_and_keeps_serving
         .unwrap();
     assert_eq!(r.status().as_u16(), 507);
     let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"], "insufficient_storage", "{e}");
     assert!(
         e["message"].as_str().unwrap().contains("keeps in reserve"),
         "{e}"
