@@ -86,9 +86,15 @@ impl Server {
         })
     }
 
-    async fn get(&self, client: &Client, path: &str) -> Result<hyper::body::Incoming, String> {
-        let mut request = hyper::Request::get(format!("{}{path}", self.url))
-            .header("accept", "application/x-ndjson");
+    /// GET `path`, taking the answer as `accept` (the server answers 406 to a media type it would not send).
+    async fn get(
+        &self,
+        client: &Client,
+        path: &str,
+        accept: &str,
+    ) -> Result<hyper::body::Incoming, String> {
+        let mut request =
+            hyper::Request::get(format!("{}{path}", self.url)).header("accept", accept);
         if let Some(t) = &self.token {
             request = request.header("authorization", format!("Bearer {t}"));
         }
@@ -121,7 +127,7 @@ impl Server {
     /// The event lines of the NDJSON at `path` (heartbeats skipped).
     async fn lines(&self, client: &Client, path: &str) -> Result<Lines, String> {
         Ok(Lines {
-            body: self.get(client, path).await?,
+            body: self.get(client, path, "application/x-ndjson").await?,
             pending: Vec::new(),
             url: self.url.clone(),
         })
@@ -187,7 +193,7 @@ impl Source {
         match self {
             Source::Local(l) => Ok(l.store().head().position),
             Source::Server(s) => {
-                let body = s.get(client(), "/healthz").await?;
+                let body = s.get(client(), "/healthz", "application/json").await?;
                 let bytes = tokio::time::timeout(ANSWER, body.collect())
                     .await
                     .map_err(|_| {
