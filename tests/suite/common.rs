@@ -75,19 +75,31 @@ pub fn mismatch(expected: &Value, actual: &Value, path: &str) -> Option<String> 
 pub struct Server {
     child: std::process::Child,
     pub addr: std::net::SocketAddr,
+    /// What it printed on stdout up to where it listens.
+    pub said: String,
 }
 
 impl Server {
     /// Starts the real binary's `serve` on `data` without clock ticks, with `extra` arguments; its stderr goes to
     /// `stderr` when given. Fails when the process stops before printing its address.
     pub fn launch(data: &Path, extra: &[&str], stderr: Option<&Path>) -> Result<Server, String> {
+        let mut command = Command::new(BIN);
+        crate::pg::point(&mut command, data);
+        Server::spawn(command, data, extra, stderr)
+    }
+
+    /// As [`Server::launch`], from a `command` of the binary the caller prepared (its environment, say).
+    pub fn spawn(
+        mut command: Command,
+        data: &Path,
+        extra: &[&str],
+        stderr: Option<&Path>,
+    ) -> Result<Server, String> {
         use std::io::BufRead;
         let stderr = match stderr {
             Some(p) => Stdio::from(std::fs::File::create(p).map_err(|e| e.to_string())?),
             None => Stdio::null(),
         };
-        let mut command = Command::new(BIN);
-        crate::pg::point(&mut command, data);
         let mut child = command
             .arg("--data")
             .arg(data)
@@ -105,11 +117,14 @@ impl Server {
             .map_err(|e| e.to_string())?;
         let stdout = child.stdout.take().ok_or("no server output")?;
         let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut said = String::new();
         let addr = loop {
             let Some(Ok(line)) = lines.next() else {
                 let _ = child.wait();
                 return Err("the server stopped before listening".into());
             };
+            said.push_str(&line);
+            said.push('\n');
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 let addr = rest.split_whitespace().next().unwrap_or_default();
                 break addr
@@ -119,7 +134,7 @@ impl Server {
         };
         // Keep draining its output so it never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Ok(Server { child, addr })
+        Ok(Server { child, addr, said })
     }
 
     /// Its base URL, `http://127.0.0.1:port`.

@@ -75,13 +75,18 @@ fn a_single_submitter_still_gets_one_fdatasync_per_command() {
     assert_eq!((s.batches, s.fdatasyncs, s.committed), (20, 20, 20));
 }
 
+/// On both backends: the same idempotency, and the same refusal of another body under a used id.
 #[test]
 fn a_resubmitted_command_id_returns_the_original_outcome_and_appends_nothing_even_after_reopen() {
-    let dir = tempfile::tempdir().unwrap();
+    crate::pg::on_both_backends(resubmitted_command_ids);
+}
+
+fn resubmitted_command_ids() {
+    let dir = crate::pg::folder();
     let id = uuid::Uuid::new_v4();
     let customer = uuid::Uuid::new_v4();
     {
-        let ledger = Ledger::open(LedgerConfig::new(dir.path())).unwrap();
+        let ledger = Ledger::open(crate::pg::config_for(dir.path())).unwrap();
         let first = ledger.execute(register(customer, Some(id), "Contoso"));
         assert_eq!(positions(&first), vec![Position(1)]);
         let again = ledger.execute(register(customer, Some(id), "Contoso"));
@@ -94,7 +99,7 @@ fn a_resubmitted_command_id_returns_the_original_outcome_and_appends_nothing_eve
         assert_eq!(reused.to_json()["code"], "command_id_reused");
         assert_eq!(ledger.store().head().position, Position(1));
     }
-    let ledger = Ledger::open(LedgerConfig::new(dir.path())).unwrap();
+    let ledger = Ledger::open(crate::pg::config_for(dir.path())).unwrap();
     let again = ledger.execute(register(customer, Some(id), "Contoso"));
     assert_eq!(again.to_json()["duplicate"], true);
     assert_eq!(positions(&again), vec![Position(1)]);

@@ -330,7 +330,7 @@ fn the_database_gone_mid_run_answers_unknown_and_writing_resumes_by_itself_exact
     let stderr = data.path().with_extension("stderr");
     let server = crate::common::Server::launch(data.path(), &[], Some(&stderr)).unwrap();
     let url = server.url();
-    // Where the writers send their commands: the server may be restarted on another port (below).
+    // Where the writers send their commands.
     let current = Arc::new(std::sync::Mutex::new(url.clone()));
     let committed = Arc::new(AtomicUsize::new(0));
     let unknown = Arc::new(AtomicUsize::new(0));
@@ -457,6 +457,19 @@ fn the_database_gone_mid_run_answers_unknown_and_writing_resumes_by_itself_exact
     };
     let refusal = send_refusal();
     assert!(refusal.contains("\"unknown\""), "{refusal}");
+    // The same command alone as JSON: 503, outcome unknown.
+    let single = rt.block_on(async {
+        let r = client
+            .post(format!("{url}/v1/commands"))
+            .header("content-type", "application/json")
+            .body(refusal_line.clone())
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    });
+    assert_eq!(single.0, 503, "{}", single.1);
+    assert!(single.1.contains("\"unknown\""), "{}", single.1);
     pg.start_again();
     // Writing resumes by itself, even after a COMMIT whose answer was lost when the database stopped and which
     // turned out written once it was back: the server then stops writing, rebuilds its writing state from the log
@@ -832,4 +845,113 @@ fn an_older_schema_asks_for_migrate_schema_and_the_owner_brings_it_up_to_date() 
         n, 2,
         "Contoso's two partners, through the view version 2 added"
     );
+}
+
+/// A password kept off the command line: from `PGPASSFILE` (libpq's format, `\:` and `\\` escaped) or `PGPASSWORD`,
+/// it opens the ledger; a wrong or missing one is refused naming the server, never the password; and nothing a running
+/// server says (its log at debug level, `/healthz`, `/metrics`, `/`, an error) contains it.
+#[test]
+fn a_password_from_pgpassfile_or_the_environment_opens_the_ledger_and_is_never_shown() {
+    use std::os::unix::fs::PermissionsExt;
+    const PASSWORD: &str = r"c0rrect:horse\battery";
+    let shown = |t: &str| t.contains("c0rrect") || t.contains("battery");
+    let pg = pg::Pg::own();
+    let schema = pg::fresh_schema_on(&pg);
+    pg.require_password(pg::RUNTIME_ROLE, PASSWORD);
+    let url = pg.url(pg::RUNTIME_ROLE);
+    let dir = tempfile::tempdir().unwrap();
+    let pgpass = dir.path().join("pgpass");
+    let escaped = PASSWORD.replace('\\', r"\\").replace(':', r"\:");
+    std::fs::write(
+        &pgpass,
+        format!(
+            "# the ledger's runtime role\n*:*:otherdb:*:not-this-one\n127.0.0.1:{}:postgres:{}:{escaped}\n",
+            pg.port,
+            pg::RUNTIME_ROLE
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let missing = dir.path().join("no-such-pgpass");
+    let with = |pgpassfile: &std::path::Path, password: Option<&str>| {
+        let mut c = Command::new(BIN);
+        c.env("PARTNER_LEDGER_STORE", &url)
+            .env("PARTNER_LEDGER_PG_SCHEMA", &schema)
+            .env("PGPASSFILE", pgpassfile)
+            .env_remove("PGPASSWORD");
+        if let Some(p) = password {
+            c.env("PGPASSWORD", p);
+        }
+        c
+    };
+    let at = format!("127.0.0.1:{}", pg.port);
+
+    // None, or a wrong one: refused, naming the server; the wrong one is not shown either.
+    let none = with(&missing, None).arg("verify").output().unwrap();
+    assert!(!none.status.success(), "{}", text(&none));
+    assert!(text(&none).contains(&at), "{}", text(&none));
+    let wrong = with(&missing, Some("wr0ng-hunter2"))
+        .arg("verify")
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success(), "{}", text(&wrong));
+    assert!(!text(&wrong).contains("wr0ng-hunter2"), "{}", text(&wrong));
+    // From the file, or from the environment: the ledger opens.
+    let from_file = with(&pgpass, None).arg("verify").output().unwrap();
+    assert!(from_file.status.success(), "{}", text(&from_file));
+    let from_env = with(&missing, Some(PASSWORD))
+        .arg("verify")
+        .output()
+        .unwrap();
+    assert!(from_env.status.success(), "{}", text(&from_env));
+    assert!(!shown(&text(&from_file)) && !shown(&text(&from_env)));
+
+    // A server on it, logging everything at debug level.
+    let log = dir.path().join("serve.log");
+    let server = crate::common::Server::spawn(
+        with(&pgpass, None),
+        &dir.path().join("unused"),
+        &["--log-level", "debug"],
+        Some(&log),
+    )
+    .unwrap();
+    let base = server.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let answers = rt.block_on(async {
+        let c = reqwest::Client::new();
+        let story = std::fs::read_to_string(fixtures().join("seed-story/commands.ndjson")).unwrap();
+        let committed = c
+            .post(format!("{base}/v1/commands"))
+            .header("content-type", "application/x-ndjson")
+            .body(story)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(committed.contains("\"committed\""), "{committed}");
+        let mut all = committed;
+        for path in [
+            "/healthz",
+            "/metrics",
+            "/",
+            "/v1/customers/NOT-AN-ID",
+            "/v1/openapi.json",
+        ] {
+            let r = c.get(format!("{base}{path}")).send().await.unwrap();
+            all.push_str(&r.text().await.unwrap());
+        }
+        all
+    });
+    let said = server.said.clone();
+    drop(server);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("DEBUG") || logged.contains("debug"),
+        "a debug log was written: {logged}"
+    );
+    assert!(!shown(&answers), "{answers}");
+    assert!(!shown(&logged), "{logged}");
+    assert!(!shown(&said), "{said}");
 }

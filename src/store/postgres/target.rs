@@ -217,16 +217,32 @@ fn password_from_file(config: &postgres::Config) -> Option<String> {
     let db = config.get_dbname().unwrap_or("").to_string();
     let user = config.get_user().unwrap_or("").to_string();
     text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let fields: Vec<&str> = line.splitn(5, ':').collect();
-            let [h, p, d, u, pw] = fields.as_slice() else {
-                return None;
-            };
+        .filter_map(pgpass_fields)
+        .find_map(|[h, p, d, u, pw]| {
             let matches = |pattern: &str, value: &str| pattern == "*" || pattern == value;
-            (matches(h, &host) && matches(p, &port) && matches(d, &db) && matches(u, &user))
-                .then(|| pw.to_string())
+            (matches(&h, &host) && matches(&p, &port) && matches(&d, &db) && matches(&u, &user))
+                .then_some(pw)
         })
+}
+
+/// One line of a password file as libpq reads it: `host:port:database:user:password`, a backslash taking the next
+/// character as it is (`\:` a colon, `\\` a backslash), everything after the fourth separator the password; `None`
+/// for a comment, a blank line or a line with fewer fields.
+fn pgpass_fields(line: &str) -> Option<[String; 5]> {
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    if line.starts_with('#') || line.trim().is_empty() {
+        return None;
+    }
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => fields.last_mut()?.extend(chars.next()),
+            ':' if fields.len() < 5 => fields.push(String::new()),
+            c => fields.last_mut()?.push(c),
+        }
+    }
+    fields.try_into().ok()
 }
 
 pub fn hostname() -> String {
@@ -269,5 +285,36 @@ pub(crate) fn pg_error(target: &PgTarget, context: &str, e: &postgres::Error) ->
         place: target.to_string(),
         context: context.to_string(),
         message: message_of(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_password_file_line_is_read_as_libpq_reads_it() {
+        let fields = |l: &str| super::pgpass_fields(l).map(|f| f.to_vec());
+        assert_eq!(
+            fields(r"127.0.0.1:5432:postgres:ledger:c0rrect\:horse\\battery:staple"),
+            Some(vec![
+                "127.0.0.1".into(),
+                "5432".into(),
+                "postgres".into(),
+                "ledger".into(),
+                r"c0rrect:horse\battery:staple".into()
+            ])
+        );
+        assert_eq!(
+            fields(r"db\:host:*:*:*:pw"),
+            Some(vec![
+                "db:host".into(),
+                "*".into(),
+                "*".into(),
+                "*".into(),
+                "pw".into()
+            ])
+        );
+        assert_eq!(fields("# a comment"), None);
+        assert_eq!(fields(""), None);
+        assert_eq!(fields("host:5432:db:user"), None);
     }
 }

@@ -308,6 +308,30 @@ impl Pg {
         )
     }
 
+    /// Makes `user` log in over TCP with `password` only (scram-sha-256), as a deployment would; others keep trust.
+    pub fn require_password(&self, user: &str, password: &str) {
+        let literal = password.replace('\'', "''");
+        self.sql(&format!("ALTER ROLE {user} PASSWORD '{literal}'"))
+            .unwrap();
+        let hba = self.dir.join("data/pg_hba.conf");
+        let rest = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(
+            &hba,
+            format!("host all {user} 127.0.0.1/32 scram-sha-256\n{rest}"),
+        )
+        .unwrap();
+        self.sql("SELECT pg_reload_conf()").unwrap();
+        // The reload is signalled, not awaited: wait until a connection without the password is refused.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while postgres::Client::connect(&self.url(user), postgres::NoTls).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pg_hba.conf was not reloaded"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Runs SQL as the superuser.
     pub fn sql(&self, sql: &str) -> Result<(), postgres::Error> {
         let mut c = postgres::Client::connect(&self.url("postgres"), postgres::NoTls)?;
