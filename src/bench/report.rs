@@ -355,11 +355,12 @@ pub fn plot(r: &Results, path: &Path) -> anyhow::Result<()> {
 pub fn with_section(page: &str, (begin, end): (&str, &str), section: &str) -> String {
     let block = format!("{begin}\n{section}\n{end}\n");
     match (page.find(begin), page.find(end)) {
-        (Some(a), Some(b)) if b > a => format!(
-            "{}{block}{}",
-            &page[..a],
-            page[b + end.len()..].trim_start_matches('\n')
-        ),
+        (Some(a), Some(b)) if b > a => {
+            // What follows the section stays one blank line after it.
+            let rest = page[b + end.len()..].trim_start_matches('\n');
+            let gap = if rest.is_empty() { "" } else { "\n" };
+            format!("{}{block}{gap}{rest}", &page[..a])
+        }
         _ => format!("{}\n\n{block}", page.trim_end()),
     }
 }
@@ -370,4 +371,21 @@ pub fn section_of(page: &str, (begin, end): (&str, &str)) -> Option<String> {
     let a = page.find(begin)?;
     let b = page.find(end)?;
     (b > a).then(|| format!("{}\n", &page[a..b + end.len()]))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_section_replaced_keeps_a_blank_line_before_what_follows() {
+        let markers = ("<!-- a -->", "<!-- end of a -->");
+        let page = "# Page\n\n<!-- a -->\nold\n<!-- end of a -->\n\n<!-- b -->\nkept\n";
+        assert_eq!(
+            super::with_section(page, markers, "new"),
+            "# Page\n\n<!-- a -->\nnew\n<!-- end of a -->\n\n<!-- b -->\nkept\n"
+        );
+        assert_eq!(
+            super::with_section("# Page\n", markers, "new"),
+            "# Page\n\n<!-- a -->\nnew\n<!-- end of a -->\n"
+        );
+    }
 }

@@ -178,11 +178,7 @@ impl PgStore {
         if fpw != "on" {
             warnings.push("full_page_writes is off on this PostgreSQL server: a crash of its machine can leave torn pages behind".to_string());
         }
-        if !(messages.is_empty()
-            || messages == "C"
-            || messages == "POSIX"
-            || messages.starts_with("en"))
-        {
+        if !english_messages(&messages) {
             warnings.push(format!("lc_messages is {messages}: the ledger recognises PostgreSQL's warning that a COMMIT stopped waiting for the synchronous standbys by its English text; with messages in another language such a commit could be delivered before a standby has it. Set lc_messages = 'C' for the ledger's database or role"));
         }
         if !self.replica && standbys > 0 && names.trim().is_empty() {
@@ -217,5 +213,36 @@ impl PgStore {
             seconds: row.get(1),
             streaming: row.get(2),
         }))
+    }
+}
+
+/// Whether PostgreSQL's messages under this `lc_messages` are its untranslated English ones: empty (the server's
+/// environment), `C` and its variants (`C.UTF-8`), `POSIX`, or an English locale.
+fn english_messages(lc_messages: &str) -> bool {
+    lc_messages.is_empty()
+        || lc_messages == "C"
+        || lc_messages.starts_with("C.")
+        || lc_messages == "POSIX"
+        || lc_messages.starts_with("en")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn messages_are_english_under_c_posix_and_english_locales_only() {
+        for english in [
+            "",
+            "C",
+            "C.UTF-8",
+            "C.utf8",
+            "POSIX",
+            "en_US.UTF-8",
+            "en_GB",
+        ] {
+            assert!(super::english_messages(english), "{english}");
+        }
+        for other in ["de_DE.UTF-8", "fr_FR", "Catalan", "nl_NL.utf8"] {
+            assert!(!super::english_messages(other), "{other}");
+        }
     }
 }
