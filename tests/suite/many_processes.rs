@@ -457,3 +457,147 @@ async fn stream_positions(
     }
     out
 }
+
+/// Each way forwarding a command to the writer can fail answers its own code, and none appends anything: a writer
+/// address that takes the request and hangs up (`writer_unavailable`, naming the command ids to retry), one that
+/// refuses connections (`no_writer`, after the lease's wait), a request another process already forwarded
+/// (`not_the_writer`), and a bearer token that would cross the network in cleartext (`insecure_forward`).
+#[test]
+fn each_way_forwarding_fails_answers_its_code_and_appends_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    pg::schema_for(data.path());
+    let rt = runtime();
+    let client = http();
+    let stderr = |name: &str| data.path().with_extension(format!("{name}.stderr"));
+    // Where the first writer says it is: something that reads one request and closes the connection unanswered,
+    // then stops listening.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hangs_up = format!("http://{}", listener.local_addr().unwrap());
+    let taker = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut request = [0u8; 8192];
+        let _ = std::io::Read::read(&mut conn, &mut request);
+    });
+    let pair = |advertise: &str, name: &str| {
+        let writer = Server::launch(
+            data.path(),
+            &["--lease-seconds", "2", "--advertise", advertise],
+            Some(&stderr(&format!("{name}-writer"))),
+        )
+        .unwrap();
+        let url = writer.url();
+        rt.block_on(writer_of(&client, &[url], Duration::from_secs(15)));
+        let follower = Server::launch(
+            data.path(),
+            &["--lease-seconds", "2"],
+            Some(&stderr(&format!("{name}-follower"))),
+        )
+        .unwrap();
+        let url = follower.url();
+        rt.block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while health(&client, &url)
+                .await
+                .map(|h| h["writer"]["address"].clone())
+                != Some(Value::from(advertise))
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "the follower never named {advertise}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        (writer, follower)
+    };
+    let post = |url: &str, line: &str, headers: &[(&str, &str)]| {
+        rt.block_on(async {
+            let mut r = client
+                .post(format!("{url}/v1/commands"))
+                .header("content-type", "application/json")
+                .body(line.to_string());
+            for (name, value) in headers {
+                r = r.header(*name, *value);
+            }
+            let r = r.send().await.unwrap();
+            let (status, headers) = (r.status().as_u16(), r.headers().clone());
+            (status, headers, r.json::<Value>().await.unwrap())
+        })
+    };
+    let mut tried = Vec::new();
+
+    let (mut writer, mut follower) = pair(&hangs_up, "first");
+    // Taken and hung up on: it may have been committed, so the answer names what to retry.
+    let (id, _, line) = register(9, 1);
+    let (status, headers, answer) = post(&follower.url(), &line, &[]);
+    assert_eq!(
+        (status, &answer["error"]),
+        (503, &Value::from("writer_unavailable")),
+        "{answer}"
+    );
+    assert_eq!(answer["command_ids"], serde_json::json!([id]), "{answer}");
+    assert_eq!(headers["retry-after"], "1");
+    tried.push(id);
+    taker.join().unwrap();
+    // Nothing listens there now: nothing was submitted, after waiting out the lease for a new writer.
+    let (id, _, line) = register(9, 2);
+    let (status, headers, answer) = post(&follower.url(), &line, &[]);
+    assert_eq!(
+        (status, &answer["error"]),
+        (503, &Value::from("no_writer")),
+        "{answer}"
+    );
+    assert_eq!(headers["retry-after"], "1");
+    assert!(
+        answer["message"].as_str().unwrap().contains(&hangs_up),
+        "{answer}"
+    );
+    tried.push(id);
+    // Already forwarded by another process: never forwarded again, and marked so its sender asks the lease again.
+    let (id, _, line) = register(9, 3);
+    let (status, headers, answer) = post(
+        &follower.url(),
+        &line,
+        &[("ledger-forwarded-by", "another process")],
+    );
+    assert_eq!(
+        (status, &answer["error"]),
+        (503, &Value::from("not_the_writer")),
+        "{answer}"
+    );
+    assert_eq!(headers["ledger-not-writer"], "1");
+    assert_eq!(headers["retry-after"], "1");
+    tried.push(id);
+    writer.kill().unwrap();
+    follower.kill().unwrap();
+
+    // A writer beyond this host over plain HTTP: a bearer token is not sent there without --insecure-http.
+    let beyond = "http://192.0.2.1:9";
+    let (writer, follower) = pair(beyond, "second");
+    let (id, _, line) = register(9, 4);
+    let (status, headers, answer) = post(
+        &follower.url(),
+        &line,
+        &[("authorization", "Bearer a-token-of-the-caller")],
+    );
+    assert_eq!(
+        (status, &answer["error"]),
+        (503, &Value::from("insecure_forward")),
+        "{answer}"
+    );
+    assert!(
+        answer["message"].as_str().unwrap().contains(beyond),
+        "{answer}"
+    );
+    assert!(
+        !headers.contains_key("retry-after"),
+        "send it to the writer instead"
+    );
+    tried.push(id);
+    drop((writer, follower));
+
+    let (_, per_command) = check_log(data.path());
+    for id in &tried {
+        assert!(!per_command.contains_key(id), "{id} was appended");
+    }
+}
