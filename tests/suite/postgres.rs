@@ -627,8 +627,16 @@ fn the_documented_sql_queries_answer_what_the_views_answer() {
     std::fs::write(&workload, &generated.stdout).unwrap();
     let exec = run(data.path(), &["exec", workload.to_str().unwrap()], None);
     assert!(exec.status.success(), "{}", text(&exec));
+    // Read as a reporting role granted as docs/postgres.md says, neither the owner nor the runtime role.
+    pg::server()
+        .sql(&format!(
+            "CREATE ROLE ledger_reporting LOGIN; \
+             GRANT USAGE ON SCHEMA {schema} TO ledger_reporting; \
+             GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO ledger_reporting"
+        ))
+        .unwrap();
     let mut sql =
-        postgres::Client::connect(&pg::server().url("postgres"), postgres::NoTls).unwrap();
+        postgres::Client::connect(&pg::server().url("ledger_reporting"), postgres::NoTls).unwrap();
 
     // The expiring view comes from the CLI (the HTTP API has none): every active GDAP relationship ending in the 60
     // days after the ledger's latest business time.
