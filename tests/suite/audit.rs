@@ -205,13 +205,34 @@ fn export_then_import_reproduces_the_identical_chain_and_views() {
 
 #[test]
 fn import_refuses_a_broken_chain_naming_the_first_bad_position_and_writes_nothing() {
+    crate::pg::on_both_backends(import_refuses_a_broken_chain);
+}
+
+fn import_refuses_a_broken_chain() {
     let data = ledger_with("seed-story");
     let export = String::from_utf8(run(data.path(), &["export"], None).stdout).unwrap();
     let tampered = export.replacen("\"quantity\":25", "\"quantity\":26", 1);
     let file = data.path().join("tampered.ndjson");
     std::fs::write(&file, tampered).unwrap();
-    let target = tempfile::tempdir().unwrap();
-    let dest = target.path().join("ledger");
+    // On sled a folder not created yet; on PostgreSQL the fresh, empty schema standing for `target`.
+    let target = crate::pg::folder();
+    let dest = if crate::pg::on_postgres() {
+        target.path().to_path_buf()
+    } else {
+        target.path().join("ledger")
+    };
+    let nothing_written = |dest: &std::path::Path| {
+        if crate::pg::on_postgres() {
+            let events = run(dest, &["events"], None);
+            assert!(events.status.success(), "{}", text(&events));
+            assert!(events.stdout.is_empty(), "{}", text(&events));
+        } else {
+            assert!(
+                !dest.exists(),
+                "nothing was written, not even an empty ledger"
+            );
+        }
+    };
     let out = run(&dest, &["import", file.to_str().unwrap()], None);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -219,10 +240,7 @@ fn import_refuses_a_broken_chain_naming_the_first_bad_position_and_writes_nothin
         "{}",
         text(&out)
     );
-    assert!(
-        !dest.exists(),
-        "nothing was written, not even an empty ledger"
-    );
+    nothing_written(&dest);
     // A gap is refused too (the event at position 4 and its journal entry left out).
     let all: Vec<&str> = export.lines().collect();
     let fourth = all
@@ -242,6 +260,7 @@ fn import_refuses_a_broken_chain_naming_the_first_bad_position_and_writes_nothin
         "{}",
         text(&out)
     );
+    nothing_written(&dest);
 }
 
 #[test]
@@ -396,10 +415,14 @@ fn rebuild_recreates_the_read_models_identically() {
 
 #[test]
 fn a_100000_event_ledger_round_trips_through_export_and_import_byte_for_byte() {
-    use partner_ledger::ledger::{Ledger, LedgerConfig};
-    let data = tempfile::tempdir().unwrap();
+    crate::pg::on_both_backends(a_100000_event_round_trip);
+}
+
+fn a_100000_event_round_trip() {
+    use partner_ledger::ledger::Ledger;
+    let data = crate::pg::folder();
     {
-        let ledger = Ledger::open(LedgerConfig::new(data.path())).unwrap();
+        let ledger = Ledger::open(crate::pg::config_for(data.path())).unwrap();
         let spec = partner_ledger::workload::WorkloadSpec {
             commands: 99_000,
             seed: 11,
@@ -420,7 +443,7 @@ fn a_100000_event_ledger_round_trips_through_export_and_import_byte_for_byte() {
     let export = run(data.path(), &["export"], None).stdout;
     let file = data.path().join("backup.ndjson");
     std::fs::write(&file, &export).unwrap();
-    let restored = tempfile::tempdir().unwrap();
+    let restored = crate::pg::folder();
     let out = run(restored.path(), &["import", file.to_str().unwrap()], None);
     assert!(
         out.status.success(),
@@ -441,6 +464,10 @@ fn a_100000_event_ledger_round_trips_through_export_and_import_byte_for_byte() {
 
 #[test]
 fn an_as_of_answer_reads_only_that_customers_events_and_its_partners_names() {
+    crate::pg::on_both_backends(as_of_reads_only_what_it_needs);
+}
+
+fn as_of_reads_only_what_it_needs() {
     use partner_ledger::domain::Position;
     use partner_ledger::query::{self, AsOfSpec};
     let data = ledger_with("seed-story");
@@ -463,7 +490,8 @@ fn an_as_of_answer_reads_only_that_customers_events_and_its_partners_names() {
     assert!(run(data.path(), &["exec", "-"], Some(more.as_bytes()))
         .status
         .success());
-    let store = partner_ledger::store::open(data.path(), &Default::default()).unwrap();
+    let store = partner_ledger::store::open(data.path(), &crate::pg::config_for(data.path()).store)
+        .unwrap();
     let store = &*store;
     let id = CONTOSO.parse().unwrap();
     // Before B joined: Contoso's events 3..=7 and A's enrolment (1); not B's enrolment (2).

@@ -27,13 +27,18 @@ fn run_recipe(data: &std::path::Path) -> std::process::Output {
         .arg(format!("set -o pipefail\n{}", recipe()))
         .env("PATH", path)
         .env("PARTNER_LEDGER_DATA", data)
+        .envs(crate::pg::env_for(data).unwrap_or_default())
         .output()
         .expect("bash runs")
 }
 
 #[test]
 fn the_documented_recipe_verifies_the_chain_including_non_ascii_text() {
-    let data = tempfile::tempdir().unwrap();
+    crate::pg::on_both_backends(recipe_verifies_non_ascii_text);
+}
+
+fn recipe_verifies_non_ascii_text() {
+    let data = crate::pg::folder();
     let seed = fixtures().join("seed-story/commands.ndjson");
     assert!(run(data.path(), &["exec", seed.to_str().unwrap()], None)
         .status

@@ -108,6 +108,11 @@ pub fn folder_on_postgres() -> tempfile::TempDir {
     dir
 }
 
+/// Whether [`folder`] gives PostgreSQL ledgers now (inside [`on_both_backends`]' second run).
+pub fn on_postgres() -> bool {
+    ON_POSTGRES.get()
+}
+
 /// Runs a test written against [`folder`]s twice: on sled, then on PostgreSQL.
 pub fn on_both_backends(test: impl Fn()) {
     for postgres in [false, true] {
